@@ -1,0 +1,47 @@
+# Thin wrappers: each target calls one stage1 entry point. See README.md.
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+STAGE1    := $(PY) -m stage1
+PHASE     ?= 1
+DATA      ?=
+WEIGHTS   ?= none
+BACKBONE  ?= vit_small_patch16_dinov3
+CACHE     ?= data/features.h5
+RUN       ?= runs/phase$(PHASE)
+SET       ?=
+# CPU pairing that imports cleanly with timm here; override (or pre-install torch) on GPU hosts.
+TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+
+.PHONY: setup demo features train test lint clean help
+
+help:
+	@echo "make demo | make test | make features [DATA=...] [WEIGHTS=...] | make train PHASE=n | make lint"
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q $(TORCH_PAIR)
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(STAGE1) features --out $(CACHE) --weights $(WEIGHTS) --backbone $(BACKBONE)
+	$(STAGE1) train --cache $(CACHE) --phase 1 --out runs/demo $(SET)
+
+features: setup
+	$(STAGE1) features $(if $(DATA),--data $(DATA)) --out $(CACHE) --weights $(WEIGHTS) --backbone $(BACKBONE)
+
+train: setup
+	$(STAGE1) train --cache $(CACHE) --phase $(PHASE) --out $(RUN) $(SET)
+
+test: setup
+	$(PY) -m pytest -q -m "not slow and not gpu" $(PYTEST_ARGS)
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+clean:
+	rm -rf runs data/features.h5 .pytest_cache .ruff_cache

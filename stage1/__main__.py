@@ -1,0 +1,3 @@
+from stage1.cli import main
+
+raise SystemExit(main())

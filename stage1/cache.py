@@ -1,0 +1,227 @@
+"""The HDF5 feature cache: the only contract between the PyTorch and JAX rooms.
+
+Layout of one file (N rows, one per (image, view)):
+
+    features/<variant>   float16|float32  (N, D_variant)   e.g. cls, patch_mean, cls_last4
+    labels               int8   (N,)   1 = roadwork, 0 = none, -1 = unknown
+    ids                  utf-8  (N,)   sample id (unique per image; views share it)
+    split                int8   (N,)   index into SPLITS = (train, val, calib, test)
+    domain               utf-8  (N,)   data source / domain name
+    view                 int16  (N,)   0 = clean image, k = k-th augmented view
+    done                 bool   (N,)   row written (extraction resumes from the first gap)
+
+File attributes are one JSON document under ``attrs["metadata"]`` validated against
+``schemas/feature_cache.schema.json`` (format version, backbone, weights sha256 or
+"random-init", pooling, image size, mean/std, library version, creation time, extraction
+config). Only numpy and h5py are used here, so both rooms can import it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from schemas import validate
+from stage1.config import SPLITS
+
+FORMAT_VERSION = 1
+_STR = None  # h5py string dtype, created lazily
+
+
+def _h5():
+    import h5py
+
+    return h5py
+
+
+def _str_dtype():
+    global _STR
+    if _STR is None:
+        _STR = _h5().string_dtype(encoding="utf-8")
+    return _STR
+
+
+class CacheError(ValueError):
+    """A cache file is missing, malformed, incomplete or incompatible."""
+
+
+def split_codes(split: Sequence[str] | np.ndarray) -> np.ndarray:
+    """Map split names to the int8 codes stored in the cache."""
+    lut = {s: i for i, s in enumerate(SPLITS)}
+    try:
+        return np.asarray([lut[s] for s in split], dtype=np.int8)
+    except KeyError as e:
+        raise CacheError(f"unknown split name {e.args[0]!r}; expected one of {SPLITS}") from None
+
+
+def create_cache(
+    path: str | os.PathLike,
+    *,
+    ids: Sequence[str],
+    labels: Sequence[int] | np.ndarray,
+    split: Sequence[str],
+    dims: Mapping[str, int],
+    metadata: Mapping[str, Any],
+    domain: Sequence[str] | None = None,
+    view: Sequence[int] | np.ndarray | None = None,
+    dtype: str = "float16",
+) -> Path:
+    """Create an empty cache with all row-level columns filled and ``done`` all False.
+
+    The file is built under a temporary name and renamed at the end, so a crash while creating
+    it never leaves a file that looks valid.
+    """
+    h5py = _h5()
+    path = Path(path)
+    n = len(ids)
+    meta = dict(metadata)
+    meta.setdefault("format_version", FORMAT_VERSION)
+    meta["variants"] = {k: int(v) for k, v in dims.items()}
+    meta["dtype"] = dtype
+    validate(meta, "feature_cache")
+    labels = np.asarray(labels, dtype=np.int8)
+    if len(labels) != n or len(split) != n:
+        raise CacheError("ids, labels and split must have the same length")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.creating")
+    with h5py.File(tmp, "w") as f:
+        grp = f.create_group("features")
+        chunk_rows = max(1, min(n, 4096))
+        for name, d in dims.items():
+            grp.create_dataset(name, shape=(n, int(d)), dtype=dtype, chunks=(chunk_rows, int(d)))
+        f.create_dataset("labels", data=labels)
+        f.create_dataset("ids", data=np.asarray(list(ids), dtype=object), dtype=_str_dtype())
+        f.create_dataset("split", data=split_codes(split))
+        dom = list(domain) if domain is not None else ["default"] * n
+        f.create_dataset("domain", data=np.asarray(dom, dtype=object), dtype=_str_dtype())
+        v = np.zeros(n, np.int16) if view is None else np.asarray(view, dtype=np.int16)
+        f.create_dataset("view", data=v)
+        f.create_dataset("done", data=np.zeros(n, dtype=bool))
+        f.attrs["metadata"] = json.dumps(meta)
+    os.replace(tmp, path)
+    return path
+
+
+def write_rows(path: str | os.PathLike, rows: np.ndarray, features: Mapping[str, np.ndarray]):
+    """Write feature rows ``rows`` for every variant and mark them done (one flush per call)."""
+    h5py = _h5()
+    rows = np.asarray(rows)
+    order = np.argsort(rows)
+    rows = rows[order]
+    with h5py.File(path, "r+") as f:
+        for name, arr in features.items():
+            f["features"][name][rows] = np.asarray(arr)[order]
+        done = f["done"]
+        done[rows] = True
+        f.flush()
+
+
+def write_cache(
+    path: str | os.PathLike,
+    features: Mapping[str, np.ndarray],
+    *,
+    ids: Sequence[str],
+    labels: Sequence[int] | np.ndarray,
+    split: Sequence[str],
+    metadata: Mapping[str, Any],
+    domain: Sequence[str] | None = None,
+    view: Sequence[int] | np.ndarray | None = None,
+    dtype: str = "float32",
+) -> Path:
+    """One-shot writer: a complete cache from in-memory arrays (tests, synthetic benchmarks)."""
+    dims = {k: int(np.asarray(v).shape[1]) for k, v in features.items()}
+    create_cache(path, ids=ids, labels=labels, split=split, dims=dims, metadata=metadata,
+                 domain=domain, view=view, dtype=dtype)
+    write_rows(path, np.arange(len(ids)), features)
+    return Path(path)
+
+
+@dataclass
+class FeatureCache:
+    """An opened, validated cache held in memory (features are read on demand)."""
+
+    path: Path
+    metadata: dict[str, Any]
+    labels: np.ndarray
+    ids: np.ndarray
+    split: np.ndarray  # int8 codes
+    domain: np.ndarray
+    view: np.ndarray
+    done: np.ndarray
+
+    @property
+    def variants(self) -> list[str]:
+        return list(self.metadata["variants"])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def mask(self, split: str | None = None, view: int | None = 0) -> np.ndarray:
+        """Boolean row mask for one split (None = all) and one view (None = all views)."""
+        m = self.done.copy()
+        if split is not None:
+            if split not in SPLITS:
+                raise CacheError(f"unknown split {split!r}; expected one of {SPLITS}")
+            m &= self.split == SPLITS.index(split)
+        if view is not None:
+            m &= self.view == view
+        return m
+
+    def features(self, variant: str, rows: np.ndarray | None = None) -> np.ndarray:
+        """float32 features of one variant, optionally for a boolean mask or index array."""
+        if variant not in self.metadata["variants"]:
+            raise CacheError(f"{self.path}: no feature variant {variant!r}; has {self.variants}")
+        with _h5().File(self.path, "r") as f:
+            ds = f["features"][variant]
+            if rows is None:
+                arr = ds[...]
+            else:
+                rows = np.asarray(rows)
+                idx = np.flatnonzero(rows) if rows.dtype == bool else np.sort(rows)
+                arr = ds[...][idx] if len(idx) > 0.3 * ds.shape[0] else ds[idx]
+        return np.asarray(arr, dtype=np.float32)
+
+    def split_arrays(self, variant: str, split: str, view: int | None = 0):
+        """(features, labels, ids) of one split."""
+        m = self.mask(split, view)
+        return self.features(variant, m), self.labels[m].astype(np.int32), self.ids[m]
+
+
+def open_cache(path: str | os.PathLike, *, require_complete: bool = True) -> FeatureCache:
+    """Open and validate a cache; refuse incomplete files unless ``require_complete=False``."""
+    h5py = _h5()
+    path = Path(path)
+    if not path.is_file():
+        raise CacheError(f"feature cache not found: {path}")
+    try:
+        with h5py.File(path, "r") as f:
+            meta = json.loads(f.attrs["metadata"])
+            validate(meta, "feature_cache")
+            cols = {k: f[k][...] for k in ("labels", "split", "view", "done")}
+            ids = f["ids"].asstr()[...]
+            domain = f["domain"].asstr()[...]
+    except (OSError, KeyError) as e:
+        raise CacheError(f"{path} is not a stage1 feature cache: {e}") from None
+    if meta["format_version"] != FORMAT_VERSION:
+        raise CacheError(f"{path}: format version {meta['format_version']} != {FORMAT_VERSION}")
+    cache = FeatureCache(path, meta, cols["labels"], np.asarray(ids, dtype=object),
+                         cols["split"], np.asarray(domain, dtype=object), cols["view"],
+                         cols["done"].astype(bool))
+    if require_complete and not cache.done.all():
+        missing = int((~cache.done).sum())
+        raise CacheError(f"{path}: {missing} of {len(cache)} rows not extracted yet (resume it)")
+    return cache
+
+
+def check_compatible(a: FeatureCache, b: FeatureCache) -> None:
+    """Refuse to mix caches whose backbone, weights or preprocessing differ."""
+    keys = ("backbone", "weights_sha256", "pooling", "image_size", "mean", "std")
+    diff = [k for k in keys if a.metadata.get(k) != b.metadata.get(k)]
+    if diff:
+        raise CacheError(f"caches {a.path} and {b.path} differ in {', '.join(diff)}")

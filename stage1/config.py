@@ -1,0 +1,200 @@
+"""One typed configuration tree for every stage1 run.
+
+All defaults live here, in frozen dataclasses with a trailing comment per field. Phases are
+presets (``stage1.presets``) that override a few fields of this tree; the CLI applies
+``--set section.field=value`` overrides on top with type checking, and every run directory
+gets the fully resolved tree as ``config.json`` (validated against ``schemas/config``).
+
+No framework is imported here: the tree is plain data shared by the PyTorch and JAX rooms.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+SPLITS: tuple[str, ...] = ("train", "val", "calib", "test")
+
+
+class ConfigError(ValueError):
+    """A configuration value or override is invalid (reported as a one-line CLI error)."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = ""  # image folder, CSV/JSONL manifest or parquet file/dir; "" = embedded demo set
+    positive_class: str = "roadwork"  # folder/label name of the positive class (aliases accepted)
+    salt: str = "stage1-v1"  # hash salt of the deterministic splits
+    fractions: tuple[float, float, float, float] = (0.6, 0.1, 0.15, 0.15)  # train/val/calib/test
+    group_column: str = "group"  # manifest column whose value keeps near-duplicates together
+    image_column: str = "image"  # parquet column holding encoded image bytes
+    label_column: str = "label"  # manifest/parquet label column
+    demo_images: int = 2000  # size of the embedded synthetic set
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    name: str = "vit_small_patch16_dinov3"  # any timm DINOv3 ViT
+    weights: str = "none"  # local .pth/.safetensors path; "none" = random init (loud warning)
+    image_size: int = 224  # square input side, multiple of 16 (validators send 224x224)
+    batch_size: int = 64  # images per forward pass
+    num_workers: int = 2  # image-decoding worker processes
+    variants: tuple[str, ...] = ("cls", "patch_mean")  # feature variants written to the cache
+    dtype: str = "float16"  # on-disk dtype of the cached features (float16 | float32)
+    device: str = "auto"  # auto | cpu | cuda
+    model_kwargs: str = "{}"  # JSON of extra timm kwargs (tests: tiny depth/width)
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    kind: str = "mlp"  # mlp (D -> hidden -> 2) | linear (D -> 2)
+    hidden: int = 768  # MLP hidden width
+    feature: str = "cls"  # cache variant the head reads
+    dropout: float = 0.0  # dropout rate on the hidden layer
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-3  # peak AdamW learning rate
+    weight_decay: float = 1e-4  # decoupled AdamW weight decay
+    warmup_frac: float = 0.05  # linear warm-up as a fraction of all steps
+    epochs: int = 40  # passes over the train split
+    batch_size: int = 256  # examples per step
+    label_smoothing: float = 0.0  # symmetric label smoothing of the CE targets
+    pos_weight: float = -1.0  # weight of the positive class in the CE; -1 = n_neg / n_pos
+    ema_decay: float = 0.99  # weight EMA (with (1+t)/(10+t) warm-up); 0 disables
+    seed: int = 0  # PRNG seed for init, shuffling and dropout
+
+
+@dataclass(frozen=True)
+class RiskConfig:
+    alpha: float = 0.02  # target false-negative rate of the exit-as-negative rule
+    method: str = "pac"  # empirical | crc | pac
+    delta: float = 0.05  # failure probability of the PAC guarantee
+
+
+@dataclass(frozen=True)
+class Config:
+    preset: str = "phase1"  # name of the preset this tree was built from
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    risk: RiskConfig = field(default_factory=RiskConfig)
+
+    def validate(self) -> Config:
+        """Raise ConfigError on values no run could use; returns self for chaining."""
+        _check(0.0 < self.risk.alpha < 1.0, f"risk.alpha must be in (0, 1), got {self.risk.alpha}")
+        _check(0.0 < self.risk.delta < 1.0, f"risk.delta must be in (0, 1), got {self.risk.delta}")
+        _check(
+            self.risk.method in ("empirical", "crc", "pac"),
+            f"risk.method must be empirical|crc|pac, got {self.risk.method!r}",
+        )
+        fr = self.data.fractions
+        _check(len(fr) == 4 and all(f >= 0 for f in fr), "data.fractions needs 4 values >= 0")
+        _check(abs(sum(fr) - 1.0) < 1e-6, f"data.fractions must sum to 1, got {sum(fr):.6g}")
+        _check(self.backbone.image_size % 16 == 0, "backbone.image_size must be a multiple of 16")
+        _check(self.backbone.dtype in ("float16", "float32"), "backbone.dtype: float16|float32")
+        _check(self.head.kind in ("mlp", "linear"), f"head.kind must be mlp|linear: {self.head.kind}")
+        _check(self.optim.epochs >= 1 and self.optim.batch_size >= 1, "epochs, batch_size >= 1")
+        _check(0.0 <= self.optim.ema_decay < 1.0, "optim.ema_decay must be in [0, 1)")
+        _check(0.0 <= self.head.dropout < 1.0, "head.dropout must be in [0, 1)")
+        return self
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+# ---------------------------------------------------------------------------------------------
+# Overrides, serialisation
+
+
+def _coerce(value: str, tp: Any, where: str) -> Any:
+    """Parse a CLI string into the annotated type ``tp`` or raise ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin in (tuple,):
+        args = typing.get_args(tp)
+        parts = [p for p in value.replace(";", ",").split(",") if p.strip() != ""]
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(p.strip(), args[0], where) for p in parts)
+        if len(parts) != len(args):
+            raise ConfigError(f"{where} needs {len(args)} comma-separated values, got {value!r}")
+        return tuple(_coerce(p.strip(), a, where) for p, a in zip(parts, args, strict=True))
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"{where}: union types are not supported")
+    try:
+        if tp is bool:
+            low = value.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if tp is int:
+            return int(value)
+        if tp is float:
+            return float(value)
+        if tp is str:
+            return value
+    except ValueError:
+        raise ConfigError(f"{where} expects {tp.__name__}, got {value!r}") from None
+    raise ConfigError(f"{where}: unsupported type {tp}")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def override(cfg: Config, assignments: list[str] | tuple[str, ...]) -> Config:
+    """Apply ``section.field=value`` strings (type-checked) and return a new tree."""
+    for item in assignments:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form section.field=value")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        cfg = _set_path(cfg, parts, value.strip(), key)
+    return cfg
+
+
+def _set_path(node: Any, parts: list[str], value: str, full: str) -> Any:
+    hints = _field_types(type(node))
+    name = parts[0]
+    if name not in hints:
+        known = ", ".join(sorted(hints))
+        raise ConfigError(f"unknown config key {full!r} (at {name!r}; known: {known})")
+    if len(parts) == 1:
+        if dataclasses.is_dataclass(hints[name]):
+            raise ConfigError(f"{full!r} is a section; set one of its fields")
+        return dataclasses.replace(node, **{name: _coerce(value, hints[name], full)})
+    child = getattr(node, name)
+    if not dataclasses.is_dataclass(child):
+        raise ConfigError(f"{full!r}: {name!r} is not a section")
+    return dataclasses.replace(node, **{name: _set_path(child, parts[1:], value, full)})
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain JSON-able dict (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def from_dict(d: dict[str, Any], cls: type = Config) -> Any:
+    """Inverse of ``to_dict``; unknown keys raise ConfigError, missing keys take defaults."""
+    hints = _field_types(cls)
+    kwargs: dict[str, Any] = {}
+    for k, v in d.items():
+        if k not in hints:
+            raise ConfigError(f"unknown config key {k!r} in {cls.__name__}")
+        tp = hints[k]
+        if dataclasses.is_dataclass(tp):
+            kwargs[k] = from_dict(v, tp)
+        elif typing.get_origin(tp) is tuple:
+            kwargs[k] = tuple(v)
+        else:
+            kwargs[k] = v
+    return cls(**kwargs)
