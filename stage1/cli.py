@@ -1,0 +1,170 @@
+"""Thin command-line front end: parse, build a config, call one library function.
+
+Every subcommand imports its framework lazily, so ``stage1 --help`` is instant and the JAX
+process never loads torch (and vice versa). User errors (bad paths, bad values, incompatible
+caches) are printed as one line and exit with code 2; set STAGE1_DEBUG=1 for tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from stage1 import __version__
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as a single line (exit 2)."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_config_args(p: argparse.ArgumentParser, *, preset: bool = True) -> None:
+    if preset:
+        g = p.add_mutually_exclusive_group()
+        g.add_argument("--phase", type=str, default=None,
+                       help="phase number; selects the preset phaseN (default 1)")
+        g.add_argument("--preset", type=str, default=None,
+                       help="preset name (phase1, ...) or a JSON file with a config tree")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set optim.lr=3e-4 (repeatable, "
+                        "type-checked)")
+
+
+def _config_from_args(args) -> object:
+    from stage1.config import override
+    from stage1.presets import load_preset
+
+    name = getattr(args, "preset", None) or getattr(args, "phase", None) or "phase1"
+    cfg = load_preset(name)
+    return override(cfg, args.overrides)
+
+
+# ---------------------------------------------------------------------------------------------
+# subcommands
+
+
+def _cmd_demo_data(args) -> int:
+    from stage1.demo_data import generate
+
+    out = generate(args.out, n=args.n, seed=args.seed, workers=args.workers)
+    print(f"demo data ready in {out}")
+    return 0
+
+
+def _cmd_features(args) -> int:
+    from stage1.config import override
+    from stage1.features import run_features
+
+    cfg = _config_from_args(args)
+    sets = []
+    for key, val in (("backbone.name", args.backbone), ("backbone.weights", args.weights),
+                     ("backbone.image_size", args.image_size),
+                     ("backbone.batch_size", args.batch_size), ("backbone.device", args.device),
+                     ("backbone.variants", args.variants), ("data.source", args.data)):
+        if val is not None:
+            sets.append(f"{key}={val}")
+    cfg = override(cfg, sets).validate()
+    run_features(cfg, Path(args.out), demo_dir=args.demo_dir)
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from stage1.config import override
+    from stage1.pipeline import print_summary, run_training
+
+    cfg = _config_from_args(args)
+    if args.alpha is not None:
+        cfg = override(cfg, [f"risk.alpha={args.alpha}"])
+    cfg = cfg.validate()
+    summary = run_training(cfg, Path(args.cache), Path(args.out))
+    print_summary(summary)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="stage1",
+        description="Train, calibrate and risk-control a first-stage roadwork classifier on "
+                    "cached DINOv3 embeddings. Typical use: `stage1 features --data IMAGES --out "
+                    "features.h5 --weights dinov3.pth`, then `stage1 train --cache features.h5 "
+                    "--phase 1 --out runs/p1`.",
+    )
+    parser.add_argument("--version", action="version", version=f"stage1 {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("demo-data", help="generate the embedded synthetic street-scene dataset",
+                       description="Write a deterministic synthetic street-scene image set "
+                                   "(roadwork/ and none/ folders plus manifest.csv). Offline.")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--n", type=int, default=2000, help="number of images (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    p.set_defaults(func=_cmd_demo_data)
+
+    p = sub.add_parser("features", help="embed images with a DINOv3 ViT into the HDF5 cache",
+                       description="Embed every image of a data source with a frozen timm DINOv3 "
+                                   "ViT and write (or resume) the HDF5 feature cache. Without "
+                                   "--data the embedded synthetic set is generated and used.")
+    p.add_argument("--data", default=None,
+                   help="image folder (roadwork/ + none/), CSV/JSONL manifest "
+                        "(path,label[,domain,group]) or parquet file/folder with image bytes; "
+                        "default: the embedded synthetic set")
+    p.add_argument("--out", required=True, help="HDF5 cache to write or resume")
+    p.add_argument("--weights", default=None,
+                   help="local backbone weights (Meta .pth, timm or Hugging Face safetensors); "
+                        "'none' = random init (loud warning, recorded in the cache)")
+    p.add_argument("--backbone", default=None,
+                   help="timm DINOv3 architecture (default vit_small_patch16_dinov3)")
+    p.add_argument("--image-size", type=int, default=None, help="square input side (default 224)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per forward pass")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda (default auto)")
+    p.add_argument("--variants", default=None,
+                   help="comma-separated feature variants: cls, patch_mean, cls_last4")
+    p.add_argument("--demo-dir", default=None,
+                   help="where to generate the synthetic set when --data is not given "
+                        "(default: <cache folder>/demo)")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_features)
+
+    p = sub.add_parser("train", help="train a head on the cache, fit thresholds, evaluate",
+                       description="Train the head of a phase preset on the train split (model "
+                                   "selection on val), fit the FNR-certified exit threshold on "
+                                   "calib only, evaluate on test, and write config.json, "
+                                   "thresholds.json, metrics.json, head.safetensors and "
+                                   "predictions.npz into --out.")
+    p.add_argument("--cache", required=True, help="HDF5 feature cache from `stage1 features`")
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="target false-negative rate of exits (shortcut for --set risk.alpha=)")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"stage1 {args.command}: interrupted; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as e:
+        if os.environ.get("STAGE1_DEBUG"):
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"stage1 {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
