@@ -1,0 +1,103 @@
+"""The CLI's contract: complete help, one-line errors with exit code 2, no tracebacks."""
+
+import subprocess
+import sys
+
+import pytest
+
+from stage1.cli import build_parser, main
+
+SUBCOMMANDS = ["demo-data", "features", "train"]
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "stage1", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=120)
+
+
+def test_top_level_help_lists_every_subcommand():
+    r = run("--help")
+    assert r.returncode == 0
+    for cmd in SUBCOMMANDS:
+        assert cmd in r.stdout
+
+
+@pytest.mark.parametrize("cmd", SUBCOMMANDS)
+def test_subcommand_help_is_complete(cmd):
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices[cmd]
+    assert sub.description, f"{cmd} has no description"
+    for action in sub._actions:
+        if action.dest != "help":
+            assert action.help, f"{cmd} {action.option_strings} has no help text"
+    r = run(cmd, "--help")
+    assert r.returncode == 0 and "usage: stage1 " + cmd in r.stdout
+
+
+def _one_line_error(r):
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    err = [line for line in r.stderr.strip().splitlines() if line.strip()]
+    assert len(err) == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    return err[0]
+
+
+def test_unknown_subcommand_and_missing_args():
+    assert "invalid choice" in _one_line_error(run("fly"))
+    assert "required" in _one_line_error(run("train"))
+
+
+def test_missing_data_dir(tmp_path):
+    line = _one_line_error(run("features", "--data", str(tmp_path / "nope"), "--out",
+                               str(tmp_path / "c.h5")))
+    assert "not found" in line
+
+
+def test_empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    line = _one_line_error(run("features", "--data", str(tmp_path / "empty"), "--out",
+                               str(tmp_path / "c.h5")))
+    assert "no images" in line
+
+
+@pytest.mark.parametrize("alpha", ["0", "1", "-0.1", "1.5"])
+def test_alpha_outside_unit_interval(tmp_path, alpha):
+    line = _one_line_error(run("train", "--cache", str(tmp_path / "c.h5"), "--out",
+                               str(tmp_path / "r"), "--alpha", alpha))
+    assert "alpha" in line
+
+
+def test_unknown_preset(tmp_path):
+    line = _one_line_error(run("train", "--cache", str(tmp_path / "c.h5"), "--out",
+                               str(tmp_path / "r"), "--preset", "phase42"))
+    assert "unknown preset" in line
+
+
+def test_unreadable_weights_file(tmp_path):
+    img = tmp_path / "data"
+    for cls in ("roadwork", "none"):
+        (img / cls).mkdir(parents=True)
+    from PIL import Image
+
+    for i in range(2):
+        Image.new("RGB", (32, 32), (i * 100, 50, 50)).save(img / "roadwork" / f"{i}.png")
+        Image.new("RGB", (32, 32), (50, i * 100, 50)).save(img / "none" / f"{i}.png")
+    w = tmp_path / "weights.pth"
+    w.write_bytes(b"definitely not a checkpoint")
+    line = _one_line_error(run("features", "--data", str(img), "--out", str(tmp_path / "c.h5"),
+                               "--weights", str(w)))
+    assert "weights" in line
+    line = _one_line_error(run("features", "--data", str(img), "--out", str(tmp_path / "c.h5"),
+                               "--weights", str(tmp_path / "missing.pth")))
+    assert "weights" in line
+
+
+def test_missing_cache_in_process(tmp_path, capsys):
+    assert main(["train", "--cache", str(tmp_path / "none.h5"), "--out", str(tmp_path)]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_bad_override(tmp_path):
+    line = _one_line_error(run("train", "--cache", "x.h5", "--out", str(tmp_path),
+                               "--set", "optim.epochs=many"))
+    assert "optim.epochs" in line
