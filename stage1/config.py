@@ -71,10 +71,27 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class SelectiveConfig:
+    enabled: bool = False  # train the 3-head selective net (classifier f, gate g, auxiliary h)
+    trunk_hidden: int = 512  # width of the small shared trainable trunk
+    target_coverage: float = 0.8  # c of the selective loss's coverage penalty
+    lam: float = 32.0  # lambda: weight of the coverage penalty max(0, c - coverage)^2
+    alpha_mix: float = 0.5  # weight of the selective loss; 1 - alpha_mix on the auxiliary head
+    loss_form: str = "paper"  # paper (risk / empirical coverage) | code (official: no division)
+    risk_loss: str = "lagrangian"  # lagrangian (FNR constraint) | weighted (class-weighted CE)
+    fnr_target: float = 0.01  # alpha' of the training-time FNR constraint (< risk.alpha)
+    multiplier_lr: float = 0.05  # step size of the Lagrange multiplier (proxy-Lagrangian)
+    surrogate_temp: float = 1.0  # temperature of the smooth FNR surrogate
+
+
+@dataclass(frozen=True)
 class RiskConfig:
     alpha: float = 0.02  # target false-negative rate of the exit-as-negative rule
     method: str = "pac"  # empirical | crc | pac
     delta: float = 0.05  # failure probability of the PAC guarantee
+    beta: float = 0.05  # target false-positive rate of the exit-as-positive rule (gate-free)
+    target_coverage: float = 0.5  # SCRC-I: certified lower bound on the exit rate
+    scrc_risk: str = "fnr"  # SCRC-I risk: fnr (missed roadwork / all roadwork) | error
 
 
 @dataclass(frozen=True)
@@ -85,6 +102,7 @@ class Config:
     head: HeadConfig = field(default_factory=HeadConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     risk: RiskConfig = field(default_factory=RiskConfig)
+    selective: SelectiveConfig = field(default_factory=SelectiveConfig)
 
     def validate(self) -> Config:
         """Raise ConfigError on values no run could use; returns self for chaining."""
@@ -103,6 +121,15 @@ class Config:
         _check(self.optim.epochs >= 1 and self.optim.batch_size >= 1, "epochs, batch_size >= 1")
         _check(0.0 <= self.optim.ema_decay < 1.0, "optim.ema_decay must be in [0, 1)")
         _check(0.0 <= self.head.dropout < 1.0, "head.dropout must be in [0, 1)")
+        _check(0.0 < self.risk.beta < 1.0, f"risk.beta must be in (0, 1), got {self.risk.beta}")
+        _check(0.0 < self.risk.target_coverage < 1.0, "risk.target_coverage must be in (0, 1)")
+        _check(self.risk.scrc_risk in ("fnr", "error"), "risk.scrc_risk must be fnr|error")
+        sel = self.selective
+        _check(sel.loss_form in ("paper", "code"), "selective.loss_form must be paper|code")
+        _check(sel.risk_loss in ("lagrangian", "weighted"),
+               "selective.risk_loss must be lagrangian|weighted")
+        _check(0.0 < sel.target_coverage <= 1.0, "selective.target_coverage must be in (0, 1]")
+        _check(0.0 <= sel.alpha_mix <= 1.0, "selective.alpha_mix must be in [0, 1]")
         return self
 
 
