@@ -1,0 +1,330 @@
+"""Batched, resumable DINOv3 feature extraction into the HDF5 cache (``stage1.cache``).
+
+Pipeline: a ``DataLoader`` decodes and resizes images in ``num_workers`` processes while the
+main process runs the frozen backbone (bf16 autocast on CUDA, fp32 on CPU) and writes every
+batch with ``write_rows``, which also sets the ``done`` mask — so an interrupted run resumes
+from the rows still pending. Unreadable images are skipped, never fatal: their rows get
+label -1 (unknown, ignored by trainers), zero features and ``done = True``, and are listed
+with the reason in ``metadata["skipped"]``.
+
+Feature variants (all from one forward pass):
+    cls         final-norm CLS token, ``feats[:, 0]`` = ``model(x)`` with ``global_pool='token'``
+    patch_mean  mean of the patch tokens, ``feats[:, num_prefix_tokens:]`` (CLS + 4 registers
+                are excluded), after the final norm
+    cls_last4   CLS tokens of the last 4 blocks, each after the final norm, concatenated in
+                block order (4 * D); its last D entries equal ``cls``
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import itertools
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from feature_extract.backbone import build_backbone
+from feature_extract.preprocess import CorruptImageError, decode, normalize, to_uint8
+from stage1.cache import CacheError, create_cache, open_cache, write_rows
+from stage1.config import SPLITS, BackboneConfig
+from stage1.manifest import Sample, read_bytes
+
+log = logging.getLogger(__name__)
+VARIANTS: dict[str, int] = {"cls": 1, "patch_mean": 1, "cls_last4": 4}  # name -> dim / D
+_SPLIT_CODE = {s: i for i, s in enumerate(SPLITS)}
+_RESUME_KEYS = ("backbone", "weights_sha256", "image_size", "mean", "std", "variants", "dtype")
+
+
+@dataclass
+class ExtractReport:
+    """What one ``extract`` call did (counts refer to this call, not earlier resumed runs)."""
+
+    n_total: int  # rows in the cache
+    n_done: int  # rows extracted by this call
+    n_skipped: int  # rows skipped by this call (unreadable images)
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # {id, label, reason}
+    seconds: float = 0.0
+    images_per_s: float = 0.0
+    n_already_done: int = 0  # rows found done on entry (resume)
+    path: str = ""
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` -> cuda when available else cpu; ``cpu``/``cuda``/``cuda:N`` as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return dev
+
+
+def embed(
+    model: torch.nn.Module, x: torch.Tensor, variants: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """Feature variants of a preprocessed batch ``x`` (B, 3, S, S), as float32 tensors.
+
+    One forward pass: ``forward_intermediates`` when ``cls_last4`` is asked for (its final
+    output is exactly ``forward_features``: blocks then the final norm), else
+    ``forward_features``.
+    """
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad:
+        raise ValueError(f"unknown feature variant(s) {bad}; supported: {', '.join(VARIANTS)}")
+    out: dict[str, torch.Tensor] = {}
+    if "cls_last4" in variants:
+        if len(model.blocks) < 4:
+            raise ValueError(
+                f"cls_last4 needs a backbone with >= 4 blocks, got {len(model.blocks)}"
+            )
+        feats, inter = model.forward_intermediates(
+            x, indices=4, norm=True, output_fmt="NLC", return_prefix_tokens=True
+        )
+        # inter: [(patch_tokens, prefix_tokens)] for blocks L-4..L-1; prefix[:, 0] is CLS.
+        out["cls_last4"] = torch.cat([prefix[:, 0] for _, prefix in inter], dim=-1).float()
+    else:
+        feats = model.forward_features(x)
+    if "cls" in variants:
+        out["cls"] = feats[:, 0].float()
+    if "patch_mean" in variants:
+        out["patch_mean"] = feats[:, model.num_prefix_tokens :].float().mean(1)
+    return {v: out[v] for v in variants}
+
+
+class _ImageDataset(torch.utils.data.Dataset):
+    """Pending rows -> (row, uint8 image | None, reason); picklable for worker processes."""
+
+    def __init__(self, samples, rows, size):
+        self.samples, self.rows, self.size = samples, rows, size
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        row = int(self.rows[i])
+        try:
+            return row, to_uint8(decode(read_bytes(self.samples[row])), self.size), ""
+        except (CorruptImageError, OSError, ValueError) as e:  # corrupt, missing, no bytes
+            return row, None, str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def _collate(items):
+    """Stack decodable images; pass the unreadable ones through as (row, reason)."""
+    good = [(r, t) for r, t, _ in items if t is not None]
+    bad = [(r, why) for r, t, why in items if t is None]
+    rows = np.asarray([r for r, _ in good], dtype=np.int64)
+    x = torch.stack([t for _, t in good]) if good else None
+    return rows, x, bad
+
+
+def extract(
+    samples: list[Sample],
+    out_path: str | os.PathLike,
+    cfg: BackboneConfig,
+    *,
+    progress: bool = True,
+    limit_batches: int | None = None,
+) -> ExtractReport:
+    """Extract (or resume) the feature cache ``out_path`` for ``samples`` with backbone ``cfg``.
+
+    Args:
+        samples: one row per image; ids must be unique.
+        out_path: HDF5 cache; created if absent, else resumed after a compatibility check.
+        cfg: backbone name/weights/kwargs, image size, batch size, workers, variants, dtype,
+            device.
+        progress: show a tqdm bar and print a one-line summary.
+        limit_batches: stop after this many batches (tests, smoke runs); resume later.
+
+    Returns:
+        An ``ExtractReport`` of this call.
+    """
+    out_path = Path(out_path)
+    if not samples:
+        raise ValueError("no samples to extract")
+    ids = [s.id for s in samples]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"sample ids are not unique ({len(ids) - len(set(ids))} duplicates)")
+    variants = tuple(cfg.variants)
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad or not variants:
+        raise ValueError(f"unknown feature variant(s) {bad}; supported: {', '.join(VARIANTS)}")
+    try:
+        model_kwargs = json.loads(cfg.model_kwargs or "{}")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"backbone.model_kwargs is not JSON: {e}") from None
+    device = pick_device(cfg.device)
+    model, info = build_backbone(cfg.name, cfg.weights, model_kwargs)
+    if "cls_last4" in variants and info["depth"] < 4:
+        raise ValueError(f"cls_last4 needs a backbone with >= 4 blocks, got {info['depth']}")
+    model.to(device)
+    dims = {v: VARIANTS[v] * info["embed_dim"] for v in variants}
+    meta = _metadata(cfg, info, dims)
+    if out_path.exists():
+        done = _check_resume(out_path, samples, meta, model_kwargs)
+    else:
+        create_cache(
+            out_path,
+            ids=ids,
+            labels=[s.label for s in samples],
+            split=[s.split for s in samples],
+            domain=[s.domain for s in samples],
+            view=[0] * len(samples),
+            dims=dims,
+            metadata=meta,
+            dtype=cfg.dtype,
+        )
+        done = np.zeros(len(samples), dtype=bool)
+
+    pending = np.flatnonzero(~done)
+    loader = torch.utils.data.DataLoader(
+        _ImageDataset(samples, pending, cfg.image_size),
+        batch_size=cfg.batch_size,
+        shuffle=False,
+        num_workers=cfg.num_workers,
+        collate_fn=_collate,
+        pin_memory=device.type == "cuda",
+    )
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device.type == "cuda"
+        else contextlib.nullcontext()
+    )
+    from tqdm.auto import tqdm
+
+    report = ExtractReport(
+        n_total=len(samples),
+        n_done=0,
+        n_skipped=0,
+        n_already_done=int(done.sum()),
+        path=str(out_path),
+    )
+    t0 = time.perf_counter()
+    with tqdm(total=len(pending), unit="img", disable=not progress, desc="extract") as bar:
+        for rows, x, bad_rows in itertools.islice(loader, limit_batches):
+            if x is not None:
+                with torch.inference_mode(), autocast:
+                    x = normalize(x.to(device, non_blocking=True), info["mean"], info["std"])
+                    feats = embed(model, x, variants)
+                write_rows(out_path, rows, {k: v.cpu().numpy() for k, v in feats.items()})
+                report.n_done += len(rows)
+            if bad_rows:
+                entries = _mark_skipped(out_path, bad_rows, samples, dims)
+                report.skipped += entries
+                report.n_skipped += len(entries)
+            bar.update(len(rows) + len(bad_rows))
+    report.seconds = time.perf_counter() - t0
+    report.images_per_s = report.n_done / report.seconds if report.seconds > 0 else 0.0
+    line = (
+        f"extracted {report.n_done} images ({report.n_skipped} skipped, "
+        f"{report.n_already_done} already done) of {report.n_total} in {report.seconds:.1f}s, "
+        f"{report.images_per_s:.1f} img/s on {device} -> {out_path}"
+    )
+    if progress:
+        print(line)
+    log.info(line)
+    return report
+
+
+def _metadata(cfg: BackboneConfig, info: dict[str, Any], dims: dict[str, int]) -> dict[str, Any]:
+    import timm
+
+    import stage1
+
+    meta: dict[str, Any] = {
+        "format_version": 1,
+        "backbone": cfg.name,
+        "weights_sha256": info["weights_sha256"],
+        "weights_path": info["weights_path"],
+        "random_init": info["random_init"],
+        "pooling": info["pooling"],
+        "image_size": int(cfg.image_size),
+        "mean": info["mean"],
+        "std": info["std"],
+        "library_version": (
+            f"stage1 {stage1.__version__}; torch {torch.__version__}; timm {timm.__version__}"
+        ),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "extraction_config": json.loads(json.dumps(dataclasses.asdict(cfg))),
+        "views": "0 = clean image",
+        "skipped": [],
+        # create_cache fills these too; set here so the resume check compares like with like
+        "variants": dims,
+        "dtype": cfg.dtype,
+    }
+    if info["random_init"]:
+        meta["warning"] = info["warning"]
+    return meta
+
+
+def _check_resume(
+    path: Path, samples: list[Sample], meta: dict[str, Any], model_kwargs
+) -> np.ndarray:
+    """Refuse a cache made by another backbone/preprocessing/sample list; return its done mask."""
+    cache = open_cache(path, require_complete=False)
+    old = cache.metadata
+    diff = [k for k in _RESUME_KEYS if old.get(k) != meta[k]]
+    old_kwargs = json.loads(old.get("extraction_config", {}).get("model_kwargs", "{}") or "{}")
+    if old_kwargs != model_kwargs:
+        diff.append("model_kwargs")
+    if diff:
+        was = ", ".join(f"{k}={old.get(k)!r}" for k in diff if k != "model_kwargs")
+        raise CacheError(
+            f"cache {path} was made with {was or 'other model_kwargs'} (differs in "
+            f"{', '.join(diff)}); delete it or choose another --out"
+        )
+    same_rows = len(cache) == len(samples)
+    if same_rows:
+        skipped = {e.get("id") for e in old.get("skipped", [])}
+        ids = np.asarray([s.id for s in samples], dtype=object)
+        split = np.asarray([_SPLIT_CODE.get(s.split, -1) for s in samples])
+        labels = np.asarray([s.label for s in samples])
+        was_skipped = np.asarray([s.id in skipped for s in samples], dtype=bool)
+        same_rows = bool(
+            (cache.ids == ids).all()
+            and (cache.split == split).all()
+            and ((cache.labels == labels) | was_skipped).all()
+        )
+    if not same_rows:
+        raise CacheError(
+            f"cache {path} was made with another sample list (ids, splits or labels "
+            "differ); delete it or choose another --out"
+        )
+    return cache.done
+
+
+def _mark_skipped(path: Path, bad_rows, samples, dims) -> list[dict[str, Any]]:
+    """Rows of unreadable images: label -1, zero features, done, listed in metadata."""
+    import h5py
+
+    from schemas import validate
+
+    rows = np.asarray(sorted(r for r, _ in bad_rows), dtype=np.int64)
+    entries = [
+        {"id": samples[r].id, "label": samples[r].label, "reason": why}
+        for r, why in sorted(bad_rows)
+    ]
+    with h5py.File(path, "r+") as f:
+        meta = json.loads(f.attrs["metadata"])
+        known = {e["id"] for e in meta.get("skipped", [])}
+        meta["skipped"] = meta.get("skipped", []) + [e for e in entries if e["id"] not in known]
+        validate(meta, "feature_cache")
+        f.attrs["metadata"] = json.dumps(meta)
+        f["labels"][rows] = -1
+        for name, d in dims.items():
+            f["features"][name][rows] = np.zeros((len(rows), d), dtype=np.float32)
+        f["done"][rows] = True  # last: a crash before this re-tries the rows on resume
+        f.flush()
+    return entries
