@@ -1,0 +1,663 @@
+"""Embedded synthetic street-scene dataset: an offline, deterministic stand-in for dashcam images.
+
+``generate(out_dir)`` renders perspective street scenes with numpy + PIL only and writes them in
+folder format (``roadwork/*.jpg``, ``none/*.jpg``) plus ``manifest.csv`` (path,label,domain,group)
+and a ``DONE`` stamp written last (a second call with the same n/seed is a no-op).
+
+Scenes: a pinhole camera at dashcam height over a flat road (lane markings, curbs, sidewalks),
+a sky gradient, facades with windows, shop awnings, trees, lamps, parked and moving vehicles,
+pedestrians. Positives (half) add roadwork cues (striped cones and drums, barricades, water-filled
+barriers, work signs, workers in hi-vis vests) at varied distance, side, count and scale, partly
+occluded by traffic or cut by the frame; a quarter of them show a single small far cue only.
+Orange distractors (cars, awnings, shirts, bins, yellow warning signs, autumn trees, sunset skies)
+appear with the same frequency in both classes, so colour alone does not solve the task.
+
+Groups: consecutive images share a "street" (2-3 images, same layout seed, time of day and
+domain; own camera jitter, traffic and cues), so near-duplicates must not straddle splits.
+
+Determinism: each street and image draws from its own generator seeded by sha256 of
+(seed, key) — no global RNG, no Generator.normal — and pixel maths uses only + - * / (no libm
+sin/exp, whose last bits differ between platforms), so a given (n, seed) gives byte-identical
+files whatever the number of workers: checked across Python 3.11/3.12, numpy 2.4/2.5 and Pillow
+12.3/13.0 (golden digests in tests/test_demo_data.py). JPEG bytes rest on libjpeg-turbo's
+deterministic encoder; a deliberate renderer change bumps GENERATOR_VERSION.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+GENERATOR_VERSION = 1
+_SS = 2  # supersampling: draw at 2x, box-downsample (anti-aliasing)
+_NAME = re.compile(r"^\d{6,}\.jpg$")
+_ORANGE = (240, 105, 15)
+_WHITE = (236, 236, 232)
+
+
+def _rng(*key: object) -> np.random.Generator:
+    """Own PCG64 stream per key: sha256 is stable across machines, processes and Python runs."""
+    digest = hashlib.sha256(("stage1-demo/" + "/".join(map(str, key))).encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:16], "big"))
+
+
+def _col(rng: np.random.Generator, base, jitter: int = 18) -> tuple[int, int, int]:
+    return tuple(int(min(255, max(0, c + rng.integers(-jitter, jitter + 1)))) for c in base)
+
+
+def _grey(rng: np.random.Generator, base, jitter: int) -> tuple[int, int, int]:
+    """Brightness jitter with only a faint tint (asphalt and concrete stay grey)."""
+    g = int(rng.integers(-jitter, jitter + 1))
+    return tuple(int(min(255, max(0, c + g + rng.integers(-3, 4)))) for c in base)
+
+
+def _mix(a, b, t: float) -> tuple[int, int, int]:
+    return tuple(int(x + (y - x) * t) for x, y in zip(a, b, strict=True))
+
+
+# ---------------------------------------------------------------------------------------------
+# Camera and drawing primitives (world: X right, Y up, Z forward, metres)
+
+
+class _Painter:
+    """Pinhole camera at height ``h`` with roll, drawing on a PIL canvas."""
+
+    def __init__(self, img: Image.Image, f: float, cx: float, hy: float, h: float, t: float):
+        self.draw = ImageDraw.Draw(img)
+        self.f, self.cx, self.hy, self.h = f, cx, hy, h
+        # roll 2*atan(t) via the rational parametrisation: exact IEEE arithmetic, no cos/sin
+        self.c, self.s = (1 - t * t) / (1 + t * t), 2 * t / (1 + t * t)
+        self.ox, self.oy = img.width / 2, img.height / 2
+
+    def pt(self, X: float, Y: float, Z: float) -> tuple[float, float]:
+        x, y = self.cx + self.f * X / Z - self.ox, self.hy + self.f * (self.h - Y) / Z - self.oy
+        return self.ox + self.c * x - self.s * y, self.oy + self.s * x + self.c * y
+
+    def world(self, pts, fill) -> None:
+        self.draw.polygon([self.pt(*p) for p in pts], fill=fill)
+
+    def ground(self, x0, x1, z0, z1, fill) -> None:
+        """Quad on the road plane (Y = 0) between lateral x0..x1 and depth z0..z1."""
+        self.world([(x0, 0, z0), (x1, 0, z0), (x1, 0, z1), (x0, 0, z1)], fill)
+
+    def wall(self, X, y0, y1, z0, z1, fill) -> None:
+        """Quad in the vertical plane X = const (facades, barrier sides)."""
+        self.world([(X, y0, z0), (X, y1, z0), (X, y1, z1), (X, y0, z1)], fill)
+
+    def flat(self, X: float, Z: float, uv, fill) -> None:
+        """Polygon in the plane facing the camera at depth Z (u right, v up, metres)."""
+        self.draw.polygon([self.pt(X + u, v, Z) for u, v in uv], fill=fill)
+
+    def box(self, X, Z, u0, u1, v0, v1, fill) -> None:
+        self.flat(X, Z, [(u0, v0), (u1, v0), (u1, v1), (u0, v1)], fill)
+
+    def disc(self, X, Z, u, v, ru, rv, fill) -> None:
+        x, y = self.pt(X + u, v, Z)
+        k = self.f / Z
+        self.draw.ellipse([x - ru * k, y - rv * k, x + ru * k, y + rv * k], fill=fill)
+
+
+def _clip_u(poly, lo: float, hi: float):
+    """Sutherland-Hodgman clip of a polygon to lo <= u <= hi."""
+    for keep, edge in ((lambda u: u >= lo, lo), (lambda u: u <= hi, hi)):
+        out = []
+        for i, (u1, v1) in enumerate(poly):
+            u0, v0 = poly[i - 1]
+            if keep(u1) != keep(u0):
+                out.append((edge, v0 + (v1 - v0) * (edge - u0) / (u1 - u0)))
+            if keep(u1):
+                out.append((u1, v1))
+        poly = out
+    return poly
+
+
+# ---------------------------------------------------------------------------------------------
+# Objects (each drawn at one depth; the scene sorts them far to near)
+
+
+def _car(p: _Painter, X, Z, color, kind: str) -> None:
+    dark, glass = (24, 24, 26), (45, 55, 66)
+    p.ground(X - 1.0, X + 1.0, Z - 0.2, Z + 4, (34, 34, 36))  # shadow
+    half, top = (1.2, 3.0) if kind == "truck" else (0.9, 1.0 if kind == "car" else 1.9)
+    p.box(X, Z, -half + 0.05, -half + 0.35, 0, 0.4, dark)
+    p.box(X, Z, half - 0.35, half - 0.05, 0, 0.4, dark)
+    p.box(X, Z, -half, half, 0.3, top, color)
+    if kind == "car":
+        p.flat(
+            X,
+            Z,
+            [(-0.85, 0.95), (0.85, 0.95), (0.62, 1.45), (-0.62, 1.45)],
+            _mix(color, dark, 0.15),
+        )
+        p.flat(X, Z, [(-0.72, 1.0), (0.72, 1.0), (0.56, 1.38), (-0.56, 1.38)], glass)
+    elif kind == "van":
+        p.box(X, Z, -0.75, 0.75, 1.2, 1.75, glass)
+    else:  # work truck: amber light bar on the roof
+        p.box(X, Z, -0.6, 0.6, top, top + 0.15, (255, 190, 30))
+    p.box(X, Z, -half + 0.05, -half + 0.3, 0.7, 0.85, (205, 25, 20))
+    p.box(X, Z, half - 0.3, half - 0.05, 0.7, 0.85, (205, 25, 20))
+    p.box(X, Z, -0.22, 0.22, 0.4, 0.53, (225, 225, 215))
+
+
+def _cone(p: _Painter, X, Z, h, color) -> None:
+    s = h / 0.75
+    p.box(X, Z, -0.24 * s, 0.24 * s, 0, 0.05 * s, _mix(color, (20, 20, 20), 0.6))
+
+    def hw(v):  # half width of the cone body at height v (linear taper)
+        return 0.17 * s + (0.035 - 0.17) * s * (v - 0.05 * s) / (h - 0.05 * s)
+
+    for a, b, c in ((0.05, 1.0, color), (0.35, 0.5, _WHITE), (0.62, 0.72, _WHITE)):
+        v0, v1 = 0.05 * s if a == 0.05 else a * h, b * h
+        p.flat(X, Z, [(-hw(v0), v0), (hw(v0), v0), (hw(v1), v1), (-hw(v1), v1)], c)
+
+
+def _drum(p: _Painter, X, Z, color) -> None:
+    p.box(X, Z, -0.33, 0.33, 0, 0.08, (25, 25, 25))
+    p.box(X, Z, -0.28, 0.28, 0.08, 0.95, color)
+    p.disc(X, Z, 0, 0.95, 0.28, 0.05, _mix(color, _WHITE, 0.3))
+    for v0 in (0.25, 0.55):
+        p.box(X, Z, -0.28, 0.28, v0, v0 + 0.14, _WHITE)
+
+
+def _barricade(p: _Painter, X, Z, w, c1, slant) -> None:
+    for u in (-w / 2 + 0.1, w / 2 - 0.16):
+        p.box(X, Z, u, u + 0.06, 0, 1.05, (200, 200, 195))
+    for v0, v1 in ((0.75, 1.0), (0.38, 0.62)):
+        p.box(X, Z, -w / 2, w / 2, v0, v1, _WHITE)
+        step, shift = 0.2, (v1 - v0) * slant
+        u = -w / 2 - abs(shift) - step
+        while u < w / 2:
+            poly = _clip_u(
+                [(u, v0), (u + step, v0), (u + step + shift, v1), (u + shift, v1)], -w / 2, w / 2
+            )
+            if len(poly) >= 3:
+                p.flat(X, Z, poly, c1)
+            u += 2 * step
+
+
+def _jersey(p: _Painter, X, Z, length, color) -> None:
+    """A water-filled barrier segment running along the road from Z to Z + length."""
+    face = X - 0.3 if X > 0 else X + 0.3
+    p.wall(face, 0, 0.8, Z, Z + length, _mix(color, (0, 0, 0), 0.12))
+    p.flat(X, Z, [(-0.35, 0), (0.35, 0), (0.18, 0.8), (-0.18, 0.8)], color)
+
+
+_WORKER_GLYPH = [
+    [(-0.14, 0.0), (0.0, 0.05), (0.1, -0.22), (-0.02, -0.25)],
+    [(0.02, -0.25), (0.14, -0.24), (0.2, -0.45), (0.1, -0.45)],
+    [(0.1, -0.45), (0.42, -0.45), (0.3, -0.25)],
+]
+
+
+def _sign(p: _Painter, X, Z, kind: str, post: float) -> None:
+    p.box(X, Z, -0.04, 0.04, 0, post + 0.3, (115, 115, 120))
+    c, r = post + 0.5, 0.5
+    black = (20, 20, 20)
+    if kind in ("work_diamond", "warn_diamond"):
+        fill = (250, 140, 0) if kind == "work_diamond" else (250, 210, 20)
+        p.flat(X, Z, [(0, c - r), (r, c), (0, c + r), (-r, c)], black)
+        p.flat(X, Z, [(0, c - r + 0.06), (r - 0.06, c), (0, c + r - 0.06), (-r + 0.06, c)], fill)
+    elif kind in ("work_triangle", "yield"):
+        k = -1 if kind == "yield" else 1
+        p.flat(X, Z, [(-r, c - k * 0.4), (r, c - k * 0.4), (0, c + k * 0.5)], (200, 20, 25))
+        p.flat(X, Z, [(-0.33, c - k * 0.3), (0.33, c - k * 0.3), (0, c + k * 0.3)], _WHITE)
+    elif kind == "speed":
+        p.disc(X, Z, 0, c, 0.4, 0.4, (200, 20, 25))
+        p.disc(X, Z, 0, c, 0.3, 0.3, _WHITE)
+        p.box(X, Z, -0.15, -0.03, c - 0.12, c + 0.12, black)
+        p.box(X, Z, 0.03, 0.15, c - 0.12, c + 0.12, black)
+        return
+    else:  # parking
+        p.box(X, Z, -0.35, 0.35, c - 0.35, c + 0.35, (20, 70, 170))
+        p.box(X, Z, -0.12, 0.12, c - 0.2, c + 0.22, _WHITE)
+        return
+    if kind.startswith("work"):
+        dy = c + 0.08 if kind == "work_diamond" else c - 0.08
+        for poly in _WORKER_GLYPH:
+            p.flat(X, Z, [(u * 0.8, dy + v * 0.8) for u, v in poly], black)
+        p.disc(X, Z, -0.04, dy + 0.12, 0.06, 0.06, black)
+    elif kind == "warn_diamond":  # pedestrian-crossing style: a standing figure
+        p.box(X, Z, -0.05, 0.05, c - 0.3, c + 0.1, black)
+        p.disc(X, Z, 0, c + 0.2, 0.07, 0.07, black)
+
+
+def _person(p: _Painter, X, Z, torso, legs, skin, helmet, vest: bool) -> None:
+    p.box(X, Z, -0.17, -0.03, 0, 0.85, legs)
+    p.box(X, Z, 0.03, 0.17, 0, 0.85, legs)
+    p.box(X, Z, -0.22, 0.22, 0.82, 1.45, torso)
+    p.box(X, Z, -0.3, -0.2, 0.9, 1.42, torso)
+    p.box(X, Z, 0.2, 0.3, 0.9, 1.42, torso)
+    if vest:  # retro-reflective bands of a hi-vis vest
+        for v0 in (1.0, 1.22):
+            p.box(X, Z, -0.22, 0.22, v0, v0 + 0.05, (225, 225, 215))
+    p.disc(X, Z, 0, 1.57, 0.1, 0.12, skin)
+    if helmet is not None:
+        p.flat(X, Z, [(-0.13, 1.62), (0.13, 1.62), (0.09, 1.72), (-0.09, 1.72)], helmet)
+
+
+def _tree(p: _Painter, X, Z, blobs) -> None:
+    p.box(X, Z, -0.12, 0.12, 0, 2.8, (90, 65, 45))
+    for du, dv, r, color in blobs:
+        p.disc(X, Z, du, 3.6 + dv, r, r * 0.85, color)
+
+
+def _lamp(p: _Painter, X, Z, side) -> None:
+    grey, arm = (105, 108, 112), -side * 1.6
+    p.box(X, Z, -0.07, 0.07, 0, 7.0, grey)
+    p.flat(X, Z, [(0, 6.85), (arm, 7.05), (arm, 7.15), (0, 7.0)], grey)
+    p.box(X, Z, arm - 0.25, arm + 0.25, 6.92, 7.05, (250, 235, 170))
+
+
+def _bin(p: _Painter, X, Z, color) -> None:
+    p.box(X, Z, -0.3, 0.3, 0, 1.0, color)
+    p.box(X, Z, -0.34, 0.34, 1.0, 1.1, _mix(color, (0, 0, 0), 0.3))
+
+
+# ---------------------------------------------------------------------------------------------
+# Street layout (shared by the 2-3 images of a group)
+
+
+def _hex(colours: str) -> list[tuple[int, int, int]]:
+    return [tuple(int(c[i : i + 2], 16) for i in (0, 2, 4)) for c in colours.split()]
+
+
+_FACADES = _hex("964b37 beaa8c a0a0a5 e1dccd 788296 d7c882 c88746 5f5a5a af7864 8c9b87")
+_AWNINGS = [*_hex("eb6e14 b91e23 1e6e3c 28468c"), None]  # None = red-white stripes
+_CARS = _hex("e6e6e6 19191c 82848a a51419 193278 bebec3 3c503c 785a3c")
+_GREENS = _hex("3c6e2d 2d5a28 558237")
+_AUTUMN = _hex("d76e19 e1aa23 a9371e be8228")
+_SHIRTS = _hex("283c78 b4b4b9 1e1e1e 781e28 466e50")
+
+
+@lru_cache(maxsize=16)
+def _street(seed: int, sid: int) -> dict:
+    r = _rng(seed, "street", sid)
+    dusk, autumn, awning_rate = r.random() < 0.35, r.random() < 0.35, r.uniform(0, 0.8)
+    lw, ll, lr = r.uniform(3.0, 3.6), int(r.integers(0, 3)), int(r.integers(0, 2))
+    XL, XR, walk = -(0.5 + ll) * lw, (0.5 + lr) * lw, r.uniform(2.0, 4.5)
+    if dusk:
+        sky = [_col(r, (40, 45, 100)), _col(r, (150, 90, 120)), _col(r, (245, 140, 60))]
+    elif r.random() < 0.7:
+        sky = [_col(r, (75, 135, 205)), _col(r, (140, 180, 225)), _col(r, (200, 215, 232))]
+    else:
+        g = int(r.integers(150, 200))
+        sky = [(g, g, g + 5), (g + 15, g + 15, g + 20), (g + 25, g + 25, g + 28)]
+    st = dict(
+        dusk=dusk,
+        lw=lw,
+        lanes=ll + lr + 1,
+        XL=XL,
+        XR=XR,
+        walk=walk,
+        sky=sky,
+        asphalt=_grey(r, (85, 86, 90), 15),
+        pavement=_grey(r, (150, 148, 140), 20),
+        yellow=r.random() < 0.4 and ll > 0,
+        edge_lines=r.random() < 0.7,
+        zoom=r.uniform(0.65, 1.0),
+        buildings=[],
+        objects=[],
+        skyline=[],
+    )
+    st["sun"] = (r.uniform(-300, 300), r.uniform(15, 40)) if dusk and r.random() < 0.6 else None
+    for _ in range(int(r.integers(6, 14))):
+        st["skyline"].append((r.uniform(-350, 350), r.uniform(15, 60), r.uniform(10, 45)))
+    for side in (-1, 1):
+        curb = XL if side < 0 else XR
+        setback = r.uniform(0, 1.5) if r.random() < 0.75 else r.uniform(4, 15)  # plazas, lots
+        X, z = curb + side * (walk + setback), r.uniform(1.0, 6.0)
+        while z < 220:
+            length, h = r.uniform(8, 30), r.uniform(5, 28)
+            has_awning = r.random() < awning_rate
+            st["buildings"].append(
+                dict(
+                    X=X,
+                    side=side,
+                    z0=z,
+                    z1=z + length,
+                    h=h,
+                    color=_col(r, _FACADES[int(r.integers(len(_FACADES)))], 12),
+                    window=_col(r, (60, 75, 95) if not dusk else (200, 170, 90), 20),
+                    floor=r.uniform(3.0, 3.6),
+                    bay=r.uniform(2.6, 4.0),
+                    awning=_AWNINGS[int(r.integers(len(_AWNINGS)))] if has_awning else False,
+                )
+            )
+            z += length + (r.uniform(1, 6) if r.random() < 0.35 else 0.0)
+        if r.random() < 0.6:  # a row of trees at the outer edge of the sidewalk
+            palette = _AUTUMN if autumn else _GREENS
+            z = r.uniform(3, 12)
+            while z < 120:
+                blobs = []
+                for _ in range(3):  # canopy: offset u, v, radius, colour
+                    du, dv, rad = r.uniform(-0.6, 0.6), r.uniform(-0.4, 0.8), r.uniform(1.0, 1.9)
+                    blobs.append((du, dv, rad, _col(r, palette[int(r.integers(len(palette)))])))
+                st["objects"].append((z, _tree, (curb + side * walk * 0.7, z, blobs)))
+                z += r.uniform(7, 16)
+        if r.random() < 0.6:
+            z = r.uniform(5, 20)
+            while z < 140:
+                st["objects"].append((z, _lamp, (curb + side * 0.4, z, side)))
+                z += r.uniform(18, 32)
+        if r.random() < 0.5:  # parked cars along the curb
+            z = r.uniform(4, 12)
+            while z < 70:
+                if r.random() < 0.6:
+                    color = _CARS[int(r.integers(len(_CARS)))]
+                    st["objects"].append((z, _car, (curb - side * 1.1, z, _col(r, color), "car")))
+                z += r.uniform(5.5, 9)
+    return st
+
+
+# ---------------------------------------------------------------------------------------------
+# Scene
+
+
+def _background(p: _Painter, st: dict, img: Image.Image, r: np.random.Generator) -> None:
+    RW, RH = img.size
+    if st["sun"] is not None:
+        x, rad = st["sun"]
+        p.disc(x, 1000, 0, p.h + 40, rad * 2.2, rad * 2.2, _mix(st["sky"][2], (255, 200, 120), 0.4))
+        p.disc(x, 1000, 0, p.h + 40, rad, rad, (255, 226, 160))
+    haze = _mix(st["sky"][2], (110, 115, 125), 0.45)
+    for X, w, h in st["skyline"]:
+        p.box(X, 400, -w / 2, w / 2, 0, h, haze)
+    far = 1e4
+    p.draw.polygon(
+        [p.pt(-10 * far, 0, far), p.pt(10 * far, 0, far), (4 * RW, 4 * RH), (-3 * RW, 4 * RH)],
+        fill=st["pavement"],
+    )
+    XL, XR = st["XL"], st["XR"]
+    p.ground(XL, XR, 0.5, 3000, st["asphalt"])
+    for x0 in (XL - 0.25, XR):  # curbs
+        p.ground(x0, x0 + 0.25, 0.5, 3000, (175, 175, 170))
+    paint = (225, 225, 215)
+    if st["edge_lines"]:
+        for x in (XL + 0.3, XR - 0.45):
+            p.ground(x, x + 0.15, 0.5, 3000, paint)
+    phase, period = r.uniform(0, 10), r.uniform(9, 12)
+    for k in range(1, st["lanes"]):
+        x = XL + k * st["lw"]
+        if k == 1 and st["yellow"]:
+            for dx in (-0.2, 0.05):
+                p.ground(x + dx, x + dx + 0.13, 0.5, 3000, (230, 180, 30))
+            continue
+        z = 1.0 + phase
+        while z < 130:
+            p.ground(x - 0.07, x + 0.07, z, z + 3, paint)
+            z += period
+    for b in sorted(st["buildings"], key=lambda b: -b["z0"]):
+        _building(p, b)
+
+
+def _building(p: _Painter, b: dict) -> None:
+    X, z0, z1, h = b["X"], b["z0"], b["z1"], b["h"]
+    p.wall(X, 0, h, z0, z1, b["color"])
+    y = 4.0
+    while y + 1.6 < h and p.f * 1.4 / z1 > 1.2:
+        z = z0 + 1.0
+        while z + 1.3 < z1 and p.f * 1.4 / z > 1.2:
+            p.wall(X, y, y + 1.5, z, z + 1.2, b["window"])
+            z += b["bay"]
+        y += b["floor"]
+    if b["awning"] is not False:
+        p.wall(X, 0.2, 2.6, z0 + 0.6, z1 - 0.6, (40, 45, 52))  # shop windows
+        d = -b["side"] * 1.3
+        seg = (z1 - z0 - 1.2) / max(1, round((z1 - z0 - 1.2) / 0.8))
+        z = z0 + 0.6
+        for k in range(int(round((z1 - z0 - 1.2) / seg))):
+            color = b["awning"] or ((200, 35, 35) if k % 2 else _WHITE)
+            p.world([(X, 3.1, z), (X, 3.1, z + seg), (X + d, 2.5, z + seg), (X + d, 2.5, z)], color)
+            z += seg
+
+
+def _roadwork(r: np.random.Generator, st: dict, objs: list, p: _Painter, width: int) -> list:
+    """Append the roadwork cues of a positive image to ``objs``; returns their (X, Z) anchors."""
+    side = -1 if r.random() < 0.5 else 1
+    edge, inward, lw = (st["XL"] if side < 0 else st["XR"]), -side, st["lw"]
+    orange, white = _col(r, _ORANGE, 15), _WHITE
+    stripe = orange if r.random() < 0.7 else (200, 30, 30)
+    anchors = []
+
+    def add(fn, X, Z, *args):
+        objs.append((Z, fn, (X, Z, *args)))
+        anchors.append((X, Z))
+
+    def sign(X, Z):
+        add(_sign, X, Z, "work_diamond" if r.random() < 0.5 else "work_triangle", r.uniform(1.2, 2))
+
+    style = int(r.choice(3, p=[0.25, 0.45, 0.30]))
+    if style == 0:  # one small, far cue: the hard positives
+        Z, X = r.uniform(18, 38), edge + inward * r.uniform(-0.8, 1.2)
+        kind = int(r.integers(4))
+        if kind == 0:
+            add(_cone, X, Z, r.uniform(0.6, 0.9), orange)
+        elif kind == 1:
+            add(_drum, X, Z, orange)
+        elif kind == 2:
+            sign(edge - inward * 0.6, Z + 6)
+        else:
+            add(_barricade, X, Z, r.uniform(1.2, 2.0), stripe, r.choice([-1.0, 1.0]))
+    elif style == 1:  # cones or drums closing a lane, often in a taper
+        n, Z0, gap = int(r.integers(3, 10)), r.uniform(6, 25), r.uniform(3, 6)
+        X0, taper = edge + inward * r.uniform(0.3, 1.0), r.uniform(0.2, 0.6) * (r.random() < 0.6)
+        drums, h = r.random() < 0.3, r.uniform(0.6, 0.9)
+        for k in range(n):
+            X = X0 + inward * min(taper * k, 0.9 * lw)
+            add(_drum, X, Z0 + k * gap, orange) if drums else add(_cone, X, Z0 + k * gap, h, orange)
+        if r.random() < 0.5:
+            sign(edge - inward * 0.6, max(4.0, Z0 - r.uniform(2, 6)))
+        if r.random() < 0.3:
+            add(_barricade, X0 + inward * lw * 0.5, Z0 + n * gap, 2.0, stripe, 1.0)
+    else:  # a work zone along one side: barriers, cones, workers, sign, work truck
+        Za, L, Xz = r.uniform(6, 22), r.uniform(8, 22), edge + inward * r.uniform(0.5, 1.5)
+        if r.random() < 0.45:
+            for k in range(int(L / 2.0)):
+                add(_jersey, Xz, Za + 2.0 * k, 1.9, orange if k % 2 == 0 else white)
+        else:
+            for _ in range(int(r.integers(1, 4))):
+                X, Z = Xz + inward * r.uniform(-0.5, 1.5), Za + r.uniform(0, L)
+                add(_barricade, X, Z, r.uniform(1.2, 2.5), stripe, r.choice([-1.0, 1.0]))
+        for _ in range(int(r.integers(0, 5))):
+            add(_cone, Xz + inward * r.uniform(-0.3, 1.0), Za + r.uniform(-3, L), 0.75, orange)
+        if r.random() < 0.65:
+            for _ in range(int(r.integers(1, 4))):
+                vest = _col(r, (205, 235, 40) if r.random() < 0.6 else (250, 120, 20), 12)
+                helmet = [(240, 240, 235), (245, 210, 20), (245, 120, 20)][int(r.integers(3))]
+                X, Z = Xz - inward * r.uniform(0.3, 2.0), Za + r.uniform(0, L)
+                add(_person, X, Z, vest, (40, 45, 70), _col(r, (200, 160, 130), 30), helmet, True)
+        if r.random() < 0.6:
+            sign(edge - inward * 0.6, max(4.0, Za - r.uniform(2, 8)))
+        if r.random() < 0.25:
+            color = [(240, 120, 20), (240, 200, 30), (235, 235, 235)][int(r.integers(3))]
+            add(_car, Xz - inward * 1.2, Za + 0.6 * L, color, "truck")
+    if r.random() < 0.2:  # a near cue cut by the left or right frame border
+        Z = r.uniform(3.5, 7.0)
+        x_edge = 0.0 if r.random() < 0.5 else float(width)
+        X = (x_edge - p.cx) * Z / p.f + r.uniform(-0.3, 0.3)
+        kind = int(r.integers(3))
+        if kind == 0:
+            add(_cone, X, Z, 0.75, orange)
+        elif kind == 1:
+            add(_barricade, X, Z, 1.8, stripe, 1.0)
+        else:
+            add(_person, X, Z, (205, 235, 40), (40, 45, 70), (190, 150, 120), _WHITE, True)
+    return anchors
+
+
+def _traffic(r: np.random.Generator, st: dict, objs: list, anchors: list) -> None:
+    """Moving cars, pedestrians and orange / sign-like distractors, label-independent rates."""
+    lane_x = [st["XL"] + (k + 0.5) * st["lw"] for k in range(st["lanes"])]
+    for _ in range(int(r.integers(0, 4))):
+        kind = ["car", "car", "car", "van", "truck"][int(r.integers(5))]
+        color = _col(r, _CARS[int(r.integers(len(_CARS)))])
+        X, Z = lane_x[int(r.integers(len(lane_x)))], r.uniform(7, 90)
+        objs.append((Z, _car, (X + r.uniform(-0.4, 0.4), Z, color, kind)))
+    if r.random() < 0.25:  # an orange car (or taxi)
+        X, Z = lane_x[int(r.integers(len(lane_x)))], r.uniform(6, 50)
+        color = _col(r, (235, 110, 25) if r.random() < 0.6 else (240, 175, 20), 10)
+        objs.append((Z, _car, (X, Z, color, "car" if r.random() < 0.7 else "van")))
+    if r.random() < 0.3:  # a car just in front of a cue (occlusion) or anywhere
+        if anchors:  # car edge through the cue's line of sight: covers part of it
+            Xq, Zq = anchors[int(r.integers(len(anchors)))]
+            Z = Zq - r.uniform(2, 6)
+            X = Xq * Z / Zq + r.choice([-1.0, 1.0]) * 0.9 * r.uniform(0.85, 1.15)
+        else:
+            X, Z = lane_x[int(r.integers(len(lane_x)))], r.uniform(6, 30)
+        if Z > 3.5:
+            objs.append((Z, _car, (X, Z, _col(r, _CARS[int(r.integers(len(_CARS)))]), "car")))
+    walk_x = [st["XL"] - 0.4 - st["walk"] * 0.5, st["XR"] + 0.4 + st["walk"] * 0.5]
+    for _ in range(int(r.integers(0, 3))):
+        shirt = (235, 115, 30) if r.random() < 0.15 else _SHIRTS[int(r.integers(len(_SHIRTS)))]
+        X, Z = walk_x[int(r.integers(2))] + r.uniform(-0.8, 0.8), r.uniform(5, 40)
+        objs.append(
+            (Z, _person, (X, Z, _col(r, shirt), (50, 50, 60), (190, 150, 120), None, False))
+        )
+    if r.random() < 0.4:
+        kind = ["warn_diamond", "yield", "speed", "parking"][int(r.integers(4))]
+        X, Z = walk_x[int(r.integers(2))], r.uniform(6, 35)
+        objs.append((Z, _sign, (X, Z, kind, r.uniform(1.4, 2.0))))
+    if r.random() < 0.2:
+        X, Z = walk_x[int(r.integers(2))], r.uniform(5, 30)
+        color = (235, 120, 25) if r.random() < 0.6 else (60, 100, 60)
+        objs.append((Z, _bin, (X, Z, _col(r, color, 12))))
+
+
+def render(seed: int, index: int, street: int, label: int) -> tuple[Image.Image, str]:
+    """One synthetic street scene and its domain ("day" | "dusk")."""
+    st = _street(seed, street)
+    r = _rng(seed, "image", index)
+    W, H = int(r.integers(224, 449)), int(r.integers(224, 449))
+    RW, RH = W * _SS, H * _SS
+    hy = RH * r.uniform(0.36, 0.52)
+    # sky: piecewise-linear vertical gradient top -> middle -> horizon, one column stretched
+    rows = np.arange(RH, dtype=np.float64) / hy
+    sky = np.stack([np.interp(rows, [0.0, 0.6, 1.0], [c[i] for c in st["sky"]]) for i in range(3)])
+    column = Image.fromarray(sky.T[:, None, :].astype(np.uint8))
+    img = column.resize((RW, RH), Image.Resampling.NEAREST)
+    f = RW * st["zoom"] * r.uniform(0.92, 1.08)
+    p = _Painter(
+        img, f, RW * (0.5 + r.uniform(-0.07, 0.07)), hy, r.uniform(1.3, 1.7), r.uniform(-0.03, 0.03)
+    )
+    _background(p, st, img, r)
+    objs = list(st["objects"])
+    anchors = _roadwork(r, st, objs, p, RW) if label == 1 else []
+    _traffic(r, st, objs, anchors)
+    for _, fn, args in sorted(objs, key=lambda o: -o[0]):  # painter's algorithm, far to near
+        fn(p, *args)
+    # lighting: time-of-day gain and tint, vignette, sensor noise (only + - * / on floats)
+    if st["dusk"]:
+        gain = r.uniform(0.5, 0.75) * np.array(
+            [1.08, 0.95, 0.88] if r.random() < 0.6 else [0.88, 0.93, 1.1]
+        )
+    else:
+        gain = r.uniform(0.85, 1.15) * (1 + r.uniform(-0.05, 0.05, size=3))
+    xs = (np.arange(W) - W / 2) / (W / 2)
+    ys = (np.arange(H) - H / 2) / (H / 2)
+    vignette = 1.0 - r.uniform(0.05, 0.25) * 0.5 * (xs[None, :] ** 2 + ys[:, None] ** 2)
+    arr = np.asarray(img.reduce(_SS), dtype=np.float32) * gain.astype(np.float32)
+    arr = arr * vignette[:, :, None].astype(np.float32)
+    arr += r.integers(-5, 6, size=(H, W, 1)).astype(np.float32)
+    out = Image.fromarray((np.clip(arr, 0, 255) + 0.5).astype(np.uint8))
+    return out, "dusk" if st["dusk"] else "day"
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset
+
+
+def plan(n: int, seed: int = 0) -> list[tuple[int, int, int]]:
+    """(index, street, label) per image: exactly ceil(n/2) positives in a seeded random order,
+    consecutive indices grouped into streets of 2-3 images."""
+    r = _rng(seed, "plan")
+    labels = r.permutation(np.arange(n) < (n + 1) // 2)
+    streets: list[int] = []
+    while len(streets) < n:
+        streets += [streets[-1] + 1 if streets else 0] * int(r.integers(2, 4))
+    return [(i, streets[i], int(labels[i])) for i in range(n)]
+
+
+def _render_task(task: tuple[str, int, int, int, int]) -> tuple[int, str, int, str, str]:
+    out_dir, seed, index, street, label = task
+    img, domain = render(seed, index, street, label)
+    rel = f"{'roadwork' if label == 1 else 'none'}/{index:06d}.jpg"
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90)
+    (Path(out_dir) / rel).write_bytes(buf.getvalue())
+    return index, rel, label, domain, f"street-{street:05d}"
+
+
+def _spawn_safe() -> bool:
+    """Spawned workers re-import ``__main__`` from its file; a script read from stdin has none
+    (the pool would respawn failing workers forever), so render in-process there."""
+    main_file = getattr(sys.modules["__main__"], "__file__", None)
+    return main_file is None or Path(main_file).is_file()
+
+
+def generate(
+    out_dir: str | Path, n: int = 2000, seed: int = 0, workers: int = 2, progress: bool = True
+) -> Path:
+    """Write the synthetic set (roadwork/, none/, manifest.csv, DONE) to ``out_dir``.
+
+    Args:
+        out_dir: target folder (created).
+        n: number of images (>= 2; exactly ceil(n/2) positives).
+        seed: generator seed; (n, seed) fixes every byte.
+        workers: render processes (<= 1 renders in this process).
+        progress: show a tqdm progress bar.
+
+    Returns:
+        ``out_dir`` as a Path, loadable with ``stage1.manifest.load_manifest`` (the folder reader
+        picks up ``manifest.csv`` for domains and street groups).
+    """
+    if n < 2:
+        raise ValueError(f"demo data needs n >= 2 images, got {n}")
+    out = Path(out_dir)
+    stamp = {"generator": "stage1.demo_data", "version": GENERATOR_VERSION, "n": n, "seed": seed}
+    done = out / "DONE"
+    if done.is_file():
+        try:
+            if json.loads(done.read_text()) == stamp:
+                return out
+        except (ValueError, OSError):
+            pass
+        done.unlink()
+    for name in ("roadwork", "none"):  # drop images of an earlier, different generation
+        (out / name).mkdir(parents=True, exist_ok=True)
+        for old in (out / name).iterdir():
+            if _NAME.match(old.name):
+                old.unlink()
+    tasks = [(str(out), seed, i, s, lab) for i, s, lab in plan(n, seed)]
+    from tqdm import tqdm
+
+    bar = tqdm(total=n, desc="demo images", unit="img", disable=not progress)
+    rows: list = [None] * n
+    if workers <= 1 or not _spawn_safe():
+        for task in tasks:
+            row = _render_task(task)
+            rows[row[0]] = row
+            bar.update()
+    else:
+        import multiprocessing as mp
+
+        # spawn, not fork: the caller may hold JAX/torch threads that fork would copy
+        with mp.get_context("spawn").Pool(workers) as pool:
+            chunk = max(1, min(16, n // (4 * workers)))
+            for row in pool.imap_unordered(_render_task, tasks, chunksize=chunk):
+                rows[row[0]] = row
+                bar.update()
+    bar.close()
+    from stage1.artifacts import atomic_write_bytes
+
+    lines = ["path,label,domain,group"] + [f"{r[1]},{r[2]},{r[3]},{r[4]}" for r in rows]
+    atomic_write_bytes(out / "manifest.csv", ("\n".join(lines) + "\n").encode())
+    atomic_write_bytes(done, (json.dumps(stamp) + "\n").encode())
+    return out
