@@ -1,0 +1,351 @@
+"""SCRC-I: calibration-only selective risk and coverage control for the stage-1 exit (METHODS §4.4).
+
+Rule on an image with gate score ``g`` and P(roadwork) ``p``: stage 1 decides alone iff
+``g >= lambda1`` — then ``exit_positive`` iff ``p >= lambda2``, else ``exit_negative`` — and
+defers to stage 2 otherwise. Quantities are those of stage 1 alone: coverage = exits / images;
+``risk="error"``: wrong exits / exits; ``risk="fnr"``: roadwork images exited as negative / all
+roadwork images. Guarantee, over the calibration draw (union bound, ``delta = delta_cov +
+delta_risk``)::
+
+    P( coverage(lambda1) < target_coverage  or  risk(lambda1, lambda2) > alpha ) <= delta.
+
+Procedure (built from LTT, Clopper–Pearson and DKW; inspired by, not verified equal to, Xu, Guo
+& Wei, "Selective Conformal Risk Control", arXiv 2512.12844):
+
+1. Selection. ``lambda1`` admits exactly the calibration samples strictly above an order
+   statistic ``u`` of the gate scores: ``lambda1 = nextafter(u, +inf)``, so ``g >= lambda1``
+   iff ``g > u``. Its rank ``m`` (number of calibration exits) depends only on ``n``,
+   ``target_coverage`` and ``delta_cov`` — it is the most selective rule whose coverage bound
+   clears the target:
+   - ``coverage_bound="dkw"``: ``coverage_lcb(t) = cov_hat(t) - sqrt(ln(1/delta_cov) / (2n))``,
+     the one-sided DKW inequality with Massart's constant, valid *uniformly over all thresholds
+     t* and therefore for any data-chosen one (needs ``delta_cov <= 1/2``).
+   - ``coverage_bound="order_statistic"``: the coverage of a threshold sitting at the m-th
+     largest gate score is ``P(g >= .) >= 1 - U_(n-m+1) ~ Beta(m, n - m + 1)`` for iid data
+     (quantile transform; valid with ties). Exact for this rank rule, tighter than DKW, but
+     valid only because m is fixed before looking at the data, as it is here.
+2. Decision threshold. Fixed-sequence testing (LTT) of ``H(lambda2): risk > alpha`` with exact
+   binomial p-values ``BinomCDF(e; N, alpha)`` along a pre-declared order of ``lambda2`` over
+   the whole real line, stopping at the first p-value above ``delta_risk``. The first true null
+   along a data-independent order is a fixed point, so the family-wise error is <= delta_risk
+   even though the p-values are only evaluated where the calibration decisions change.
+   - ``risk="error"``: ``N`` = calibration exits, ``e`` = wrong exits. Order: from
+     ``lambda2_start`` (default 0.5, the Bayes threshold for calibrated probabilities and the
+     minimum of the selective error) downwards, i.e. towards more ``exit_positive``; the
+     smallest certified evaluation point is returned — fewest missed roadwork images among
+     exits whose selective error is still certified; a calibration prob (or the start), so the
+     rule never extrapolates below the data (any subset of the certified set is valid).
+     Validity: conditionally on ``u``, the m calibration samples above it are iid from the law
+     of (g, p, y) given ``g > u`` (order-statistic property for continuous g), which is exactly
+     the population of the deployed rule; the binomial test is therefore exact given ``u``,
+     hence unconditionally.
+   - ``risk="fnr"``: ``N = n+`` (all calibration positives), ``e`` = positives exited as
+     negative — for a fixed rule the count is Binomial(n+, FNR). FNR is non-decreasing in
+     ``lambda2``, so the order is increasing ``lambda2`` and the certified set is
+     ``lambda2 <= s_(k*)``, with ``s`` the sorted ``p`` of the selected positives and ``k*`` the
+     PAC rank of ``fnr_threshold`` for ``n+`` at ``delta_risk``. This is exact for a
+     ``lambda1`` fixed in advance; here ``lambda1`` is a rank statistic of all gate scores, a
+     weak dependence not covered by the proof. Measured by simulation (tests/test_scrc.py): with
+     the misses concentrated in a strip right where ``lambda1`` lands, n = 2000, alpha = 0.05,
+     delta_risk = 0.05, P(FNR > alpha) was 0.044 +- 0.002 (10,000 draws) against 0.040 for a
+     fixed ``lambda1``; on smooth laws no excess was visible.
+
+Why not search ``lambda1`` and ``lambda2`` jointly: FNR is non-increasing in ``lambda1`` (and the
+selective error is, for a gate that ranks confidence, too), so the most selective admissible
+``lambda1`` is the best one for every ``lambda2``; and scanning ``lambda1`` with the risk test
+would need a multiplicity correction or break the conditioning argument above. The calibration
+split must be disjoint from training, model selection and calibrator fitting (METHODS §3.4).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import stats
+
+from calibrate.thresholds import (
+    binomial_p_value,
+    certified_rank,
+    clopper_pearson_upper,
+    min_calibration_size,
+    validate_scores_labels,
+)
+
+RISKS = ("fnr", "error")
+COVERAGE_BOUNDS = ("dkw", "order_statistic")
+DECISIONS = ("exit_negative", "exit_positive", "defer")
+
+
+def _dkw_eps(n: int, delta_cov: float) -> float:
+    return math.sqrt(math.log(1.0 / delta_cov) / (2.0 * n))
+
+
+def _selection_size(n: int, target: float, delta_cov: float, bound: str) -> int:
+    """Number m of calibration exits of the most selective admissible rule (n + 1: infeasible)."""
+    if bound == "dkw":
+        return max(math.ceil(n * (target + _dkw_eps(n, delta_cov)) - 1e-9), 1)
+    # P(Beta(m, n - m + 1) < target) = P(Binom(n, target) >= m) = sf(m - 1), decreasing in m:
+    # m - 1 = min{j : sf(j) <= delta_cov} (binom.isf, checked against sf for float round-off).
+    # sf(n) = 0, so j <= n; j = n means m = n + 1, i.e. infeasible.
+    j = int(stats.binom.isf(delta_cov, n, target))
+    while j > 0 and stats.binom.sf(j - 1, n, target) <= delta_cov:
+        j -= 1
+    while stats.binom.sf(j, n, target) > delta_cov:
+        j += 1
+    return j + 1
+
+
+def _min_n_for_coverage(target: float, delta_cov: float, bound: str) -> int:
+    if bound == "dkw":  # n (1 - target)^2 >= ln(1/delta)/2
+        n = max(math.ceil(math.log(1.0 / delta_cov) / (2.0 * (1.0 - target) ** 2)), 1)
+    else:  # target^n <= delta_cov
+        n = max(math.ceil(math.log(delta_cov) / math.log(target)), 1)
+    while n > 1 and _selection_size(n - 1, target, delta_cov, bound) <= n - 1:
+        n -= 1
+    while _selection_size(n, target, delta_cov, bound) > n:
+        n += 1
+    return n
+
+
+def _coverage_lcb(n: int, m: int, n_exit: int, delta_cov: float, bound: str) -> float:
+    if bound == "dkw":
+        return n_exit / n - _dkw_eps(n, delta_cov)
+    return float(stats.beta.ppf(delta_cov, m, n - m + 1))
+
+
+def _selection_threshold(g: np.ndarray, m: int) -> float:
+    """``nextafter(u)`` for the largest gate value u with ``#{g > u} >= m`` (-inf: admit all)."""
+    gs = np.sort(g)
+    idx = int(np.searchsorted(gs, gs[g.size - m], side="left"))
+    return -math.inf if idx == 0 else float(np.nextafter(gs[idx - 1], math.inf))
+
+
+def _min_trials(rate: float, alpha: float, delta: float) -> int | None:
+    """Smallest N whose binomial test certifies ``alpha`` with ``floor(rate N)`` events."""
+    if rate >= alpha:
+        return None
+    n = 1
+    while binomial_p_value(math.floor(rate * n), n, alpha) > delta:
+        n *= 2
+    lo, hi = n // 2, n  # bisection; the p-value is only roughly monotone in N, hence "about"
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if binomial_p_value(math.floor(rate * mid), mid, alpha) <= delta:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def _min_n_for_exits(exits: int, target: float, delta_cov: float, bound: str) -> int:
+    """Smallest n_calib whose selection rule admits at least ``exits`` calibration images."""
+    hi = exits
+    while _selection_size(hi, target, delta_cov, bound) < exits:
+        hi *= 2
+    lo = hi // 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _selection_size(mid, target, delta_cov, bound) >= exits:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+@dataclass(frozen=True)
+class SCRCResult:
+    """Thresholds and certificates of ``fit_scrc_i`` (see the module docstring)."""
+
+    lambda1: float  # stage 1 decides alone iff gate >= lambda1
+    lambda2: float  # among those, exit_positive iff prob >= lambda2
+    coverage_lcb: float  # certified lower bound on coverage (level 1 - delta_cov)
+    risk_ucb: float  # Clopper-Pearson upper bound on the risk (level 1 - delta_risk)
+    n_calib: int
+    n_selected: int  # calibration images that stage 1 exits
+    coverage_hat: float
+    risk_hat: float  # n_events / n_trials
+    alpha: float
+    delta: float
+    target_coverage: float
+    risk: str  # "fnr" | "error"
+    delta_cov: float
+    delta_risk: float
+    coverage_bound: str
+    n_trials: int  # binomial N of the risk test: n_selected (error) or n_pos (fnr)
+    n_events: int  # wrong exits (error) or positives exited as negative (fnr)
+
+    def decide(self, gate_scores, probs) -> np.ndarray:
+        """Per-image decision in {"exit_negative", "exit_positive", "defer"}."""
+        g = np.asarray(gate_scores, dtype=np.float64)
+        p = np.asarray(probs, dtype=np.float64)
+        if g.shape != p.shape or g.ndim != 1:
+            raise ValueError(
+                f"gate_scores and probs must be 1-D of equal length: {g.shape}, {p.shape}"
+            )
+        if not (np.all(np.isfinite(g)) and np.all(np.isfinite(p))):
+            raise ValueError("gate_scores and probs must be finite")
+        code = np.where(g >= self.lambda1, np.where(p >= self.lambda2, 1, 0), 2)
+        return np.asarray(DECISIONS)[code]
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable dict; infinite thresholds are written as the strings "inf"/"-inf"."""
+        d = asdict(self)
+        for key in ("lambda1", "lambda2"):
+            if not math.isfinite(d[key]):
+                d[key] = "inf" if d[key] > 0 else "-inf"
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SCRCResult:
+        return cls(**{**d, "lambda1": float(d["lambda1"]), "lambda2": float(d["lambda2"])})
+
+
+def fit_scrc_i(
+    gate_scores,
+    probs,
+    labels,
+    alpha: float,
+    delta: float,
+    target_coverage: float,
+    risk: str = "fnr",
+    delta_split: float = 0.5,
+    coverage_bound: str = "dkw",
+    lambda2_start: float = 0.5,
+) -> SCRCResult:
+    """Fit SCRC-I on a calibration split (module docstring for the procedure and its validity).
+
+    Args:
+      gate_scores: selection score per image (higher = more confident stage 1 can decide).
+      probs: P(roadwork) per image (any monotone score works; ``lambda2`` is in its units).
+      labels: 0/1, 1 = roadwork.
+      alpha: target risk in (0, 1). delta: total failure probability in (0, 1).
+      target_coverage: required fraction of images stage 1 decides alone, in (0, 1).
+      risk: ``"fnr"`` or ``"error"``.
+      delta_split: fraction of ``delta`` spent on coverage (``delta_cov = delta * delta_split``).
+      coverage_bound: ``"dkw"`` (uniform over thresholds) or ``"order_statistic"`` (exact Beta).
+      lambda2_start: first ``lambda2`` tested for ``risk="error"`` (unused for ``"fnr"``).
+
+    Raises:
+      ValueError: invalid input, or an infeasible request; the message names the calibration
+        size the request would need.
+    """
+    g = np.asarray(gate_scores, dtype=np.float64)
+    p, y = validate_scores_labels(probs, labels)
+    if g.shape != p.shape or not np.all(np.isfinite(g)):
+        raise ValueError(
+            f"gate_scores must be finite and match probs in shape: {g.shape} vs {p.shape}"
+        )
+    if risk not in RISKS or coverage_bound not in COVERAGE_BOUNDS:
+        raise ValueError(f"risk must be in {RISKS} and coverage_bound in {COVERAGE_BOUNDS}")
+    for name, v in (("alpha", alpha), ("delta", delta), ("target_coverage", target_coverage)):
+        if not 0.0 < v < 1.0:
+            raise ValueError(f"{name} must be in (0, 1), got {v}")
+    if not 0.0 < delta_split < 1.0:
+        raise ValueError(f"delta_split must be in (0, 1), got {delta_split}")
+    delta_cov = delta * delta_split
+    delta_risk = delta - delta_cov
+    if coverage_bound == "dkw" and delta_cov > 0.5:
+        raise ValueError(f"the one-sided DKW bound needs delta_cov <= 0.5, got {delta_cov:g}")
+    n = g.size
+    if n == 0:
+        raise ValueError("empty calibration set")
+
+    m = _selection_size(n, target_coverage, delta_cov, coverage_bound)
+    if m > n:
+        need = _min_n_for_coverage(target_coverage, delta_cov, coverage_bound)
+        raise ValueError(
+            f"SCRC-I cannot certify coverage >= {target_coverage:g} ({coverage_bound}, "
+            f"delta_cov={delta_cov:g}) with n_calib={n}; needs n_calib >= {need}"
+        )
+    lambda1 = _selection_threshold(g, m)
+    sel = g >= lambda1
+    n_sel = int(sel.sum())
+
+    if risk == "fnr":
+        lambda2, n_trials, n_events = _fnr_stage(p, y, sel, alpha, delta_risk)
+    else:
+        try:
+            lambda2, n_events = _error_stage(p[sel], y[sel], alpha, delta_risk, lambda2_start)
+        except _TooFewExits as err:
+            need = _min_n_for_exits(err.exits, target_coverage, delta_cov, coverage_bound)
+            raise ValueError(
+                f"{err.args[0]}; needs about {err.exits} exits, i.e. n_calib >= {need}"
+            ) from None
+        n_trials = n_sel
+    return SCRCResult(
+        lambda1=lambda1,
+        lambda2=lambda2,
+        coverage_lcb=_coverage_lcb(n, m, n_sel, delta_cov, coverage_bound),
+        risk_ucb=clopper_pearson_upper(n_events, n_trials, delta_risk),
+        n_calib=n,
+        n_selected=n_sel,
+        coverage_hat=n_sel / n,
+        risk_hat=n_events / n_trials,
+        alpha=alpha,
+        delta=delta,
+        target_coverage=target_coverage,
+        risk=risk,
+        delta_cov=delta_cov,
+        delta_risk=delta_risk,
+        coverage_bound=coverage_bound,
+        n_trials=n_trials,
+        n_events=n_events,
+    )
+
+
+def _fnr_stage(p, y, sel, alpha, delta_risk) -> tuple[float, int, int]:
+    n_pos = int(y.sum())
+    try:
+        k = certified_rank(n_pos, alpha, "pac", delta_risk)
+    except ValueError:
+        need_pos = min_calibration_size(alpha, "pac", delta_risk)
+        approx = ""
+        if n_pos:
+            approx = (
+                f" (about n_calib >= {math.ceil(need_pos * y.size / n_pos)} at this prevalence)"
+            )
+        raise ValueError(
+            f"SCRC-I (fnr) cannot certify any negative exit at alpha={alpha:g}, "
+            f"delta_risk={delta_risk:g} with {n_pos} calibration positives; needs n_pos >= "
+            f"{need_pos}{approx}"
+        ) from None
+    s = np.sort(p[sel & (y == 1)])
+    # Certified set: lambda2 <= s_(k). With fewer than k selected positives every selected
+    # calibration image may exit negative; stop just above the largest selected prob rather
+    # than at +inf, so that a new image more confident than any seen still exits positive.
+    lambda2 = float(s[k - 1]) if s.size >= k else float(np.nextafter(p[sel].max(), math.inf))
+    n_events = int(np.count_nonzero(s < lambda2))
+    return lambda2, n_pos, n_events
+
+
+class _TooFewExits(ValueError):
+    def __init__(self, message: str, exits: int):
+        super().__init__(message)
+        self.exits = exits
+
+
+def _error_stage(p_sel, y_sel, alpha, delta_risk, start) -> tuple[float, int]:
+    m = p_sel.size
+    # Evaluation points of the descending chain: the start, then every selected prob below it
+    # (where the calibration decisions change). Errors at lambda2 = b: negatives with p >= b
+    # (false exit_positive) + positives with p < b (false exit_negative).
+    grid = np.concatenate([[start], np.unique(p_sel[p_sel < start])[::-1]])
+    neg, pos = np.sort(p_sel[y_sel == 0]), np.sort(p_sel[y_sel == 1])
+    errors = neg.size - np.searchsorted(neg, grid, "left") + np.searchsorted(pos, grid, "left")
+    ok = binomial_p_value(errors, m, alpha) <= delta_risk
+    if not ok[0]:
+        rate = errors[0] / m
+        msg = (
+            f"SCRC-I (error) cannot certify selective error <= {alpha:g} at lambda2={start:g}: "
+            f"{errors[0]} wrong of {m} calibration exits (rate {rate:.4f})"
+        )
+        need = _min_trials(rate, alpha, delta_risk)
+        if need is None:
+            raise ValueError(
+                f"{msg}; no calibration size can certify it: lower target_coverage or raise alpha"
+            )
+        raise _TooFewExits(msg, need)
+    last = len(ok) - 1 if ok.all() else int(np.argmin(ok)) - 1
+    return float(grid[last]), int(errors[last])
