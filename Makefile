@@ -13,7 +13,7 @@ SET       ?=
 TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: setup demo features train test lint clean help
+.PHONY: setup demo features train report test lint clean help
 
 help:
 	@echo "make demo | make test | make features [DATA=...] [WEIGHTS=...] | make train PHASE=n | make lint"
@@ -35,6 +35,9 @@ features: setup
 
 train: setup
 	$(STAGE1) train --cache $(CACHE) --phase $(PHASE) --out $(RUN) $(SET)
+
+report: setup
+	$(STAGE1) report --run $(RUN)
 
 test: setup
 	$(PY) -m pytest -q -m "not slow and not gpu" $(PYTEST_ARGS)

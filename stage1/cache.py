@@ -136,8 +136,17 @@ def write_cache(
 ) -> Path:
     """One-shot writer: a complete cache from in-memory arrays (tests, synthetic benchmarks)."""
     dims = {k: int(np.asarray(v).shape[1]) for k, v in features.items()}
-    create_cache(path, ids=ids, labels=labels, split=split, dims=dims, metadata=metadata,
-                 domain=domain, view=view, dtype=dtype)
+    create_cache(
+        path,
+        ids=ids,
+        labels=labels,
+        split=split,
+        dims=dims,
+        metadata=metadata,
+        domain=domain,
+        view=view,
+        dtype=dtype,
+    )
     write_rows(path, np.arange(len(ids)), features)
     return Path(path)
 
@@ -210,9 +219,16 @@ def open_cache(path: str | os.PathLike, *, require_complete: bool = True) -> Fea
         raise CacheError(f"{path} is not a stage1 feature cache: {e}") from None
     if meta["format_version"] != FORMAT_VERSION:
         raise CacheError(f"{path}: format version {meta['format_version']} != {FORMAT_VERSION}")
-    cache = FeatureCache(path, meta, cols["labels"], np.asarray(ids, dtype=object),
-                         cols["split"], np.asarray(domain, dtype=object), cols["view"],
-                         cols["done"].astype(bool))
+    cache = FeatureCache(
+        path,
+        meta,
+        cols["labels"],
+        np.asarray(ids, dtype=object),
+        cols["split"],
+        np.asarray(domain, dtype=object),
+        cols["view"],
+        cols["done"].astype(bool),
+    )
     if require_complete and not cache.done.all():
         missing = int((~cache.done).sum())
         raise CacheError(f"{path}: {missing} of {len(cache)} rows not extracted yet (resume it)")

@@ -25,13 +25,26 @@ class _Parser(argparse.ArgumentParser):
 def _add_config_args(p: argparse.ArgumentParser, *, preset: bool = True) -> None:
     if preset:
         g = p.add_mutually_exclusive_group()
-        g.add_argument("--phase", type=str, default=None,
-                       help="phase number; selects the preset phaseN (default 1)")
-        g.add_argument("--preset", type=str, default=None,
-                       help="preset name (phase1, ...) or a JSON file with a config tree")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set optim.lr=3e-4 (repeatable, "
-                        "type-checked)")
+        g.add_argument(
+            "--phase",
+            type=str,
+            default=None,
+            help="phase number; selects the preset phaseN (default 1)",
+        )
+        g.add_argument(
+            "--preset",
+            type=str,
+            default=None,
+            help="preset name (phase1, ...) or a JSON file with a config tree",
+        )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set optim.lr=3e-4 (repeatable, type-checked)",
+    )
 
 
 def _config_from_args(args) -> object:
@@ -61,10 +74,15 @@ def _cmd_features(args) -> int:
 
     cfg = _config_from_args(args)
     sets = []
-    for key, val in (("backbone.name", args.backbone), ("backbone.weights", args.weights),
-                     ("backbone.image_size", args.image_size),
-                     ("backbone.batch_size", args.batch_size), ("backbone.device", args.device),
-                     ("backbone.variants", args.variants), ("data.source", args.data)):
+    for key, val in (
+        ("backbone.name", args.backbone),
+        ("backbone.weights", args.weights),
+        ("backbone.image_size", args.image_size),
+        ("backbone.batch_size", args.batch_size),
+        ("backbone.device", args.device),
+        ("backbone.variants", args.variants),
+        ("data.source", args.data),
+    ):
         if val is not None:
             sets.append(f"{key}={val}")
     cfg = override(cfg, sets).validate()
@@ -85,6 +103,17 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_report(args) -> int:
+    from stage1.report import build_report
+
+    paths = build_report(Path(args.run), args.out, n_bootstrap=args.bootstrap, seed=args.seed)
+    print(
+        f"report: {paths['html']} (also {paths['markdown'].name} and the PNG figures in "
+        f"{paths['html'].parent}); intervals written to {paths['metrics']}"
+    )
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -92,60 +121,108 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="stage1",
         description="Train, calibrate and risk-control a first-stage roadwork classifier on "
-                    "cached DINOv3 embeddings. Typical use: `stage1 features --data IMAGES --out "
-                    "features.h5 --weights dinov3.pth`, then `stage1 train --cache features.h5 "
-                    "--phase 1 --out runs/p1`.",
+        "cached DINOv3 embeddings. Typical use: `stage1 features --data IMAGES --out "
+        "features.h5 --weights dinov3.pth`, then `stage1 train --cache features.h5 "
+        "--phase 1 --out runs/p1`.",
     )
     parser.add_argument("--version", action="version", version=f"stage1 {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    p = sub.add_parser("demo-data", help="generate the embedded synthetic street-scene dataset",
-                       description="Write a deterministic synthetic street-scene image set "
-                                   "(roadwork/ and none/ folders plus manifest.csv). Offline.")
+    p = sub.add_parser(
+        "demo-data",
+        help="generate the embedded synthetic street-scene dataset",
+        description="Write a deterministic synthetic street-scene image set "
+        "(roadwork/ and none/ folders plus manifest.csv). Offline.",
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--n", type=int, default=2000, help="number of images (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     p.set_defaults(func=_cmd_demo_data)
 
-    p = sub.add_parser("features", help="embed images with a DINOv3 ViT into the HDF5 cache",
-                       description="Embed every image of a data source with a frozen timm DINOv3 "
-                                   "ViT and write (or resume) the HDF5 feature cache. Without "
-                                   "--data the embedded synthetic set is generated and used.")
-    p.add_argument("--data", default=None,
-                   help="image folder (roadwork/ + none/), CSV/JSONL manifest "
-                        "(path,label[,domain,group]) or parquet file/folder with image bytes; "
-                        "default: the embedded synthetic set")
+    p = sub.add_parser(
+        "features",
+        help="embed images with a DINOv3 ViT into the HDF5 cache",
+        description="Embed every image of a data source with a frozen timm DINOv3 "
+        "ViT and write (or resume) the HDF5 feature cache. Without "
+        "--data the embedded synthetic set is generated and used.",
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        help="image folder (roadwork/ + none/), CSV/JSONL manifest "
+        "(path,label[,domain,group]) or parquet file/folder with image bytes; "
+        "default: the embedded synthetic set",
+    )
     p.add_argument("--out", required=True, help="HDF5 cache to write or resume")
-    p.add_argument("--weights", default=None,
-                   help="local backbone weights (Meta .pth, timm or Hugging Face safetensors); "
-                        "'none' = random init (loud warning, recorded in the cache)")
-    p.add_argument("--backbone", default=None,
-                   help="timm DINOv3 architecture (default vit_small_patch16_dinov3)")
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="local backbone weights (Meta .pth, timm or Hugging Face safetensors); "
+        "'none' = random init (loud warning, recorded in the cache)",
+    )
+    p.add_argument(
+        "--backbone",
+        default=None,
+        help="timm DINOv3 architecture (default vit_small_patch16_dinov3)",
+    )
     p.add_argument("--image-size", type=int, default=None, help="square input side (default 224)")
     p.add_argument("--batch-size", type=int, default=None, help="images per forward pass")
     p.add_argument("--device", default=None, help="auto | cpu | cuda (default auto)")
-    p.add_argument("--variants", default=None,
-                   help="comma-separated feature variants: cls, patch_mean, cls_last4")
-    p.add_argument("--demo-dir", default=None,
-                   help="where to generate the synthetic set when --data is not given "
-                        "(default: <cache folder>/demo)")
+    p.add_argument(
+        "--variants",
+        default=None,
+        help="comma-separated feature variants: cls, patch_mean, cls_last4",
+    )
+    p.add_argument(
+        "--demo-dir",
+        default=None,
+        help="where to generate the synthetic set when --data is not given "
+        "(default: <cache folder>/demo)",
+    )
     _add_config_args(p)
     p.set_defaults(func=_cmd_features)
 
-    p = sub.add_parser("train", help="train a head on the cache, fit thresholds, evaluate",
-                       description="Train the head of a phase preset on the train split (model "
-                                   "selection on val), fit the FNR-certified exit threshold on "
-                                   "calib only, evaluate on test, and write config.json, "
-                                   "thresholds.json, metrics.json, head.safetensors and "
-                                   "predictions.npz into --out.")
+    p = sub.add_parser(
+        "train",
+        help="train a head on the cache, fit thresholds, evaluate",
+        description="Train the head of a phase preset on the train split (model "
+        "selection on val), fit the FNR-certified exit threshold on "
+        "calib only, evaluate on test, and write config.json, "
+        "thresholds.json, metrics.json, head.safetensors and "
+        "predictions.npz into --out.",
+    )
     p.add_argument("--cache", required=True, help="HDF5 feature cache from `stage1 features`")
     p.add_argument("--out", required=True, help="run directory to write")
-    p.add_argument("--alpha", type=float, default=None,
-                   help="target false-negative rate of exits (shortcut for --set risk.alpha=)")
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=None,
+        help="target false-negative rate of exits (shortcut for --set risk.alpha=)",
+    )
     _add_config_args(p)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "report",
+        help="write an HTML + Markdown evaluation report of a run",
+        description="Recompute the test metrics of a `stage1 train` run with "
+        "stratified bootstrap 95% intervals (written back into "
+        "metrics.json), and write PNG figures, report.md and a "
+        "self-contained report.html (default: <run>/report).",
+    )
+    p.add_argument("--run", required=True, help="run directory written by `stage1 train`")
+    p.add_argument("--out", default=None, help="report folder (default: <run>/report)")
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="bootstrap resamples per interval (default 1000, at least 100)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.set_defaults(func=_cmd_report)
     return parser
 
 
@@ -155,8 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print(f"stage1 {args.command}: interrupted; rerun the same command to resume",
-              file=sys.stderr)
+        print(
+            f"stage1 {args.command}: interrupted; rerun the same command to resume", file=sys.stderr
+        )
         return 130
     except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as e:
         if os.environ.get("STAGE1_DEBUG"):

@@ -117,7 +117,9 @@ class Config:
         _check(abs(sum(fr) - 1.0) < 1e-6, f"data.fractions must sum to 1, got {sum(fr):.6g}")
         _check(self.backbone.image_size % 16 == 0, "backbone.image_size must be a multiple of 16")
         _check(self.backbone.dtype in ("float16", "float32"), "backbone.dtype: float16|float32")
-        _check(self.head.kind in ("mlp", "linear"), f"head.kind must be mlp|linear: {self.head.kind}")
+        _check(
+            self.head.kind in ("mlp", "linear"), f"head.kind must be mlp|linear: {self.head.kind}"
+        )
         _check(self.optim.epochs >= 1 and self.optim.batch_size >= 1, "epochs, batch_size >= 1")
         _check(0.0 <= self.optim.ema_decay < 1.0, "optim.ema_decay must be in [0, 1)")
         _check(0.0 <= self.head.dropout < 1.0, "head.dropout must be in [0, 1)")
@@ -126,8 +128,10 @@ class Config:
         _check(self.risk.scrc_risk in ("fnr", "error"), "risk.scrc_risk must be fnr|error")
         sel = self.selective
         _check(sel.loss_form in ("paper", "code"), "selective.loss_form must be paper|code")
-        _check(sel.risk_loss in ("lagrangian", "weighted"),
-               "selective.risk_loss must be lagrangian|weighted")
+        _check(
+            sel.risk_loss in ("lagrangian", "weighted"),
+            "selective.risk_loss must be lagrangian|weighted",
+        )
         _check(0.0 < sel.target_coverage <= 1.0, "selective.target_coverage must be in (0, 1]")
         _check(0.0 <= sel.alpha_mix <= 1.0, "selective.alpha_mix must be in [0, 1]")
         return self

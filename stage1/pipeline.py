@@ -25,6 +25,7 @@ class SplitData:
     x: np.ndarray
     y: np.ndarray
     ids: np.ndarray
+    domains: np.ndarray
 
 
 @dataclass
@@ -41,13 +42,17 @@ def load_splits(cache_path: Path, variant: str) -> tuple[dict[str, SplitData], d
     """Labelled rows of every split (train may hold several views; the others view 0 only)."""
     cache = open_cache(cache_path)
     if variant not in cache.variants:
-        raise CacheError(f"{cache_path} has no feature variant {variant!r} "
-                         f"(has {', '.join(cache.variants)}); set head.feature")
+        raise CacheError(
+            f"{cache_path} has no feature variant {variant!r} "
+            f"(has {', '.join(cache.variants)}); set head.feature"
+        )
     x_all = cache.features(variant)
     out = {}
     for split in ("train", "val", "calib", "test"):
         m = cache.mask(split, view=None if split == "train" else 0) & (cache.labels >= 0)
-        out[split] = SplitData(x_all[m], cache.labels[m].astype(np.int32), cache.ids[m])
+        out[split] = SplitData(
+            x_all[m], cache.labels[m].astype(np.int32), cache.ids[m], cache.domain[m]
+        )
     check_disjoint(out)
     for split, d in out.items():
         if len(d.y) == 0:
@@ -83,11 +88,20 @@ def run_training(cfg: Config, cache_path: Path, out: Path) -> RunSummary:
 
     n_pos = int(tr.y.sum())
     pos_weight = cfg.optim.pos_weight if cfg.optim.pos_weight > 0 else (len(tr.y) - n_pos) / n_pos
-    spec = TrainSpec(kind=cfg.head.kind, hidden=cfg.head.hidden, in_dim=tr.x.shape[1],
-                     epochs=cfg.optim.epochs, batch_size=cfg.optim.batch_size, n_train=len(tr.y))
+    spec = TrainSpec(
+        kind=cfg.head.kind,
+        hidden=cfg.head.hidden,
+        in_dim=tr.x.shape[1],
+        epochs=cfg.optim.epochs,
+        batch_size=cfg.optim.batch_size,
+        n_train=len(tr.y),
+    )
     hp = HParams.from_config(cfg.optim, cfg.head, pos_weight)
-    print(f"training {cfg.head.kind} head on {len(tr.y)} x {tr.x.shape[1]} "
-          f"({cfg.head.feature}), {cfg.optim.epochs} epochs ...", flush=True)
+    print(
+        f"training {cfg.head.kind} head on {len(tr.y)} x {tr.x.shape[1]} "
+        f"({cfg.head.feature}), {cfg.optim.epochs} epochs ...",
+        flush=True,
+    )
     res = fit(spec, hp, jnp.asarray(tr.x), jnp.asarray(tr.y), jnp.asarray(va.x), jnp.asarray(va.y))
     params = res.params
     best_epoch = int(res.best_epoch)
@@ -98,13 +112,22 @@ def run_training(cfg: Config, cache_path: Path, out: Path) -> RunSummary:
     # Exit threshold on calib only: exit as "no roadwork" iff p < t.
     cal = splits["calib"]
     r = cfg.risk
-    t = float(fnr_threshold(probs["calib"], cal.y, r.alpha, method=r.method,
-                            delta=r.delta if r.method == "pac" else None))
+    t = float(
+        fnr_threshold(
+            probs["calib"],
+            cal.y,
+            r.alpha,
+            method=r.method,
+            delta=r.delta if r.method == "pac" else None,
+        )
+    )
     cal_pos = probs["calib"][cal.y == 1]
     thresholds = {
         "score": "p_roadwork",
         "exit_negative": {
-            "threshold": t, "alpha": r.alpha, "method": r.method,
+            "threshold": t,
+            "alpha": r.alpha,
+            "method": r.method,
             "delta": r.delta if r.method == "pac" else None,
             "calib_fnr": float(np.mean(cal_pos < t)),
             "calib_exit_rate": float(np.mean(probs["calib"] < t)),
@@ -120,28 +143,44 @@ def run_training(cfg: Config, cache_path: Path, out: Path) -> RunSummary:
     pred = (pt >= 0.5).astype(np.int32)
     fnr, fpr = (float(v) for v in M.fnr_fpr(pt, te.y, t))
     metrics = {
-        "split": "test", "n": int(len(te.y)), "n_positives": int(te.y.sum()), "threshold": t,
+        "split": "test",
+        "n": int(len(te.y)),
+        "n_positives": int(te.y.sum()),
+        "threshold": t,
         "metrics": {
             "auroc": float(M.auroc(pt, te.y)),
             "accuracy": float(M.accuracy(pred, te.y)),
             "mcc": float(M.mcc(pred, te.y)),
-            "fnr": fnr, "fpr": fpr,
+            "fnr": fnr,
+            "fpr": fpr,
             "exit_rate": float(np.mean(pt < t)),
         },
         "val": {"auroc": float(M.auroc(probs["val"], va.y)), "best_epoch": best_epoch},
-        "training": {"epochs": cfg.optim.epochs, "best_epoch": best_epoch,
-                     "val_auroc_curve": [round(float(v), 6) for v in val_curve],
-                     "pos_weight": float(pos_weight), "seconds": round(time.perf_counter() - t0, 3)},
+        "training": {
+            "epochs": cfg.optim.epochs,
+            "best_epoch": best_epoch,
+            "val_auroc_curve": [round(float(v), 6) for v in val_curve],
+            "pos_weight": float(pos_weight),
+            "seconds": round(time.perf_counter() - t0, 3),
+        },
     }
 
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", to_dict(cfg), schema="config")
     write_json(out / "thresholds.json", thresholds, schema="thresholds")
     write_json(out / "metrics.json", metrics, schema="metrics")
-    save_params(out / "head.safetensors", params,
-                {"kind": cfg.head.kind, "hidden": str(cfg.head.hidden),
-                 "feature": cfg.head.feature, "in_dim": str(tr.x.shape[1]),
-                 "backbone": cache_meta["backbone"], "weights_sha256": cache_meta["weights_sha256"]})
+    save_params(
+        out / "head.safetensors",
+        params,
+        {
+            "kind": cfg.head.kind,
+            "hidden": str(cfg.head.hidden),
+            "feature": cfg.head.feature,
+            "in_dim": str(tr.x.shape[1]),
+            "backbone": cache_meta["backbone"],
+            "weights_sha256": cache_meta["weights_sha256"],
+        },
+    )
     _save_predictions(out / "predictions.npz", splits, probs)
     return RunSummary(out, cfg, metrics, thresholds, time.perf_counter() - t0, notes)
 
@@ -153,6 +192,7 @@ def _save_predictions(path: Path, splits: dict[str, SplitData], probs: dict[str,
     arrays = {}
     for s, d in splits.items():
         arrays[f"{s}_ids"] = d.ids.astype(str)
+        arrays[f"{s}_domains"] = d.domains.astype(str)
         arrays[f"{s}_labels"] = d.y
         arrays[f"{s}_probs"] = probs[s].astype(np.float32)
     np.savez_compressed(buf, **arrays)

@@ -16,10 +16,17 @@ from stage1.cache import (
 
 
 def meta(**kw):
-    m = {"backbone": "vit_small_patch16_dinov3", "weights_sha256": "random-init",
-         "pooling": "token", "image_size": 224, "mean": [0.485, 0.456, 0.406],
-         "std": [0.229, 0.224, 0.225], "library_version": "test", "created": "2026-01-01T00:00:00Z",
-         "extraction_config": {}}
+    m = {
+        "backbone": "vit_small_patch16_dinov3",
+        "weights_sha256": "random-init",
+        "pooling": "token",
+        "image_size": 224,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "library_version": "test",
+        "created": "2026-01-01T00:00:00Z",
+        "extraction_config": {},
+    }
     m.update(kw)
     return m
 
@@ -27,14 +34,17 @@ def meta(**kw):
 def test_roundtrip(tmp_path):
     rng = np.random.default_rng(0)
     n = 50
-    feats = {"cls": rng.normal(size=(n, 8)).astype(np.float32),
-             "patch_mean": rng.normal(size=(n, 8)).astype(np.float32)}
+    feats = {
+        "cls": rng.normal(size=(n, 8)).astype(np.float32),
+        "patch_mean": rng.normal(size=(n, 8)).astype(np.float32),
+    }
     ids = [f"img{i}" for i in range(n)]
     labels = rng.integers(0, 2, n)
     split = [("train", "val", "calib", "test")[i % 4] for i in range(n)]
     dom = ["day" if i % 3 else "dusk" for i in range(n)]
-    p = write_cache(tmp_path / "c.h5", feats, ids=ids, labels=labels, split=split, domain=dom,
-                    metadata=meta())
+    p = write_cache(
+        tmp_path / "c.h5", feats, ids=ids, labels=labels, split=split, domain=dom, metadata=meta()
+    )
     c = open_cache(p)
     assert len(c) == n and c.variants == ["cls", "patch_mean"]
     np.testing.assert_array_equal(c.features("cls"), feats["cls"])
@@ -53,8 +63,15 @@ def test_roundtrip(tmp_path):
 
 def test_float16_storage_and_resume_flags(tmp_path):
     p = tmp_path / "c.h5"
-    create_cache(p, ids=["a", "b", "c"], labels=[1, 0, -1], split=["train", "val", "test"],
-                 dims={"cls": 4}, metadata=meta(), dtype="float16")
+    create_cache(
+        p,
+        ids=["a", "b", "c"],
+        labels=[1, 0, -1],
+        split=["train", "val", "test"],
+        dims={"cls": 4},
+        metadata=meta(),
+        dtype="float16",
+    )
     with pytest.raises(CacheError, match="3 of 3 rows not extracted"):
         open_cache(p)
     write_rows(p, np.array([2, 0]), {"cls": np.ones((2, 4)) * np.array([[2.0], [1.0]])})
@@ -67,11 +84,23 @@ def test_float16_storage_and_resume_flags(tmp_path):
 
 def test_metadata_is_validated(tmp_path):
     with pytest.raises(SchemaError):
-        create_cache(tmp_path / "x.h5", ids=["a"], labels=[1], split=["train"], dims={"cls": 2},
-                     metadata=meta(weights_sha256="not-a-hash"))
+        create_cache(
+            tmp_path / "x.h5",
+            ids=["a"],
+            labels=[1],
+            split=["train"],
+            dims={"cls": 2},
+            metadata=meta(weights_sha256="not-a-hash"),
+        )
     assert not (tmp_path / "x.h5").exists()
-    p = write_cache(tmp_path / "ok.h5", {"cls": np.zeros((1, 2))}, ids=["a"], labels=[1],
-                    split=["train"], metadata=meta())
+    p = write_cache(
+        tmp_path / "ok.h5",
+        {"cls": np.zeros((1, 2))},
+        ids=["a"],
+        labels=[1],
+        split=["train"],
+        metadata=meta(),
+    )
     with h5py.File(p, "r+") as f:
         m = json.loads(f.attrs["metadata"])
         del m["backbone"]
@@ -87,10 +116,22 @@ def test_refuses_garbage_and_mixing(tmp_path):
         open_cache(g)
     with pytest.raises(CacheError, match="not found"):
         open_cache(tmp_path / "missing.h5")
-    a = write_cache(tmp_path / "a.h5", {"cls": np.zeros((1, 2))}, ids=["a"], labels=[1],
-                    split=["train"], metadata=meta())
-    b = write_cache(tmp_path / "b.h5", {"cls": np.zeros((1, 2))}, ids=["a"], labels=[1],
-                    split=["train"], metadata=meta(weights_sha256="0" * 64))
+    a = write_cache(
+        tmp_path / "a.h5",
+        {"cls": np.zeros((1, 2))},
+        ids=["a"],
+        labels=[1],
+        split=["train"],
+        metadata=meta(),
+    )
+    b = write_cache(
+        tmp_path / "b.h5",
+        {"cls": np.zeros((1, 2))},
+        ids=["a"],
+        labels=[1],
+        split=["train"],
+        metadata=meta(weights_sha256="0" * 64),
+    )
     check_compatible(open_cache(a), open_cache(a))
     with pytest.raises(CacheError, match="weights_sha256"):
         check_compatible(open_cache(a), open_cache(b))
@@ -98,5 +139,11 @@ def test_refuses_garbage_and_mixing(tmp_path):
 
 def test_bad_split_name(tmp_path):
     with pytest.raises(CacheError, match="unknown split name"):
-        create_cache(tmp_path / "c.h5", ids=["a"], labels=[1], split=["holdout"],
-                     dims={"cls": 2}, metadata=meta())
+        create_cache(
+            tmp_path / "c.h5",
+            ids=["a"],
+            labels=[1],
+            split=["holdout"],
+            dims={"cls": 2},
+            metadata=meta(),
+        )

@@ -7,12 +7,17 @@ import pytest
 
 from stage1.cli import build_parser, main
 
-SUBCOMMANDS = ["demo-data", "features", "train"]
+SUBCOMMANDS = ["demo-data", "features", "train", "report"]
 
 
 def run(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "stage1", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "stage1", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+    )
 
 
 def test_top_level_help_lists_every_subcommand():
@@ -48,28 +53,48 @@ def test_unknown_subcommand_and_missing_args():
 
 
 def test_missing_data_dir(tmp_path):
-    line = _one_line_error(run("features", "--data", str(tmp_path / "nope"), "--out",
-                               str(tmp_path / "c.h5")))
+    line = _one_line_error(
+        run("features", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "c.h5"))
+    )
     assert "not found" in line
 
 
 def test_empty_folder(tmp_path):
     (tmp_path / "empty").mkdir()
-    line = _one_line_error(run("features", "--data", str(tmp_path / "empty"), "--out",
-                               str(tmp_path / "c.h5")))
+    line = _one_line_error(
+        run("features", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "c.h5"))
+    )
     assert "no images" in line
 
 
 @pytest.mark.parametrize("alpha", ["0", "1", "-0.1", "1.5"])
 def test_alpha_outside_unit_interval(tmp_path, alpha):
-    line = _one_line_error(run("train", "--cache", str(tmp_path / "c.h5"), "--out",
-                               str(tmp_path / "r"), "--alpha", alpha))
+    line = _one_line_error(
+        run(
+            "train",
+            "--cache",
+            str(tmp_path / "c.h5"),
+            "--out",
+            str(tmp_path / "r"),
+            "--alpha",
+            alpha,
+        )
+    )
     assert "alpha" in line
 
 
 def test_unknown_preset(tmp_path):
-    line = _one_line_error(run("train", "--cache", str(tmp_path / "c.h5"), "--out",
-                               str(tmp_path / "r"), "--preset", "phase42"))
+    line = _one_line_error(
+        run(
+            "train",
+            "--cache",
+            str(tmp_path / "c.h5"),
+            "--out",
+            str(tmp_path / "r"),
+            "--preset",
+            "phase42",
+        )
+    )
     assert "unknown preset" in line
 
 
@@ -84,11 +109,21 @@ def test_unreadable_weights_file(tmp_path):
         Image.new("RGB", (32, 32), (50, i * 100, 50)).save(img / "none" / f"{i}.png")
     w = tmp_path / "weights.pth"
     w.write_bytes(b"definitely not a checkpoint")
-    line = _one_line_error(run("features", "--data", str(img), "--out", str(tmp_path / "c.h5"),
-                               "--weights", str(w)))
+    line = _one_line_error(
+        run("features", "--data", str(img), "--out", str(tmp_path / "c.h5"), "--weights", str(w))
+    )
     assert "weights" in line
-    line = _one_line_error(run("features", "--data", str(img), "--out", str(tmp_path / "c.h5"),
-                               "--weights", str(tmp_path / "missing.pth")))
+    line = _one_line_error(
+        run(
+            "features",
+            "--data",
+            str(img),
+            "--out",
+            str(tmp_path / "c.h5"),
+            "--weights",
+            str(tmp_path / "missing.pth"),
+        )
+    )
     assert "weights" in line
 
 
@@ -98,6 +133,7 @@ def test_missing_cache_in_process(tmp_path, capsys):
 
 
 def test_bad_override(tmp_path):
-    line = _one_line_error(run("train", "--cache", "x.h5", "--out", str(tmp_path),
-                               "--set", "optim.epochs=many"))
+    line = _one_line_error(
+        run("train", "--cache", "x.h5", "--out", str(tmp_path), "--set", "optim.epochs=many")
+    )
     assert "optim.epochs" in line

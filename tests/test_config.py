@@ -16,8 +16,15 @@ def test_defaults_validate_and_roundtrip():
 
 
 def test_override_types_are_checked():
-    cfg = override(Config(), ["optim.lr=3e-4", "optim.epochs=7", "backbone.variants=cls,cls_last4",
-                              "data.fractions=0.5,0.2,0.2,0.1"])
+    cfg = override(
+        Config(),
+        [
+            "optim.lr=3e-4",
+            "optim.epochs=7",
+            "backbone.variants=cls,cls_last4",
+            "data.fractions=0.5,0.2,0.2,0.1",
+        ],
+    )
     assert cfg.optim.lr == pytest.approx(3e-4) and cfg.optim.epochs == 7
     assert cfg.backbone.variants == ("cls", "cls_last4")
     assert cfg.data.fractions == (0.5, 0.2, 0.2, 0.1)
@@ -33,9 +40,18 @@ def test_override_types_are_checked():
         override(Config(), ["optim.lr"])
 
 
-@pytest.mark.parametrize("bad", ["risk.alpha=0", "risk.alpha=1.5", "risk.method=magic",
-                                 "data.fractions=0.5,0.5,0.5,0.5", "backbone.image_size=230",
-                                 "optim.ema_decay=1.0", "head.kind=transformer"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "risk.alpha=0",
+        "risk.alpha=1.5",
+        "risk.method=magic",
+        "data.fractions=0.5,0.5,0.5,0.5",
+        "backbone.image_size=230",
+        "optim.ema_decay=1.0",
+        "head.kind=transformer",
+    ],
+)
 def test_validate_rejects(bad):
     with pytest.raises(ConfigError):
         override(Config(), [bad]).validate()
@@ -54,7 +70,9 @@ def test_presets(tmp_path):
     with pytest.raises(ConfigError, match="unknown phase"):
         load_preset("99")
     f = tmp_path / "best.json"
-    f.write_text(json.dumps({"preset": "phase1", "optim": {"lr": 0.005}, "head": {"kind": "linear"}}))
+    f.write_text(
+        json.dumps({"preset": "phase1", "optim": {"lr": 0.005}, "head": {"kind": "linear"}})
+    )
     cfg = load_preset(str(f))
     assert cfg.optim.lr == 0.005 and cfg.head.kind == "linear" and cfg.optim.epochs == 40
     bad = tmp_path / "bad.json"

@@ -17,9 +17,19 @@ def test_expected_schemas_ship():
 
 
 def test_write_validates_and_is_atomic(tmp_path):
-    good = {"split": "test", "n": 3, "n_positives": 1,
-            "metrics": {"auroc": 0.9, "accuracy": 0.8, "mcc": 0.5, "fnr": 0.0, "fpr": 0.1,
-                        "exit_rate": 0.4}}
+    good = {
+        "split": "test",
+        "n": 3,
+        "n_positives": 1,
+        "metrics": {
+            "auroc": 0.9,
+            "accuracy": 0.8,
+            "mcc": 0.5,
+            "fnr": 0.0,
+            "fpr": 0.1,
+            "exit_rate": 0.4,
+        },
+    }
     p = write_json(tmp_path / "m.json", good, schema="metrics")
     assert read_json(p, schema="metrics") == good
     bad = dict(good, metrics={"auroc": 0.9})
