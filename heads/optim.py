@@ -1,0 +1,115 @@
+"""AdamW with a traced warmup-cosine schedule, and weight EMA — all hyperparameters as arrays.
+
+Why arrays: a Python float learning rate is a constant baked into the compiled graph (optax issue
+#577), so a sweep would recompile per value and could not be vmapped. Here the peak learning rate,
+the weight decay and the warm-up fraction are (possibly traced) JAX scalars: the schedule is a jnp
+function of them, and ``optax.inject_hyperparams`` keeps weight decay and the scheduled learning
+rate in the optimizer state (optax issue #932; DOMAIN.md §4.3). Only the total number of steps is
+static, because it fixes the length of the training loop.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def warmup_steps(warmup_frac: jax.Array | float, total_steps: int) -> jax.Array:
+    """Number of warm-up steps, ``round(warmup_frac * total_steps)`` (half to even), as float32."""
+    return jnp.round(jnp.asarray(warmup_frac, jnp.float32) * total_steps)
+
+
+def warmup_cosine(
+    step: jax.Array | int,
+    peak_lr: jax.Array | float,
+    warmup: jax.Array | float,
+    total_steps: jax.Array | int,
+) -> jax.Array:
+    """Linear warm-up from 0 to ``peak_lr`` over ``warmup`` steps, then cosine decay to 0.
+
+        lr(t) = peak * t / W                                   for t < W
+        lr(t) = peak * (1 + cos(pi * min(t - W, T - W) / (T - W))) / 2   for t >= W
+
+    This is ``optax.warmup_cosine_decay_schedule(init_value=0, peak_value=peak,
+    warmup_steps=W, decay_steps=T, end_value=0)`` (T includes the warm-up, as in optax) written
+    with jnp so that ``peak`` and ``W`` may be traced (optax takes W as a Python int).
+    ``T - W`` is floored at 1 so ``W = T`` gives a pure warm-up instead of a division by zero.
+    """
+    t = jnp.asarray(step, jnp.float32)
+    w = jnp.asarray(warmup, jnp.float32)
+    peak = jnp.asarray(peak_lr, jnp.float32)
+    decay_len = jnp.maximum(jnp.asarray(total_steps, jnp.float32) - w, 1.0)
+    warm = peak * t / jnp.maximum(w, 1.0)
+    frac = jnp.clip((t - w) / decay_len, 0.0, 1.0)
+    cosine = 0.5 * peak * (1.0 + jnp.cos(jnp.pi * frac))
+    return jnp.where(t < w, warm, cosine)
+
+
+def decay_mask(params: dict) -> dict:
+    """Weight-decay mask: decay kernels, not biases (decaying biases only shifts the logits)."""
+    return {layer: {name: name == "kernel" for name in p} for layer, p in params.items()}
+
+
+def make_optimizer(
+    peak_lr: jax.Array | float,
+    weight_decay: jax.Array | float,
+    warmup_frac: jax.Array | float,
+    total_steps: int,
+    *,
+    mask: dict | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """``optax.inject_hyperparams(optax.adamw)`` driven by ``warmup_cosine``.
+
+    Build it inside the traced (jitted / vmapped) training function: the schedule closes over the
+    traced ``peak_lr`` and ``warmup_frac``, and ``weight_decay`` lands in
+    ``state.hyperparams["weight_decay"]`` as an array. ``state.hyperparams["learning_rate"]``
+    holds the rate used by the latest update (step ``count`` uses ``lr(count)``, so the very first
+    update of a warmed-up run has lr 0, as with optax's own schedules).
+
+    Args:
+        peak_lr: peak learning rate (scalar, may be traced).
+        weight_decay: decoupled weight decay (scalar, may be traced).
+        warmup_frac: warm-up length as a fraction of ``total_steps`` (scalar, may be traced).
+        total_steps: static number of optimizer steps of the whole run.
+        mask: optional pytree of bools, True where weight decay applies (see ``decay_mask``).
+
+    Returns:
+        A ``GradientTransformationExtraArgs``; call ``update(grads, state, params)`` with params.
+    """
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    w = warmup_steps(warmup_frac, total_steps)
+
+    def schedule(count: jax.Array) -> jax.Array:
+        return warmup_cosine(count, peak_lr, w, total_steps)
+
+    return optax.inject_hyperparams(optax.adamw)(
+        learning_rate=schedule,
+        weight_decay=jnp.asarray(weight_decay, jnp.float32),
+        mask=mask,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Weight EMA (METHODS.md §11): an average of the parameters, not optax.ema (which averages updates)
+
+
+def ema_decay_at(step: jax.Array | int, decay: jax.Array | float) -> jax.Array:
+    """Warmed-up EMA decay ``min(decay, (1 + t) / (10 + t))`` (TF ExponentialMovingAverage).
+
+    ``t`` is the 0-based index of the optimizer step just taken. Early on the average follows the
+    weights closely (decay 0.1 at t = 0, 0.5 at t = 8, 0.9 at t = 80), so a short cached-feature
+    run is not dominated by the random initialisation; ``decay = 0`` disables averaging.
+    """
+    t = jnp.asarray(step, jnp.float32)
+    return jnp.minimum(jnp.asarray(decay, jnp.float32), (1.0 + t) / (10.0 + t))
+
+
+def ema_update(ema: dict, params: dict, step: jax.Array | int, decay: jax.Array | float) -> dict:
+    """One EMA step: ``ema <- d_t * ema + (1 - d_t) * params`` with ``d_t = ema_decay_at(step)``.
+
+    Initialise ``ema`` at the initial parameters (not zeros, so no bias correction is needed) and
+    call right after each optimizer step. With ``decay = 0``: step size 1, ``ema == params``.
+    """
+    return optax.incremental_update(params, ema, step_size=1.0 - ema_decay_at(step, decay))

@@ -1,0 +1,354 @@
+"""One jitted training run of a head on device-resident features, vmappable over configurations.
+
+``fit(spec, hp, x_train, y_train, x_val, y_val)`` is the whole run — init, every epoch of AdamW
+steps with weight EMA, per-epoch validation and best-epoch selection — as a single ``jax.jit``
+program: ``lax.scan`` over epochs around ``lax.scan`` over minibatches. Everything that may differ
+between configurations of a sweep (seed, lr, weight decay, warm-up fraction, label smoothing,
+positive weight, EMA decay, dropout) lives in ``HParams``, a pytree of scalar arrays, so
+``jax.vmap(fit, in_axes=(None, 0, None, None, None, None))`` trains a whole grid in one compiled
+program over one copy of the features (DOMAIN.md §4.3); ``fit_many`` is that, jitted. Shapes and
+loop lengths live in the static, hashable ``TrainSpec``.
+
+Minibatches: each epoch draws ``permutation(fold_in(shuffle_key, epoch))``. When ``n_train`` is
+not a multiple of ``batch_size`` the permutation is padded by wrapping around to
+``ceil(n / B) * B`` indices and the wrapped rows get mask 0, so every example is seen exactly once
+per epoch and none counts twice (the last step's loss averages over its valid rows only).
+
+Selection: after each epoch the evaluated weights (EMA if ``ema_decay > 0``, else raw) are scored
+on val by AUROC of the margin ``z1 - z0`` (``calibrate.metrics.auroc``) and by the plain mean CE.
+The best epoch has the highest AUROC; among equal AUROCs the lower val CE wins; a full tie keeps
+the earlier epoch (later epochs must strictly improve). A NaN AUROC (one class in val) ranks
+below every number, so selection then falls back to val CE.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from calibrate.metrics import auroc
+from heads import losses, model, optim
+from heads.checkpoint import load_params, save_params
+from stage1.config import HeadConfig, OptimConfig
+
+__all__ = [
+    "FitResult",
+    "HParams",
+    "TrainSpec",
+    "epoch_batches",
+    "fit",
+    "fit_many",
+    "load_params",
+    "predict_logit_margin",
+    "predict_proba",
+    "save_params",
+    "split_seed",
+    "stack",
+]
+
+
+class HParams(NamedTuple):
+    """Per-configuration hyperparameters: scalar arrays (or a leading config axis after ``stack``).
+
+    All fields are float32 except ``seed``, which is int32 (exact for every seed in [0, 2**31),
+    where float32 would collapse seeds above 2**24). The seed drives init, shuffling and dropout.
+    """
+
+    lr: jax.Array  # peak AdamW learning rate
+    weight_decay: jax.Array  # decoupled weight decay (kernels only)
+    warmup_frac: jax.Array  # linear warm-up as a fraction of all steps
+    label_smoothing: jax.Array  # symmetric smoothing of the CE targets
+    pos_weight: jax.Array  # resolved positive-class weight (>= 0; never the -1 sentinel)
+    ema_decay: jax.Array  # weight EMA decay; 0 = no EMA
+    dropout: jax.Array  # dropout rate on the MLP hidden layer
+    seed: jax.Array  # int32 PRNG seed
+
+    @classmethod
+    def from_config(
+        cls, optim: OptimConfig, head: HeadConfig, pos_weight_value: float | None = None
+    ) -> HParams:
+        """Build from the config tree.
+
+        Args:
+            optim: supplies lr, weight_decay, warmup_frac, label_smoothing, ema_decay, seed.
+            head: supplies dropout.
+            pos_weight_value: the resolved positive weight (``losses.resolve_pos_weight(
+                optim.pos_weight, y_train)``); may be omitted when ``optim.pos_weight`` is
+                already explicit (>= 0).
+        """
+        if pos_weight_value is None:
+            if optim.pos_weight < 0:
+                raise ValueError(
+                    "optim.pos_weight=-1 needs the training labels: pass "
+                    "pos_weight_value=heads.losses.resolve_pos_weight(pos_weight, y_train)"
+                )
+            pos_weight_value = optim.pos_weight
+        if pos_weight_value < 0:
+            raise ValueError(f"pos_weight_value must be >= 0, got {pos_weight_value}")
+        if not 0 <= optim.seed < 2**31:
+            raise ValueError(f"optim.seed must be in [0, 2**31), got {optim.seed}")
+        f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
+        return cls(
+            lr=f32(optim.lr),
+            weight_decay=f32(optim.weight_decay),
+            warmup_frac=f32(optim.warmup_frac),
+            label_smoothing=f32(optim.label_smoothing),
+            pos_weight=f32(pos_weight_value),
+            ema_decay=f32(optim.ema_decay),
+            dropout=f32(head.dropout),
+            seed=jnp.asarray(optim.seed, jnp.int32),
+        )
+
+
+def stack(hps: Sequence[HParams]) -> HParams:
+    """Stack scalar ``HParams`` along a new leading config axis (for ``fit_many``)."""
+    if len(hps) == 0:
+        raise ValueError("stack needs at least one HParams")
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *hps)
+
+
+@jax.tree_util.register_static  # a leafless pytree, so vmap(in_axes=None) and jit pass it through
+@dataclass(frozen=True, kw_only=True)
+class TrainSpec:
+    """Static description of a run: it fixes shapes and loop lengths, so it keys the jit cache."""
+
+    kind: str  # "mlp" | "linear"
+    hidden: int = 768  # MLP hidden width
+    in_dim: int  # feature dimension D
+    epochs: int  # passes over the train split
+    batch_size: int  # examples per step
+    n_train: int  # number of training rows (sets the steps per epoch)
+
+    def __post_init__(self) -> None:
+        if self.kind not in model.KINDS:
+            raise ValueError(f"kind must be one of {model.KINDS}, got {self.kind!r}")
+        for name in ("hidden", "in_dim", "epochs", "batch_size", "n_train"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainSpec.{name} must be >= 1, got {getattr(self, name)}")
+
+    @classmethod
+    def from_config(
+        cls, head: HeadConfig, optim: OptimConfig, *, in_dim: int, n_train: int
+    ) -> TrainSpec:
+        """Static part of a run from the config tree plus the data's shape."""
+        return cls(
+            kind=head.kind,
+            hidden=head.hidden,
+            in_dim=in_dim,
+            epochs=optim.epochs,
+            batch_size=optim.batch_size,
+            n_train=n_train,
+        )
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.n_train / self.batch_size)
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+
+class FitResult(NamedTuple):
+    """Output of ``fit`` (each field gains a leading config axis under ``fit_many``)."""
+
+    params: dict  # selected weights (EMA if ema_decay > 0, else raw) of the best epoch
+    best_epoch: jax.Array  # int32, 0-based; -1 only if no epoch had a finite score
+    val_auroc: jax.Array  # (epochs,) AUROC of the evaluated weights after each epoch
+    train_loss: jax.Array  # (epochs,) mean minibatch training loss (weighted, smoothed)
+    val_loss: jax.Array  # (epochs,) plain mean CE on val
+
+
+def _check_inputs(spec: TrainSpec, hp: HParams, x_train, y_train, x_val, y_val) -> None:
+    """Trace-time shape checks (shapes are static, so these cost nothing at run time)."""
+    if x_train.shape != (spec.n_train, spec.in_dim) or y_train.shape != (spec.n_train,):
+        raise ValueError(
+            f"train arrays {x_train.shape}, {y_train.shape} do not match "
+            f"TrainSpec(n_train={spec.n_train}, in_dim={spec.in_dim})"
+        )
+    if x_val.ndim != 2 or x_val.shape[1] != spec.in_dim or y_val.shape != (x_val.shape[0],):
+        raise ValueError(f"val arrays {x_val.shape}, {y_val.shape} do not match in_dim")
+    if any(jnp.ndim(v) != 0 for v in hp):
+        raise ValueError("fit takes scalar HParams; use fit_many for a stacked config axis")
+
+
+def split_seed(seed: jax.Array | int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The run's three independent keys ``(init, shuffle, dropout)`` derived from its seed."""
+    k_init, k_shuffle, k_drop = jax.random.split(jax.random.key(seed), 3)
+    return k_init, k_shuffle, k_drop
+
+
+def epoch_batches(
+    shuffle_key: jax.Array, epoch: jax.Array | int, n: int, batch_size: int
+) -> tuple[jax.Array, jax.Array]:
+    """Minibatch row indices and validity mask of one epoch, both ``(ceil(n / B), B)``.
+
+    Rows follow ``permutation(fold_in(shuffle_key, epoch), n)``; the permutation is wrapped
+    around to fill the last batch and the wrapped positions get mask 0, so the valid entries of
+    ``idx`` are exactly ``0..n-1``, each once.
+    """
+    steps = math.ceil(n / batch_size)
+    pos = jnp.arange(steps * batch_size)
+    perm = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n)
+    idx = perm[pos % n].reshape(steps, batch_size)
+    mask = (pos < n).astype(jnp.float32).reshape(steps, batch_size)
+    return idx, mask
+
+
+# Validation rows per forward chunk: bounds the hidden activations of the per-epoch evaluation to
+# (configs x VAL_CHUNK x hidden) floats however large the val split (and the sweep) gets.
+VAL_CHUNK = 8192
+
+
+def _chunked_logits(params: dict, x_chunks: jax.Array, n: int) -> jax.Array:
+    """Logits of ``x_chunks`` ``(k, chunk, D)`` (zero-padded rows at the end), first ``n`` rows."""
+    logits = jax.lax.map(lambda xc: model.apply(params, xc), x_chunks)
+    return logits.reshape(-1, model.N_CLASSES)[:n]
+
+
+def _fit(spec: TrainSpec, hp: HParams, x_train, y_train, x_val, y_val) -> FitResult:
+    _check_inputs(spec, hp, x_train, y_train, x_val, y_val)
+    x_train = jnp.asarray(x_train, jnp.float32)
+    y_train = jnp.asarray(y_train).astype(jnp.int32)
+    x_val = jnp.asarray(x_val, jnp.float32)
+    y_val = jnp.asarray(y_val).astype(jnp.int32)
+    n_val = x_val.shape[0]
+    chunk = min(VAL_CHUNK, max(n_val, 1))
+    n_chunks = -(-n_val // chunk)
+    x_val_chunks = jnp.pad(x_val, ((0, n_chunks * chunk - n_val), (0, 0))).reshape(
+        n_chunks, chunk, spec.in_dim
+    )
+
+    k_init, k_shuffle, k_drop = split_seed(hp.seed)
+    params0 = model.init(k_init, spec.kind, spec.in_dim, spec.hidden)
+    tx = optim.make_optimizer(
+        hp.lr, hp.weight_decay, hp.warmup_frac, spec.total_steps, mask=optim.decay_mask(params0)
+    )
+
+    def loss_fn(params, xb, yb, mb, key):
+        logits = model.apply(params, xb, dropout_rate=hp.dropout, key=key)
+        return losses.weighted_ce(
+            logits, yb, pos_weight=hp.pos_weight, label_smoothing=hp.label_smoothing, mask=mb
+        )
+
+    def train_step(state, batch):
+        params, opt_state, ema, t = state
+        idx, mb = batch
+        loss, grads = jax.value_and_grad(loss_fn)(
+            params, x_train[idx], y_train[idx], mb, jax.random.fold_in(k_drop, t)
+        )
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        ema = optim.ema_update(ema, params, t, hp.ema_decay)
+        return (params, opt_state, ema, t + 1), loss
+
+    def epoch(carry, e):
+        state, best = carry
+        batches = epoch_batches(k_shuffle, e, spec.n_train, spec.batch_size)
+        state, step_losses = jax.lax.scan(train_step, state, batches)
+        params, _, ema, _ = state
+        use_ema = hp.ema_decay > 0
+        evald = jax.tree.map(lambda a, b: jnp.where(use_ema, a, b), ema, params)
+        logits = _chunked_logits(evald, x_val_chunks, n_val)
+        auc = auroc(model.logit_margin(logits), y_val)
+        vloss = losses.mean_ce(logits, y_val)
+
+        best_params, best_auc, best_loss, best_epoch = best
+        rank_auc = jnp.where(jnp.isnan(auc), -jnp.inf, auc)
+        better = (rank_auc > best_auc) | ((rank_auc == best_auc) & (vloss < best_loss))
+        best = (
+            jax.tree.map(lambda a, b: jnp.where(better, a, b), evald, best_params),
+            jnp.where(better, rank_auc, best_auc),
+            jnp.where(better, vloss, best_loss),
+            jnp.where(better, e, best_epoch),
+        )
+        return (state, best), (jnp.mean(step_losses), auc, vloss)
+
+    state0 = (params0, tx.init(params0), params0, jnp.zeros((), jnp.int32))
+    best0 = (params0, jnp.float32(-jnp.inf), jnp.float32(jnp.inf), jnp.int32(-1))
+    (_, best), (train_loss, val_auc, val_loss) = jax.lax.scan(
+        epoch, (state0, best0), jnp.arange(spec.epochs, dtype=jnp.int32)
+    )
+    return FitResult(
+        params=best[0],
+        best_epoch=best[3],
+        val_auroc=val_auc,
+        train_loss=train_loss,
+        val_loss=val_loss,
+    )
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def fit(spec: TrainSpec, hp: HParams, x_train, y_train, x_val, y_val) -> FitResult:
+    """Train one head; the whole run is one compiled program (see the module docstring).
+
+    Args:
+        spec: static shapes and loop lengths.
+        hp: scalar hyperparameters (traced, so changing them does not recompile).
+        x_train: ``(n_train, in_dim)`` features (any float dtype; computed in float32).
+        y_train: ``(n_train,)`` labels in {0, 1} (drop unknown ``-1`` rows before calling).
+        x_val: ``(n_val, in_dim)`` features for per-epoch selection.
+        y_val: ``(n_val,)`` labels in {0, 1}.
+
+    Returns:
+        ``FitResult`` with the best epoch's (EMA or raw) parameters and per-epoch curves.
+    """
+    return _fit(spec, hp, x_train, y_train, x_val, y_val)
+
+
+fit_many = jax.jit(jax.vmap(_fit, in_axes=(None, 0, None, None, None, None)), static_argnums=0)
+fit_many.__doc__ = """``jit(vmap(fit))``: train one head per row of a stacked ``HParams``.
+
+Same arguments as ``fit`` but ``hp`` has a leading config axis (``stack([...])``); the features
+are shared, not copied per config. Every ``FitResult`` field gains that leading axis.
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference
+
+
+@jax.jit
+def _margin(params: dict, x: jax.Array) -> jax.Array:
+    return model.logit_margin(model.apply(params, x))
+
+
+def predict_logit_margin(
+    params: dict, x: np.ndarray, kind: str | None = None, *, batch_size: int = 8192
+) -> np.ndarray:
+    """Binary logit ``z1 - z0`` for every row of ``x``, computed in fixed-size chunks.
+
+    The last chunk is zero-padded to ``batch_size`` so only one shape is ever compiled, and
+    at most ``batch_size`` rows of activations are alive at once.
+    """
+    if kind is not None and model.kind_of(params) != kind:
+        raise ValueError(f"params are a {model.kind_of(params)!r} head, not {kind!r}")
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"features must be (n, D), got shape {x.shape}")
+    n = x.shape[0]
+    bsz = max(1, min(batch_size, n))
+    out = np.empty(n, np.float32)
+    for start in range(0, n, bsz):
+        chunk = x[start : start + bsz]
+        m = chunk.shape[0]
+        if m < bsz:
+            chunk = np.concatenate([chunk, np.zeros((bsz - m, x.shape[1]), chunk.dtype)])
+        out[start : start + m] = np.asarray(_margin(params, jnp.asarray(chunk, jnp.float32)))[:m]
+    return out
+
+
+def predict_proba(
+    params: dict, x: np.ndarray, kind: str | None = None, *, batch_size: int = 8192
+) -> np.ndarray:
+    """P(class 1) = softmax(logits)[:, 1] = sigmoid(z1 - z0) as a float32 numpy array."""
+    margin = predict_logit_margin(params, x, kind, batch_size=batch_size)
+    return np.asarray(jax.nn.sigmoid(margin), np.float32)

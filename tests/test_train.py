@@ -1,0 +1,277 @@
+"""heads.train: learning, determinism, vmap equivalence, selection, padding, loop oracle."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from heads import losses, model, optim, train
+from heads.train import (
+    HParams,
+    TrainSpec,
+    epoch_batches,
+    fit,
+    fit_many,
+    load_params,
+    predict_logit_margin,
+    predict_proba,
+    save_params,
+    split_seed,
+    stack,
+)
+from stage1.config import HeadConfig, OptimConfig
+
+D = 32
+
+
+def _blobs(n, sep, rng, flip=0.0):
+    """Two Gaussian blobs in R^D whose means differ by ``sep`` along a random unit direction."""
+    y = rng.integers(0, 2, size=n)
+    u = np.random.default_rng(123).normal(size=D)
+    u /= np.linalg.norm(u)
+    x = rng.normal(size=(n, D)) + np.outer((y - 0.5) * sep, u)
+    if flip:
+        y = np.where(rng.random(n) < flip, 1 - y, y)
+    return x.astype(np.float32), y.astype(np.int32)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    x, y = _blobs(2000, 3.0, rng)
+    xv, yv = _blobs(500, 3.0, rng)
+    return jnp.asarray(x), jnp.asarray(y), jnp.asarray(xv), jnp.asarray(yv)
+
+
+SPEC = TrainSpec(kind="mlp", hidden=64, in_dim=D, epochs=5, batch_size=128, n_train=2000)
+
+
+def _hp(pos_weight=1.0, dropout=0.0, **optim_kw):
+    """Scalar HParams from OptimConfig defaults overridden by ``optim_kw``."""
+    optim_cfg = dataclasses.replace(OptimConfig(), **optim_kw)
+    return HParams.from_config(optim_cfg, HeadConfig(dropout=dropout), pos_weight)
+
+
+def _assert_tree_close(a, b, rtol=1e-5, atol=1e-6):
+    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=rtol, atol=atol), a, b)
+
+
+def test_learns_separable_blobs_and_reports_its_own_auroc(data):
+    x, y, xv, yv = data
+    r = fit(SPEC, _hp(), x, y, xv, yv)
+    assert r.val_auroc.shape == r.train_loss.shape == r.val_loss.shape == (SPEC.epochs,)
+    best = int(r.best_epoch)
+    assert r.val_auroc[best] > 0.95
+    assert r.train_loss[-1] < r.train_loss[0]
+    # The recorded AUROC is that of the returned weights (sklearn oracle on our predictions).
+    p = predict_proba(r.params, np.asarray(xv), "mlp")
+    assert roc_auc_score(np.asarray(yv), p) == pytest.approx(float(r.val_auroc[best]), abs=1e-6)
+    # Chunked inference (padded last chunk) and the margin agree with the one-shot forward pass.
+    np.testing.assert_allclose(predict_proba(r.params, np.asarray(xv), batch_size=37), p, rtol=1e-6)
+    margin = predict_logit_margin(r.params, np.asarray(xv).astype(np.float16))
+    np.testing.assert_allclose(
+        margin,
+        model.logit_margin(model.apply(r.params, np.asarray(xv).astype(np.float16))),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    with pytest.raises(ValueError, match="not 'linear'"):
+        predict_proba(r.params, np.asarray(xv), "linear")
+
+
+def test_determinism_seeds_and_no_recompile(data):
+    x, y, xv, yv = data
+    r1 = fit(SPEC, _hp(seed=7), x, y, xv, yv)
+    n_compiled = fit._cache_size()
+    r2 = fit(SPEC, _hp(seed=7), x, y, xv, yv)
+    jax.tree.map(np.testing.assert_array_equal, r1, r2)
+    r3 = fit(SPEC, _hp(seed=8, lr=3e-3, weight_decay=0.1, ema_decay=0.5), x, y, xv, yv)
+    assert not np.allclose(r1.params["hidden"]["kernel"], r3.params["hidden"]["kernel"])
+    assert fit._cache_size() == n_compiled  # new hyperparameter values reuse the compiled program
+
+
+def test_fit_many_equals_separate_fits(data):
+    x, y, xv, yv = data
+    hps = [
+        _hp(seed=0, lr=1e-3, weight_decay=1e-4),
+        _hp(seed=1, lr=5e-3, weight_decay=1e-2, label_smoothing=0.1, ema_decay=0.0, dropout=0.2),
+        _hp(seed=2, lr=2e-4, weight_decay=0.0, warmup_frac=0.3, pos_weight=3.0, ema_decay=0.9),
+    ]
+    many = fit_many(SPEC, stack(hps), x, y, xv, yv)
+    assert many.val_auroc.shape == (3, SPEC.epochs)
+    assert many.params["out"]["kernel"].shape == (3, 64, 2)
+    for i, hp in enumerate(hps):
+        one = fit(SPEC, hp, x, y, xv, yv)
+        _assert_tree_close(jax.tree.map(lambda a, i=i: a[i], many.params), one.params)
+        np.testing.assert_allclose(many.val_auroc[i], one.val_auroc, rtol=1e-5)
+        np.testing.assert_allclose(many.train_loss[i], one.train_loss, rtol=1e-5)
+        np.testing.assert_allclose(many.val_loss[i], one.val_loss, rtol=1e-5)
+        assert int(many.best_epoch[i]) == int(one.best_epoch)
+    assert not np.allclose(many.params["out"]["kernel"][0], many.params["out"]["kernel"][1])
+
+
+def _lexicographic_best(auc, loss):
+    """Reference rule: highest AUROC, then lowest val loss, then earliest epoch."""
+    best = 0
+    for e in range(1, len(auc)):
+        if auc[e] > auc[best] or (auc[e] == auc[best] and loss[e] < loss[best]):
+            best = e
+    return best
+
+
+def test_best_epoch_selection_on_an_overfitting_run():
+    rng = np.random.default_rng(1)
+    x, y = _blobs(200, 1.0, rng, flip=0.2)  # noisy labels, tiny train set: val AUROC peaks early
+    xv, yv = _blobs(400, 1.0, rng)
+    spec = TrainSpec(kind="mlp", hidden=64, in_dim=D, epochs=12, batch_size=32, n_train=200)
+    hps = stack(
+        [
+            _hp(lr=lr, seed=s, ema_decay=0.0, warmup_frac=0.0, weight_decay=0.0)
+            for lr, s in ((1e-2, 0), (3e-2, 1), (3e-3, 2))
+        ]
+    )
+    # Through a plain vmap of the jitted ``fit`` (the way a sweep module may call it).
+    r = jax.vmap(fit, in_axes=(None, 0, None, None, None, None))(spec, hps, x, y, xv, yv)
+    auc, vloss = np.asarray(r.val_auroc), np.asarray(r.val_loss)
+    for i in range(3):
+        best = int(r.best_epoch[i])
+        assert best == _lexicographic_best(auc[i], vloss[i])
+        params_i = jax.tree.map(lambda a, i=i: a[i], r.params)
+        assert roc_auc_score(yv, predict_proba(params_i, xv)) == pytest.approx(
+            auc[i, best], abs=1e-6
+        )
+    assert np.any(np.asarray(r.best_epoch) < spec.epochs - 1)  # selection actually went back
+
+
+def test_single_class_val_selects_by_val_loss(data):
+    x, y, xv, _ = data
+    r = fit(SPEC, _hp(), x, y, xv, jnp.zeros(xv.shape[0], jnp.int32))
+    assert np.all(np.isnan(r.val_auroc))
+    assert int(r.best_epoch) == int(np.argmin(r.val_loss))
+
+
+@pytest.mark.parametrize("n, bsz", [(10, 4), (3, 8), (12, 4)])
+def test_epoch_batches_cover_every_example_once(n, bsz):
+    _, k_shuffle, _ = split_seed(0)
+    orders = []
+    for e in range(3):
+        idx, mask = epoch_batches(k_shuffle, e, n, bsz)
+        steps = -(-n // bsz)
+        assert idx.shape == mask.shape == (steps, bsz)
+        assert int(mask.sum()) == n
+        valid = np.asarray(idx)[np.asarray(mask) == 1]
+        np.testing.assert_array_equal(np.sort(valid), np.arange(n))
+        orders.append(valid)
+    assert n < 4 or not all(np.array_equal(orders[0], o) for o in orders[1:])  # reshuffled
+
+
+def test_fit_equals_python_loop_oracle_with_padding_dropout_and_ema(monkeypatch):
+    """n=30 with batch 8 (last batch 6 valid + 2 wrapped), dropout, EMA: fit == unrolled loop.
+
+    Validation runs in chunks of 16 rows here (40 val rows: 3 chunks, 8 zero-padded rows).
+    """
+    monkeypatch.setattr(train, "VAL_CHUNK", 16)  # read at trace time; this spec is traced here
+    rng = np.random.default_rng(2)
+    x, y = _blobs(30, 2.0, rng)
+    xv, yv = _blobs(40, 2.0, rng)
+    spec = TrainSpec(kind="mlp", hidden=8, in_dim=D, epochs=3, batch_size=8, n_train=30)
+    hp = _hp(
+        seed=3,
+        lr=1e-2,
+        weight_decay=0.05,
+        warmup_frac=0.2,
+        label_smoothing=0.1,
+        pos_weight=2.0,
+        ema_decay=0.9,
+        dropout=0.25,
+    )
+    r = fit(spec, hp, x, y, xv, yv)
+
+    k_init, k_shuffle, k_drop = split_seed(3)
+    params = model.init(k_init, "mlp", D, 8)
+    tx = optim.make_optimizer(
+        hp.lr, hp.weight_decay, hp.warmup_frac, spec.total_steps, mask=optim.decay_mask(params)
+    )
+    opt_state, ema, t = tx.init(params), params, 0
+    best = (-np.inf, np.inf, None, -1)
+    train_loss, unmasked_loss = [], []
+
+    def batch_loss(p, xb, yb, mb, key):
+        z = model.apply(p, xb, dropout_rate=0.25, key=key)
+        return losses.weighted_ce(z, yb, pos_weight=2.0, label_smoothing=0.1, mask=mb)
+
+    @jax.jit  # one step of the loop, jitted only to keep the test fast; the loop stays in Python
+    def step(params, opt_state, ema, t, xb, yb, mb):
+        key = jax.random.fold_in(k_drop, t)
+        loss, g = jax.value_and_grad(batch_loss)(params, xb, yb, mb, key)
+        unmasked = batch_loss(params, xb, yb, jnp.ones_like(mb), key)
+        updates, opt_state = tx.update(g, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, optim.ema_update(ema, params, t, 0.9), loss, unmasked
+
+    batches = jax.jit(epoch_batches, static_argnums=(2, 3))
+    val_logits = jax.jit(lambda p: model.apply(p, xv))
+    for e in range(spec.epochs):
+        idx, mask = batches(k_shuffle, e, 30, 8)
+        batch_losses = []
+        for b in range(spec.steps_per_epoch):
+            params, opt_state, ema, loss, unmasked = step(
+                params, opt_state, ema, t, x[idx[b]], y[idx[b]], mask[b]
+            )
+            t += 1
+            batch_losses.append(float(loss))
+            unmasked_loss.append(float(unmasked))
+        train_loss.append(np.mean(batch_losses))
+        z = val_logits(ema)
+        auc = roc_auc_score(yv, np.asarray(model.logit_margin(z)))
+        vloss = float(losses.mean_ce(z, yv))
+        if auc > best[0] or (auc == best[0] and vloss < best[1]):
+            best = (auc, vloss, ema, e)
+        np.testing.assert_allclose(r.val_auroc[e], auc, atol=1e-6)
+        np.testing.assert_allclose(r.val_loss[e], vloss, rtol=1e-5)
+
+    np.testing.assert_allclose(r.train_loss, train_loss, rtol=1e-5)
+    # Masking matters: counting the 2 wrapped rows would change the epoch losses.
+    assert not np.allclose(np.mean(np.reshape(unmasked_loss, (3, 4)), axis=1), train_loss)
+    assert int(r.best_epoch) == best[3]
+    _assert_tree_close(r.params, best[2])
+
+
+def test_linear_kind_and_checkpoint_round_trip(data, tmp_path):
+    x, y, xv, yv = data
+    spec = dataclasses.replace(SPEC, kind="linear", epochs=3)
+    r = fit(spec, _hp(lr=1e-2), x, y, xv, yv)
+    assert r.val_auroc[int(r.best_epoch)] > 0.95
+    path = save_params(tmp_path / "head.safetensors", r.params, {"kind": "linear"})
+    loaded, meta = load_params(path)
+    assert meta == {"kind": "linear"}
+    np.testing.assert_array_equal(predict_proba(loaded, xv, "linear"), predict_proba(r.params, xv))
+
+
+def test_config_plumbing_and_input_errors(data):
+    x, y, xv, yv = data
+    hp = HParams.from_config(OptimConfig(seed=5, ema_decay=0.0), HeadConfig(dropout=0.1), 2.5)
+    assert hp.seed.dtype == jnp.int32 and int(hp.seed) == 5
+    assert all(v.dtype == jnp.float32 and v.shape == () for v in hp[:-1])
+    assert float(hp.pos_weight) == 2.5 and float(hp.dropout) == pytest.approx(0.1)
+    assert stack([hp, hp]).lr.shape == (2,)
+    spec = TrainSpec.from_config(
+        HeadConfig(), OptimConfig(epochs=3, batch_size=256), in_dim=384, n_train=1000
+    )
+    assert (spec.steps_per_epoch, spec.total_steps, spec.hidden) == (4, 12, 768)
+    assert hash(spec) == hash(dataclasses.replace(spec))
+
+    with pytest.raises(ValueError, match="needs the training labels"):
+        HParams.from_config(OptimConfig(pos_weight=-1.0), HeadConfig())
+    with pytest.raises(ValueError, match="kind"):
+        TrainSpec(kind="cnn", in_dim=4, epochs=1, batch_size=1, n_train=1)
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainSpec(kind="mlp", in_dim=4, epochs=1, batch_size=0, n_train=1)
+    with pytest.raises(ValueError, match="do not match"):
+        fit(SPEC, _hp(), x[:100], y[:100], xv, yv)
+    with pytest.raises(ValueError, match="fit_many"):
+        fit(SPEC, stack([_hp(), _hp()]), x, y, xv, yv)
