@@ -98,6 +98,12 @@ def _cmd_train(args) -> int:
     if args.alpha is not None:
         cfg = override(cfg, [f"risk.alpha={args.alpha}"])
     cfg = cfg.validate()
+    if cfg.selective.enabled:
+        from stage1.phase2 import print_summary as print_phase2
+        from stage1.phase2 import run_phase2
+
+        print_phase2(run_phase2(cfg, Path(args.cache), Path(args.out)))
+        return 0
     summary = run_training(cfg, Path(args.cache), Path(args.out))
     print_summary(summary)
     return 0
@@ -191,7 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
         "selection on val), fit the FNR-certified exit threshold on "
         "calib only, evaluate on test, and write config.json, "
         "thresholds.json, metrics.json, head.safetensors and "
-        "predictions.npz into --out.",
+        "predictions.npz into --out. Phase 2 (--phase 2) trains the 3-head selective "
+        "net instead, calibrates f (Dirichlet) and the gate (Platt) on val, fits SCRC-I "
+        "(gate and softmax response) and the gate-free two-sided policy on calib, and "
+        "writes gateparams.json, scrcparams.json, calibration.json, metrics.json, "
+        "selective.safetensors and predictions.npz.",
     )
     p.add_argument("--cache", required=True, help="HDF5 feature cache from `stage1 features`")
     p.add_argument("--out", required=True, help="run directory to write")

@@ -11,7 +11,15 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from stage1.config import Config, ConfigError, HeadConfig, OptimConfig, from_dict
+from stage1.config import (
+    Config,
+    ConfigError,
+    HeadConfig,
+    OptimConfig,
+    RiskConfig,
+    SelectiveConfig,
+    from_dict,
+)
 
 
 def phase1() -> Config:
@@ -28,8 +36,38 @@ def phase1() -> Config:
     )
 
 
-PRESETS: dict[str, Callable[[], Config]] = {"phase1": phase1}
-PHASES: dict[int, str] = {1: "phase1"}
+def phase2() -> Config:
+    """Calibration & risk: 3-head selective net (classifier f, gate g, auxiliary h) over a
+    512-wide trainable trunk on CLS; paper-form selective loss (c = 0.8, lambda = 32, alpha mix
+    0.5) plus a proxy-Lagrangian FNR constraint (alpha' = 0.01); Dirichlet calibration of f and
+    Platt calibration of g on val; on calib only, SCRC-I (FNR <= 0.02, certified coverage >= 0.5,
+    delta 0.05) for the learned gate and for the softmax response, and the gate-free two-sided
+    policy (FNR <= 0.02, FPR <= 0.05).
+    """
+    return Config(
+        preset="phase2",
+        head=HeadConfig(kind="mlp", hidden=768, feature="cls"),
+        optim=OptimConfig(lr=1e-3, weight_decay=1e-4, epochs=60, batch_size=1024, ema_decay=0.99),
+        selective=SelectiveConfig(
+            enabled=True,
+            trunk_hidden=512,
+            target_coverage=0.8,
+            lam=32.0,
+            alpha_mix=0.5,
+            loss_form="paper",
+            risk_loss="lagrangian",
+            fnr_target=0.01,
+            multiplier_lr=0.05,
+            surrogate_temp=1.0,
+        ),
+        risk=RiskConfig(
+            alpha=0.02, method="pac", delta=0.05, beta=0.05, target_coverage=0.5, scrc_risk="fnr"
+        ),
+    )
+
+
+PRESETS: dict[str, Callable[[], Config]] = {"phase1": phase1, "phase2": phase2}
+PHASES: dict[int, str] = {1: "phase1", 2: "phase2"}
 
 
 def load_preset(name_or_path: str) -> Config:
