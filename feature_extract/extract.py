@@ -24,6 +24,7 @@ import itertools
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -196,6 +197,9 @@ def extract(
         num_workers=cfg.num_workers,
         collate_fn=_collate,
         pin_memory=device.type == "cuda",
+        # Forking a process that already runs JAX's thread pool (a notebook or a test session
+        # that imported jax) can deadlock; spawn clean workers then. The CLI never loads jax here.
+        multiprocessing_context=("spawn" if cfg.num_workers > 0 and "jax" in sys.modules else None),
     )
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
