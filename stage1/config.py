@@ -44,6 +44,7 @@ class BackboneConfig:
     batch_size: int = 64  # images per forward pass
     num_workers: int = 2  # image-decoding worker processes
     variants: tuple[str, ...] = ("cls", "patch_mean")  # feature variants written to the cache
+    views: str = "clean"  # clean (one view per image) | validator (+ StreetVision levels 0-3)
     dtype: str = "float16"  # on-disk dtype of the cached features (float16 | float32)
     device: str = "auto"  # auto | cpu | cuda
     model_kwargs: str = "{}"  # JSON of extra timm kwargs (tests: tiny depth/width)
@@ -117,6 +118,7 @@ class Config:
         _check(abs(sum(fr) - 1.0) < 1e-6, f"data.fractions must sum to 1, got {sum(fr):.6g}")
         _check(self.backbone.image_size % 16 == 0, "backbone.image_size must be a multiple of 16")
         _check(self.backbone.dtype in ("float16", "float32"), "backbone.dtype: float16|float32")
+        _check(self.backbone.views in ("clean", "validator"), "backbone.views: clean|validator")
         _check(
             self.head.kind in ("mlp", "linear"), f"head.kind must be mlp|linear: {self.head.kind}"
         )
