@@ -81,6 +81,7 @@ def _cmd_features(args) -> int:
         ("backbone.batch_size", args.batch_size),
         ("backbone.device", args.device),
         ("backbone.variants", args.variants),
+        ("backbone.views", args.views),
         ("data.source", args.data),
     ):
         if val is not None:
@@ -180,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--variants",
         default=None,
         help="comma-separated feature variants: cls, patch_mean, cls_last4",
+    )
+    p.add_argument(
+        "--views",
+        default=None,
+        choices=["clean", "validator"],
+        help="clean: one view per image (default); validator: also cache the views StreetVision "
+        "validators send (224x224, augmentation levels 0-3, JPEG quality 75) as views 1-4",
     )
     p.add_argument(
         "--demo-dir",
