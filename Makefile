@@ -12,8 +12,9 @@ SET       ?=
 # CPU pairing that imports cleanly with timm here; override (or pre-install torch) on GPU hosts.
 TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
+GRID      ?= --grid lr=1e-4:1e-2:log8 --grid weight_decay=0,1e-4,1e-2 --grid seed=0,1,2
 
-.PHONY: setup demo features train report test lint clean help
+.PHONY: setup demo features train sweep report test lint clean help
 
 help:
 	@echo "make demo | make test | make features [DATA=...] [WEIGHTS=...] | make train PHASE=n | make lint"
@@ -35,6 +36,9 @@ features: setup
 
 train: setup
 	$(STAGE1) train --cache $(CACHE) --phase $(PHASE) --out $(RUN) $(SET)
+
+sweep: setup
+	$(STAGE1) sweep --cache $(CACHE) --phase $(PHASE) --out runs/sweep $(GRID) $(SET)
 
 report: setup
 	$(STAGE1) report --run $(RUN)

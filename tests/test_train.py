@@ -47,7 +47,9 @@ def data():
     return jnp.asarray(x), jnp.asarray(y), jnp.asarray(xv), jnp.asarray(yv)
 
 
-SPEC = TrainSpec(kind="mlp", hidden=64, in_dim=D, epochs=5, batch_size=128, n_train=2000)
+SPEC = TrainSpec(
+    kind="mlp", hidden=64, in_dim=D, epochs=5, batch_size=128, n_train=2000, dropout=True
+)
 
 
 def _hp(pos_weight=1.0, dropout=0.0, **optim_kw):
@@ -178,7 +180,9 @@ def test_fit_equals_python_loop_oracle_with_padding_dropout_and_ema(monkeypatch)
     rng = np.random.default_rng(2)
     x, y = _blobs(30, 2.0, rng)
     xv, yv = _blobs(40, 2.0, rng)
-    spec = TrainSpec(kind="mlp", hidden=8, in_dim=D, epochs=3, batch_size=8, n_train=30)
+    spec = TrainSpec(
+        kind="mlp", hidden=8, in_dim=D, epochs=3, batch_size=8, n_train=30, dropout=True
+    )
     hp = _hp(
         seed=3,
         lr=1e-2,
@@ -275,3 +279,20 @@ def test_config_plumbing_and_input_errors(data):
         fit(SPEC, _hp(), x[:100], y[:100], xv, yv)
     with pytest.raises(ValueError, match="fit_many"):
         fit(SPEC, stack([_hp(), _hp()]), x, y, xv, yv)
+
+
+def test_static_dropout_flag_compiles_dropout_out():
+    """spec.dropout=False ignores HParams.dropout (no RNG per step); True applies it."""
+    rng = np.random.default_rng(7)
+    x, y = _blobs(300, 2.0, rng)
+    xv, yv = _blobs(100, 2.0, rng)
+    off = TrainSpec(kind="mlp", hidden=16, in_dim=D, epochs=2, batch_size=64, n_train=300)
+    on = dataclasses.replace(off, dropout=True)
+    r0 = fit(off, _hp(dropout=0.0), x, y, xv, yv)
+    r_ignored = fit(off, _hp(dropout=0.5), x, y, xv, yv)
+    r_on = fit(on, _hp(dropout=0.5), x, y, xv, yv)
+    np.testing.assert_array_equal(r0.train_loss, r_ignored.train_loss)
+    assert not np.allclose(r0.train_loss, r_on.train_loss)
+    assert TrainSpec.from_config(
+        HeadConfig(dropout=0.1), OptimConfig(), in_dim=4, n_train=8
+    ).dropout

@@ -1,0 +1,687 @@
+"""Benchmark: the vmapped JAX head sweep against PyTorch baselines and scikit-learn (issue 3).
+
+    python bench/sweep.py --json out/bench_sweep.json          # GPU: the issue's sizes
+    python bench/sweep.py --quick                              # CPU smoke test, tiny sizes
+    python bench/sweep.py --cpu-small                          # 16 configs, 20,000 x 384, CPU
+
+Workload (defaults): synthetic features, N = 262,144 train rows (+ N/8 val) x D = 768, binary
+labels from a non-linear teacher (25 % positives); 64 MLP heads D -> 768 -> 2 (lr 1e-4..1e-2
+log-spaced x weight decay {0, 1e-2} x label smoothing {0, 0.1} x seed {0, 1}), 10 epochs,
+batch 512, AdamW + warmup-cosine (5 %), class-weighted CE, weight EMA 0.99, best epoch by val
+AUROC. Methods, all on GPU-resident tensors, float32 with TF32 matmuls on both frameworks (JAX's
+default on GPUs; ``torch.set_float32_matmul_precision("high")``):
+
+- ``jax_sweep``: ``heads.sweep.run_group`` = jit(shard_map(vmap(heads.train.fit))); per-config
+  shuffles; wall incl. compile (first call) and excl. (second call, same shapes).
+- ``torch_loop`` (a): one config at a time, ``nn.Sequential`` + fused ``torch.optim.AdamW`` +
+  ``LambdaLR``, EMA by ``torch._foreach_lerp_``; a host sync once per epoch (val selection).
+  Timed on ``--torch-loop-configs`` configs, rate extrapolated per config-epoch.
+- ``torch_vmap`` (b): stacked parameters, ``torch.func.vmap(grad_and_value(loss))`` and a
+  hand-written stacked AdamW/EMA step, ``torch.compile``d (``--no-torch-compile`` for eager);
+  one shared minibatch sequence for all heads (one pass over the data, DINOv2-style).
+- ``torch_modulelist`` (b, reference): the DINOv3 linear-eval form, a ``ModuleList`` of heads,
+  one AdamW with one parameter group per head (per-group lr/wd), summed loss, one backward.
+  Timed on ``--modulelist-epochs`` epochs, rate extrapolated.
+- ``jax_linear``: ``--linear-configs`` linear heads (D -> 2) in one vmapped sweep;
+  ``jax_ridge``: the closed-form ridge probe at ``--ridge-lambdas`` L2 strengths;
+  ``sklearn_logreg`` (c): ``LogisticRegression(lbfgs)`` on the CPU, per C value.
+
+FLOPs per config, training only, by the issue's convention: forward ``2 (D H + 2 H)`` per
+example, backward ~2x forward, so ``6 (D H + 2 H)`` per example-epoch (MLP) and ``6 * 2 D``
+(linear). The heads need no input gradient, so the GEMMs actually run are nearer 4/6 of that;
+val evaluation is not counted. TFLOP/s = that count / wall excl. compile.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # torch runs first, same GPU
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+B1, B2, EPS = 0.9, 0.999, 1e-8  # optax.adamw defaults, used by every torch baseline
+
+
+# ---------------------------------------------------------------------------------------------
+# Data and grids
+
+
+def make_data(n: int, n_val: int, d: int, seed: int = 0):
+    """Gaussian features; labels from a teacher with a linear and a quadratic part (25 % pos)."""
+    rng = np.random.default_rng(seed)
+    u, v = rng.normal(size=(2, d)) / math.sqrt(d)
+    out = []
+    for m in (n, n_val):
+        x = rng.standard_normal((m, d), dtype=np.float32)
+        s = 2.0 * (x @ u) + 1.5 * ((x @ v) ** 2 - 1.0) + 0.7 * rng.normal(size=m)
+        out += [x, (s > np.quantile(s, 0.75)).astype(np.int32)]
+    return out
+
+
+def mlp_grid(n_configs: int) -> list[dict]:
+    """lr log-spaced (fastest axis) x weight decay x label smoothing x seed, first n_configs."""
+    cfgs = []
+    for seed in range(64):
+        for ls in (0.0, 0.1):
+            for wd in (0.0, 1e-2):
+                for lr in np.geomspace(1e-4, 1e-2, 8):
+                    cfgs.append(
+                        {"lr": float(lr), "weight_decay": wd, "label_smoothing": ls, "seed": seed}
+                    )
+    return _complete(cfgs[:n_configs], "mlp")
+
+
+def linear_grid(n_configs: int) -> list[dict]:
+    cfgs = []
+    for seed in range(1000):
+        for ls in (0.0, 0.05, 0.1, 0.2):
+            for wd in (0.0, 1e-4, 1e-3, 1e-2, 1e-1):
+                for lr in np.geomspace(1e-4, 1e-1, 10):
+                    cfgs.append(
+                        {"lr": float(lr), "weight_decay": wd, "label_smoothing": ls, "seed": seed}
+                    )
+    return _complete(cfgs[:n_configs], "linear")
+
+
+def _complete(cfgs, kind):
+    base = {
+        "warmup_frac": 0.05,
+        "pos_weight": -1.0,
+        "ema_decay": 0.99,
+        "dropout": 0.0,
+        "kind": kind,
+        "hidden": 768,
+        "feature": "cls",
+    }
+    return [base | c for c in cfgs]
+
+
+def train_flops(kind: str, d: int, h: int, n: int, epochs: int) -> float:
+    per_example = 6 * (d * h + 2 * h) if kind == "mlp" else 6 * 2 * d
+    return float(per_example) * n * epochs
+
+
+def warmup_cosine(t, peak, warm, total):
+    """heads.optim.warmup_cosine in numpy/torch-neutral arithmetic (t may be a tensor)."""
+    return (
+        peak * t / max(warm, 1.0)
+        if t < warm
+        else (
+            0.5
+            * peak
+            * (1 + math.cos(math.pi * min(max(t - warm, 0.0) / max(total - warm, 1.0), 1.0)))
+        )
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch baselines
+
+
+def _torch_setup():
+    import torch
+
+    torch.set_float32_matmul_precision("high")  # TF32, as JAX's default GPU matmul
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch, dev
+
+
+def _t_init(torch, gen, fan_in, fan_out, dev, c=None):
+    """LeCun truncated normal (heads.model's init), optionally stacked over c configs."""
+    std = math.sqrt(1.0 / fan_in) / 0.87962566103423978
+    shape = (fan_in, fan_out) if c is None else (c, fan_in, fan_out)
+    w = torch.empty(shape, device=dev)
+    torch.nn.init.trunc_normal_(w, std=std, a=-2 * std, b=2 * std, generator=gen)
+    return w
+
+
+def _t_wce(torch, logits, y, pw, ls):
+    """heads.losses.weighted_ce (mean over a full batch; no padding rows here)."""
+    logp = torch.log_softmax(logits, -1)
+    onehot = torch.nn.functional.one_hot(y.long(), 2).to(logp.dtype)
+    t = (1 - ls) * onehot + ls / 2
+    ce = -(t * logp).sum(-1)
+    w = torch.where(y == 1, pw, torch.ones_like(ce))
+    return (w * ce).sum(-1) / w.sum(-1)
+
+
+def _t_auroc(torch, scores, y):
+    """Rank AUROC per row of scores (C, n) (continuous scores: ties ignored)."""
+    ranks = scores.argsort(-1).argsort(-1).to(torch.float64) + 1
+    pos = (y == 1).to(torch.float64)
+    n_pos = pos.sum()
+    n_neg = pos.numel() - n_pos
+    return ((ranks * pos).sum(-1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def _sync(torch):
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def torch_loop(cfgs, data, a, pw):
+    """(a) one config at a time."""
+    torch, dev = _torch_setup()
+    x, y, xv, yv = (torch.as_tensor(v, device=dev) for v in data)
+    n, d = x.shape
+    steps = n // a.batch
+    total = steps * a.epochs
+    aucs = []
+    _sync(torch)
+    t0 = time.perf_counter()
+    for c in cfgs:
+        gen = torch.Generator(device=dev).manual_seed(c["seed"])
+        w1, w2 = _t_init(torch, gen, d, a.hidden, dev), _t_init(torch, gen, a.hidden, 2, dev)
+        lin1, lin2 = (
+            torch.nn.Linear(d, a.hidden, device=dev),
+            torch.nn.Linear(a.hidden, 2, device=dev),
+        )
+        with torch.no_grad():
+            lin1.weight.copy_(w1.T), lin2.weight.copy_(w2.T)
+            lin1.bias.zero_(), lin2.bias.zero_()
+        net = torch.nn.Sequential(lin1, torch.nn.GELU(), lin2)
+        params = list(net.parameters())
+        opt = torch.optim.AdamW(
+            [
+                {"params": [lin1.weight, lin2.weight], "weight_decay": c["weight_decay"]},
+                {"params": [lin1.bias, lin2.bias], "weight_decay": 0.0},
+            ],
+            lr=c["lr"],
+            betas=(B1, B2),
+            eps=EPS,
+            fused=dev.type == "cuda",
+        )
+        warm = round(c["warmup_frac"] * total)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda t, warm=warm: warmup_cosine(t, 1.0, warm, total)
+        )
+        ema = [p.detach().clone() for p in params]
+        pwt = torch.tensor(pw, device=dev)
+        best, t = -1.0, 0
+        for _ in range(a.epochs):
+            perm = torch.randperm(n, device=dev, generator=gen)
+            for s in range(steps):
+                idx = perm[s * a.batch : (s + 1) * a.batch]
+                loss = _t_wce(torch, net(x[idx]), y[idx], pwt, c["label_smoothing"])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                dec = min(c["ema_decay"], (1 + t) / (10 + t))
+                with torch.no_grad():
+                    torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - dec)
+                t += 1
+            with torch.no_grad():
+                h = torch.nn.functional.gelu(xv @ ema[0].T + ema[1])
+                z = h @ ema[2].T + ema[3]
+                auc = float(_t_auroc(torch, (z[:, 1] - z[:, 0])[None], yv)[0])  # per-epoch sync
+            best = max(best, auc)
+        aucs.append(best)
+    _sync(torch)
+    return {"wall": time.perf_counter() - t0, "val_auroc": aucs}
+
+
+def torch_vmap(cfgs, data, a, pw, compile_step=True):
+    """(b) stacked parameters under torch.func.vmap, one pass over the data for all heads."""
+    torch, dev = _torch_setup()
+    from torch.func import grad_and_value, vmap
+
+    x, y, xv, yv = (torch.as_tensor(v, device=dev) for v in data)
+    n, d = x.shape
+    c_n, h = len(cfgs), a.hidden
+    steps = n // a.batch
+    total = steps * a.epochs
+    gens = [torch.Generator(device=dev).manual_seed(c["seed"]) for c in cfgs]
+    params = {
+        "w1": torch.stack([_t_init(torch, g, d, h, dev) for g in gens]),
+        "b1": torch.zeros(c_n, h, device=dev),
+        "w2": torch.stack([_t_init(torch, g, h, 2, dev) for g in gens]),
+        "b2": torch.zeros(c_n, 2, device=dev),
+    }
+    m = {k: torch.zeros_like(p) for k, p in params.items()}
+    v = {k: torch.zeros_like(p) for k, p in params.items()}
+    ema = {k: p.clone() for k, p in params.items()}
+
+    def col(key):
+        return torch.tensor([c[key] for c in cfgs], device=dev, dtype=torch.float32)
+
+    lr, wd, ls, dec = col("lr"), col("weight_decay"), col("label_smoothing"), col("ema_decay")
+    warm = torch.round(col("warmup_frac") * total)
+    pwt = torch.full((c_n,), pw, device=dev)
+
+    def loss_one(p, xb, yb, pw_c, ls_c):
+        hid = torch.nn.functional.gelu(xb @ p["w1"] + p["b1"])
+        return _t_wce(torch, hid @ p["w2"] + p["b2"], yb, pw_c, ls_c)
+
+    grads_fn = vmap(grad_and_value(loss_one), in_dims=(0, None, None, 0, 0))
+
+    def step(params, m, v, ema, xb, yb, t):
+        grads, loss = grads_fn(params, xb, yb, pwt, ls)
+        tf = t.to(torch.float32)
+        frac = torch.clamp((tf - warm) / torch.clamp(total - warm, min=1.0), 0.0, 1.0)
+        lr_t = torch.where(
+            tf < warm,
+            lr * tf / torch.clamp(warm, min=1.0),
+            0.5 * lr * (1 + torch.cos(math.pi * frac)),
+        )
+        bc1, bc2 = 1 - B1 ** (tf + 1), 1 - B2 ** (tf + 1)
+        d_t = 1 - torch.minimum(dec, (1 + tf) / (10 + tf))
+        for k, p in params.items():
+            shape = (c_n,) + (1,) * (p.dim() - 1)
+            g = grads[k]
+            m[k].mul_(B1).add_(g, alpha=1 - B1)
+            v[k].mul_(B2).addcmul_(g, g, value=1 - B2)
+            upd = (m[k] / bc1) / ((v[k] / bc2).sqrt() + EPS)
+            if k.startswith("w"):
+                upd = upd + wd.view(shape) * p
+            p.sub_(lr_t.view(shape) * upd)
+            ema[k].lerp_(p, d_t.view(shape))
+        return loss
+
+    run_step = torch.compile(step) if compile_step else step
+    gen = torch.Generator(device=dev).manual_seed(0)
+    best = torch.full((c_n,), -1.0, device=dev, dtype=torch.float64)
+    t_dev = torch.zeros((), device=dev, dtype=torch.int64)  # step counter, never leaves the GPU
+    times = {}
+    _sync(torch)
+    t0 = time.perf_counter()
+    t = 0
+    for _ in range(a.epochs):
+        perm = torch.randperm(n, device=dev, generator=gen)
+        for s in range(steps):
+            idx = perm[s * a.batch : (s + 1) * a.batch]
+            run_step(params, m, v, ema, x[idx], y[idx], t_dev)
+            t_dev.add_(1)
+            t += 1
+            if t == 1:
+                _sync(torch)
+                times["first_step"] = time.perf_counter() - t0
+        with torch.no_grad():
+            margins = []
+            for i in range(0, c_n, 8):  # bound the (configs, n_val, hidden) activations
+                hid = torch.nn.functional.gelu(
+                    xv @ ema["w1"][i : i + 8] + ema["b1"][i : i + 8, None]
+                )
+                z = hid @ ema["w2"][i : i + 8] + ema["b2"][i : i + 8, None]
+                margins.append(z[..., 1] - z[..., 0])
+            best = torch.maximum(best, _t_auroc(torch, torch.cat(margins), yv))
+    _sync(torch)
+    wall = time.perf_counter() - t0
+    # The first step includes torch.compile; excl. = the remaining steps scaled to all steps.
+    excl = (wall - times["first_step"]) * total / max(total - 1, 1)
+    return {"wall": wall, "wall_excl": excl, "val_auroc": best.cpu().tolist()}
+
+
+def torch_modulelist(cfgs, data, a, pw):
+    """(b, reference) DINOv3 linear-eval form: ModuleList of heads, one param group each."""
+    torch, dev = _torch_setup()
+    x, y, xv, yv = (torch.as_tensor(v, device=dev) for v in data)
+    n, d = x.shape
+    steps = n // a.batch
+    total = steps * a.epochs
+    heads = torch.nn.ModuleList(
+        torch.nn.Sequential(
+            torch.nn.Linear(d, a.hidden), torch.nn.GELU(), torch.nn.Linear(a.hidden, 2)
+        )
+        for _ in cfgs
+    ).to(dev)
+    groups = []
+    for hd, c in zip(heads, cfgs, strict=True):
+        groups.append(
+            {
+                "params": [hd[0].weight, hd[2].weight],
+                "lr": c["lr"],
+                "weight_decay": c["weight_decay"],
+            }
+        )
+        groups.append({"params": [hd[0].bias, hd[2].bias], "lr": c["lr"], "weight_decay": 0.0})
+    opt = torch.optim.AdamW(groups, betas=(B1, B2), eps=EPS)
+    warm = round(cfgs[0]["warmup_frac"] * total)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: warmup_cosine(t, 1.0, warm, total))
+    params = [p for p in heads.parameters()]
+    ema = [p.detach().clone() for p in params]
+    pwt = torch.tensor(pw, device=dev)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    _sync(torch)
+    t0 = time.perf_counter()
+    t = 0
+    for _ in range(a.modulelist_epochs):
+        perm = torch.randperm(n, device=dev, generator=gen)
+        for s in range(steps):
+            idx = perm[s * a.batch : (s + 1) * a.batch]
+            xb, yb = x[idx], y[idx]
+            loss = sum(
+                _t_wce(torch, hd(xb), yb, pwt, c["label_smoothing"])
+                for hd, c in zip(heads, cfgs, strict=True)
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            with torch.no_grad():
+                torch._foreach_lerp_(
+                    ema, [p.detach() for p in params], 1 - min(0.99, (1 + t) / (10 + t))
+                )
+            t += 1
+    _sync(torch)
+    return {"wall": time.perf_counter() - t0, "epochs": a.modulelist_epochs}
+
+
+def sklearn_logreg(data, cs, max_iter):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    x, y, xv, yv = data
+    aucs, t0 = [], time.perf_counter()
+    for c in cs:
+        clf = LogisticRegression(C=c, max_iter=max_iter, class_weight="balanced").fit(x, y)
+        aucs.append(roc_auc_score(yv, clf.decision_function(xv)))
+    return {"wall": time.perf_counter() - t0, "val_auroc": aucs}
+
+
+# ---------------------------------------------------------------------------------------------
+# JAX
+
+
+def jax_group(cfgs, data, a, kind):
+    import jax
+
+    from heads import sweep as hs
+    from heads.losses import resolve_pos_weight
+
+    x, y, xv, yv = data
+    mesh = hs.config_mesh()
+    rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    t0 = time.perf_counter()
+    dev_data = [jax.device_put(v, rep) for v in data]
+    jax.block_until_ready(dev_data)
+    h2d = time.perf_counter() - t0
+    spec = hs.group_spec(
+        (kind, a.hidden if kind == "mlp" else None, "cls"),
+        in_dim=x.shape[1],
+        epochs=a.epochs,
+        batch_size=a.batch,
+        n_train=len(y),
+        hidden=a.hidden,
+        dropout=any(c["dropout"] > 0 for c in cfgs),
+    )
+    hp = hs.stack_hparams(cfgs, resolve_pos_weight(-1.0, y))
+    chunk = hs.auto_chunk(spec, len(yv), mesh)
+    t0 = time.perf_counter()
+    r = hs.run_group(spec, hp, *dev_data, mesh=mesh, chunk=chunk)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    r = hs.run_group(spec, hp, *dev_data, mesh=mesh, chunk=chunk)
+    second = time.perf_counter() - t0
+    return {
+        "wall": first,
+        "wall_excl": second,
+        "h2d": h2d,
+        "devices": mesh.size,
+        "chunk": chunk,
+        "val_auroc": r.val_auroc.tolist(),
+    }
+
+
+def jax_ridge(data, n_lambdas):
+    from heads.sweep import run_ridge
+
+    x, y, xv, yv = data
+    lams = len(y) * np.logspace(-7, 1, n_lambdas)
+    t0 = time.perf_counter()
+    r = run_ridge(x, y, xv, yv, lams, alpha=0.02)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    r = run_ridge(x, y, xv, yv, lams, alpha=0.02)
+    return {
+        "wall": first,
+        "wall_excl": time.perf_counter() - t0,
+        "val_auroc": [float(r.val_auroc[r.best])],
+        "best_lambda": float(r.lambdas[r.best]),
+    }
+
+
+def cli_sweep(data, a, n_configs):
+    """End to end through stage1.sweep.run_sweep on a freshly written float16 cache."""
+    from stage1.cache import write_cache
+    from stage1.config import override
+    from stage1.presets import load_preset
+    from stage1.sweep import parse_grid, run_sweep
+
+    x, y, xv, yv = data
+    n, nv = len(y), len(yv)
+    meta = {
+        "backbone": "synthetic",
+        "weights_sha256": "synthetic",
+        "pooling": "token",
+        "image_size": 224,
+        "mean": [0.5],
+        "std": [0.5],
+        "library_version": "bench",
+        "created": "2026-01-01T00:00:00Z",
+        "extraction_config": {},
+    }
+    seeds = max(1, n_configs // 8)
+    grid = parse_grid([f"lr=1e-4:1e-2:log{min(8, n_configs)}", f"seed=0:{seeds - 1}:lin{seeds}"])
+    cfg = override(
+        load_preset("phase1"),
+        [f"optim.epochs={a.epochs}", f"optim.batch_size={a.batch}", f"head.hidden={a.hidden}"],
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "features.h5"
+        # calib and test are copies of val under other ids: the sweep reads train and val only.
+        split = ["train"] * n + ["val"] * nv + ["calib"] * nv + ["test"] * nv
+        write_cache(
+            path,
+            {"cls": np.concatenate([x, xv, xv, xv]).astype(np.float16)},
+            ids=[f"r{i}" for i in range(len(split))],
+            labels=np.concatenate([y, yv, yv, yv]),
+            split=split,
+            metadata=meta,
+            dtype="float16",
+        )
+        t0 = time.perf_counter()
+        res = run_sweep(cfg, path, Path(tmp) / "out", grid, progress=False)
+        wall = time.perf_counter() - t0
+    return {
+        "wall": wall,
+        "configs": len(res.rows) - 1,
+        "val_auroc": [r["val_auroc"] for r in res.rows if r["kind"] != "ridge"],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def _row(name, configs, epochs, res, flops_per_config_epoch, ref=None):
+    wall, excl = res["wall"], res.get("wall_excl", res["wall"])
+    aucs = np.asarray(res.get("val_auroc") or [np.nan], float)
+    row = {
+        "method": name,
+        "configs": configs,
+        "epochs": epochs,
+        "wall_s": round(wall, 3),
+        "wall_excl_compile_s": round(excl, 3),
+        "config_epochs_per_s": round(configs * epochs / excl, 2),
+        "tflops": round(configs * epochs * flops_per_config_epoch / excl / 1e12, 2),
+        "val_auroc_mean": float(np.mean(aucs)),
+        "val_auroc_min": float(np.min(aucs)),
+        "val_auroc_max": float(np.max(aucs)),
+    }
+    if ref is not None and len(aucs) <= len(ref):
+        row["max_abs_dauroc_vs_jax"] = float(np.max(np.abs(aucs - np.asarray(ref[: len(aucs)]))))
+    return row
+
+
+def print_table(rows):
+    cols = [
+        "method",
+        "configs",
+        "wall_s",
+        "wall_excl_compile_s",
+        "config_epochs_per_s",
+        "tflops",
+        "val_auroc_mean",
+        "val_auroc_min",
+        "val_auroc_max",
+    ]
+    cells = [
+        [r["method"], *(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols[1:])]
+        for r in rows
+    ]
+    w = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
+    print("  ".join(c.rjust(k) for c, k in zip(cols, w, strict=True)))
+    for x in cells:
+        print("  ".join(v.rjust(k) for v, k in zip(x, w, strict=True)))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=262144, help="train rows")
+    p.add_argument("--n-val", type=int, default=None, help="val rows (default n/8)")
+    p.add_argument("--d", type=int, default=768)
+    p.add_argument("--hidden", type=int, default=768)
+    p.add_argument("--configs", type=int, default=64, help="MLP configs")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--linear-configs", type=int, default=1000)
+    p.add_argument("--ridge-lambdas", type=int, default=1000)
+    p.add_argument(
+        "--baselines",
+        default="torch_loop,torch_vmap,torch_modulelist,sklearn",
+        help="comma list of baselines to run ('' for none)",
+    )
+    p.add_argument("--torch-loop-configs", type=int, default=4)
+    p.add_argument("--modulelist-epochs", type=int, default=1)
+    p.add_argument("--no-torch-compile", action="store_true")
+    p.add_argument("--sklearn-cs", default="1.0", help="comma list of C values")
+    p.add_argument("--sklearn-max-iter", type=int, default=200)
+    p.add_argument("--cli", action="store_true", help="also time `stage1 sweep` end to end")
+    p.add_argument("--quick", action="store_true", help="tiny CPU smoke test")
+    p.add_argument(
+        "--cpu-small",
+        action="store_true",
+        help="16 MLP configs over 20,000 x 384, 10 epochs, batch 512, JAX only",
+    )
+    p.add_argument("--json", default=None, help="write results here")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.n, a.d, a.hidden, a.configs, a.epochs, a.batch = 4096, 64, 64, 8, 2, 256
+        a.linear_configs, a.ridge_lambdas, a.torch_loop_configs = 16, 50, 2
+        a.no_torch_compile, a.cli = True, True
+    if a.cpu_small:
+        a.n, a.d, a.configs, a.epochs, a.batch, a.cli = 20000, 384, 16, 10, 512, True
+        a.baselines, a.linear_configs, a.ridge_lambdas = "", 0, 0
+    a.n_val = a.n_val or a.n // 8
+    base = [b for b in a.baselines.split(",") if b]
+    data = make_data(a.n, a.n_val, a.d)
+    mlp = mlp_grid(a.configs)
+    pw = float((data[1] == 0).sum() / (data[1] == 1).sum())
+    f_mlp = train_flops("mlp", a.d, a.hidden, a.n, 1)
+    f_lin = train_flops("linear", a.d, a.hidden, a.n, 1)
+    res, rows = {}, []
+    print(
+        f"data: train {a.n} x {a.d}, val {a.n_val}; {a.configs} MLP configs, {a.epochs} epochs, "
+        f"batch {a.batch}",
+        flush=True,
+    )
+    if "torch_loop" in base:
+        res["torch_loop"] = torch_loop(mlp[: a.torch_loop_configs], data, a, pw)
+        print(f"torch_loop: {res['torch_loop']['wall']:.1f} s", flush=True)
+    if "torch_vmap" in base:
+        try:
+            res["torch_vmap"] = torch_vmap(mlp, data, a, pw, not a.no_torch_compile)
+        except Exception as e:  # a compile failure must not hide the other numbers
+            print(f"torch_vmap (compiled) failed: {type(e).__name__}: {e}; eager instead")
+            res["torch_vmap"] = torch_vmap(mlp, data, a, pw, False)
+        print(f"torch_vmap: {res['torch_vmap']['wall']:.1f} s", flush=True)
+    if "torch_modulelist" in base:
+        res["torch_modulelist"] = torch_modulelist(mlp, data, a, pw)
+        print(f"torch_modulelist: {res['torch_modulelist']['wall']:.1f} s", flush=True)
+    if base:
+        import torch
+
+        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    res["jax_sweep"] = jax_group(mlp, data, a, "mlp")
+    print(f"jax_sweep: {res['jax_sweep']['wall']:.1f} s", flush=True)
+    ref = res["jax_sweep"]["val_auroc"]
+    rows.append(_row("jax_sweep (vmap)", a.configs, a.epochs, res["jax_sweep"], f_mlp))
+    if "torch_loop" in res:
+        rows.append(
+            _row("torch_loop (a)", a.torch_loop_configs, a.epochs, res["torch_loop"], f_mlp, ref)
+        )
+    if "torch_vmap" in res:
+        rows.append(_row("torch_vmap (b)", a.configs, a.epochs, res["torch_vmap"], f_mlp, ref))
+    if "torch_modulelist" in res:
+        rows.append(
+            _row(
+                "torch_modulelist (b ref)",
+                a.configs,
+                a.modulelist_epochs,
+                res["torch_modulelist"],
+                f_mlp,
+            )
+        )
+    if a.linear_configs:
+        res["jax_linear"] = jax_group(linear_grid(a.linear_configs), data, a, "linear")
+        rows.append(_row("jax_linear (vmap)", a.linear_configs, a.epochs, res["jax_linear"], f_lin))
+    if a.ridge_lambdas:
+        res["jax_ridge"] = jax_ridge(data, a.ridge_lambdas)
+        rows.append(_row("jax_ridge (closed form)", a.ridge_lambdas, 1, res["jax_ridge"], 0.0))
+    if "sklearn" in base:
+        cs = [float(c) for c in a.sklearn_cs.split(",")]
+        res["sklearn"] = sklearn_logreg(data, cs, a.sklearn_max_iter)
+        rows.append(_row("sklearn_logreg (c, CPU)", len(cs), 1, res["sklearn"], 0.0))
+    if a.cli:
+        res["cli"] = cli_sweep(data, a, a.configs)
+        rows.append(
+            _row(
+                "stage1 sweep (CLI, end to end)", res["cli"]["configs"], a.epochs, res["cli"], f_mlp
+            )
+        )
+    print_table(rows)
+    summary = {"rows": rows}
+    if "torch_loop" in res:
+        j = rows[0]["config_epochs_per_s"]
+        summary["speedup_vs_torch_loop"] = (
+            j / next(r for r in rows if "(a)" in r["method"])["config_epochs_per_s"]
+        )
+    if "torch_vmap" in res:
+        summary["speedup_vs_torch_vmap"] = (
+            rows[0]["config_epochs_per_s"]
+            / next(r for r in rows if "(b)" in r["method"])["config_epochs_per_s"]
+        )
+    for k, v in summary.items():
+        if k != "rows":
+            print(f"{k}: {v:.2f}x")
+    try:
+        import jax
+
+        device = str(jax.devices()[0].device_kind)
+    except Exception:  # noqa: BLE001 - report only
+        device = "unknown"
+    print(f"device: {device}")
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(
+            json.dumps(
+                {"args": vars(a), "device": device, **summary, "raw": res}, indent=1, default=float
+            )
+        )
+    return summary
+
+
+if __name__ == "__main__":
+    main()
