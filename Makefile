@@ -46,9 +46,11 @@ report: setup
 test: setup
 	$(PY) -m pytest -q -m "not slow and not gpu" $(PYTEST_ARGS)
 
+PY_DIRS := stage1 feature_extract heads calibrate schemas tests bench
+
 lint: setup
-	$(PY) -m ruff check .
-	$(PY) -m ruff format --check .
+	$(PY) -m ruff check $(PY_DIRS)
+	$(PY) -m ruff format --check $(PY_DIRS)
 
 clean:
 	rm -rf runs data/features.h5 .pytest_cache .ruff_cache
