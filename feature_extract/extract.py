@@ -13,6 +13,16 @@ Feature variants (all from one forward pass):
                 are excluded), after the final norm
     cls_last4   CLS tokens of the last 4 blocks, each after the final norm, concatenated in
                 block order (4 * D); its last D entries equal ``cls``
+
+Views (``BackboneConfig.views``): ``clean`` writes one row per sample (view 0, row i = sample
+i). ``validator`` appends, for every sample of the splits in ``VIEW_SPLITS``, one row per
+StreetVision augmentation level 0-3 (view = level + 1; same id, label, split and domain),
+rendered by ``feature_extract.validator_views`` (224 px, JPEG q75, then resized to
+``image_size`` like any image) and deterministic per (id, level, ``view_seed``). Only ``test``
+gets them: they measure the challenge score under validator conditions
+(``stage1.pipeline``); train/val/calib stay clean, so the fitted head, the epoch choice and the
+conformal threshold are exactly those of a clean cache, and no augmented copy of a test image
+can reach training (views share their sample's split).
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ import torch
 
 from feature_extract.backbone import build_backbone
 from feature_extract.preprocess import CorruptImageError, decode, normalize, to_uint8
+from feature_extract.validator_views import LEVELS, validator_view
 from stage1.cache import CacheError, create_cache, open_cache, write_rows
 from stage1.config import SPLITS, BackboneConfig
 from stage1.manifest import Sample, read_bytes
@@ -43,16 +54,35 @@ from stage1.manifest import Sample, read_bytes
 log = logging.getLogger(__name__)
 VARIANTS: dict[str, int] = {"cls": 1, "patch_mean": 1, "cls_last4": 4}  # name -> dim / D
 _SPLIT_CODE = {s: i for i, s in enumerate(SPLITS)}
-_RESUME_KEYS = ("backbone", "weights_sha256", "image_size", "mean", "std", "variants", "dtype")
+_RESUME_KEYS = (
+    "backbone",
+    "weights_sha256",
+    "image_size",
+    "mean",
+    "std",
+    "variants",
+    "dtype",
+    "views",
+    "view_seed",
+)
+VIEW_SPLITS: tuple[str, ...] = ("test",)  # splits that get validator views (evaluation only)
+VIEW_NAMES = {
+    0: "clean image",
+    1: "validator level 0: centre square crop, resize 224, JPEG q75",
+    2: "validator level 1: rotation +-20 deg, random square crop (20-100 % area), JPEG q75",
+    3: "validator level 2: level 1 + saturation, contrast, down/up-sampling at 0-1, JPEG q75",
+    4: "validator level 3: level 1 + saturation, contrast, down/up-sampling, colour noise, "
+    "blur at 0-2, JPEG q75",
+}
 
 
 @dataclass
 class ExtractReport:
     """What one ``extract`` call did (counts refer to this call, not earlier resumed runs)."""
 
-    n_total: int  # rows in the cache
+    n_total: int  # rows in the cache (one per sample and view)
     n_done: int  # rows extracted by this call
-    n_skipped: int  # rows skipped by this call (unreadable images)
+    n_skipped: int  # images skipped by this call (unreadable; all their rows)
     skipped: list[dict[str, Any]] = field(default_factory=list)  # {id, label, reason}
     seconds: float = 0.0
     images_per_s: float = 0.0
@@ -105,19 +135,53 @@ def embed(
     return {v: out[v] for v in variants}
 
 
-class _ImageDataset(torch.utils.data.Dataset):
-    """Pending rows -> (row, uint8 image | None, reason); picklable for worker processes."""
+def view_rows(samples: Sequence[Sample], views: str = "clean") -> tuple[np.ndarray, np.ndarray]:
+    """The cache's row table: ``(sample index, view code)`` per row.
 
-    def __init__(self, samples, rows, size):
+    Rows ``0..N-1`` are the clean images in sample order; with ``views="validator"`` each
+    sample of a split in ``VIEW_SPLITS`` then gets rows with views ``1..4`` (levels 0-3).
+    """
+    if views not in ("clean", "validator"):
+        raise ValueError(f"backbone.views must be clean or validator, got {views!r}")
+    n = len(samples)
+    extra = (
+        [k for k, s in enumerate(samples) if s.split in VIEW_SPLITS] if views == "validator" else []
+    )
+    idx = np.concatenate([np.arange(n), np.repeat(np.asarray(extra, np.int64), len(LEVELS))])
+    view = np.concatenate([np.zeros(n), np.tile(np.arange(1, len(LEVELS) + 1), len(extra))])
+    return idx.astype(np.int64), view.astype(np.int16)
+
+
+class _ImageDataset(torch.utils.data.Dataset):
+    """Pending rows -> (row, uint8 image | None, reason); picklable for worker processes.
+
+    Row ``r`` shows sample ``row_sample[r]`` as view ``row_view[r]``. Pending rows arrive
+    grouped by sample, so the last decoded image is kept: the clean row and the four validator
+    views of a test image share one decode.
+    """
+
+    def __init__(self, samples, rows, size, row_sample, row_view, view_seed):
         self.samples, self.rows, self.size = samples, rows, size
+        self.row_sample, self.row_view, self.view_seed = row_sample, row_view, view_seed
+        self._last: tuple[int, Any] = (-1, None)
 
     def __len__(self) -> int:
         return len(self.rows)
 
+    def _decoded(self, k: int):
+        if self._last[0] != k:
+            self._last = (-1, None)  # a failed decode is retried, never cached
+            self._last = (k, decode(read_bytes(self.samples[k])))
+        return self._last[1]
+
     def __getitem__(self, i: int):
         row = int(self.rows[i])
+        k, view = int(self.row_sample[row]), int(self.row_view[row])
         try:
-            return row, to_uint8(decode(read_bytes(self.samples[row])), self.size), ""
+            img = self._decoded(k)
+            if view > 0:
+                img = validator_view(img, view - 1, self.samples[k].id, self.view_seed)
+            return row, to_uint8(img, self.size), ""
         except (CorruptImageError, OSError, ValueError) as e:  # corrupt, missing, no bytes
             return row, None, str(e).splitlines()[0] if str(e) else type(e).__name__
 
@@ -138,16 +202,19 @@ def extract(
     *,
     progress: bool = True,
     limit_batches: int | None = None,
+    view_seed: int = 0,
 ) -> ExtractReport:
     """Extract (or resume) the feature cache ``out_path`` for ``samples`` with backbone ``cfg``.
 
     Args:
-        samples: one row per image; ids must be unique.
+        samples: one image each; ids must be unique.
         out_path: HDF5 cache; created if absent, else resumed after a compatibility check.
-        cfg: backbone name/weights/kwargs, image size, batch size, workers, variants, dtype,
-            device.
+        cfg: backbone name/weights/kwargs, image size, batch size, workers, variants, views,
+            dtype, device.
         progress: show a tqdm bar and print a one-line summary.
         limit_batches: stop after this many batches (tests, smoke runs); resume later.
+        view_seed: seed of the validator views (``views="validator"``); recorded in the
+            metadata and checked on resume.
 
     Returns:
         An ``ExtractReport`` of this call.
@@ -172,26 +239,29 @@ def extract(
         raise ValueError(f"cls_last4 needs a backbone with >= 4 blocks, got {info['depth']}")
     model.to(device)
     dims = {v: VARIANTS[v] * info["embed_dim"] for v in variants}
-    meta = _metadata(cfg, info, dims)
+    row_sample, row_view = view_rows(samples, cfg.views)
+    meta = _metadata(cfg, info, dims, view_seed)
     if out_path.exists():
-        done = _check_resume(out_path, samples, meta, model_kwargs)
+        done = _check_resume(out_path, samples, meta, model_kwargs, row_sample, row_view)
     else:
         create_cache(
             out_path,
-            ids=ids,
-            labels=[s.label for s in samples],
-            split=[s.split for s in samples],
-            domain=[s.domain for s in samples],
-            view=[0] * len(samples),
+            ids=[samples[k].id for k in row_sample],
+            labels=[samples[k].label for k in row_sample],
+            split=[samples[k].split for k in row_sample],
+            domain=[samples[k].domain for k in row_sample],
+            view=row_view,
             dims=dims,
             metadata=meta,
             dtype=cfg.dtype,
         )
-        done = np.zeros(len(samples), dtype=bool)
+        done = np.zeros(len(row_sample), dtype=bool)
 
     pending = np.flatnonzero(~done)
+    # Group each sample's rows (clean + views) so one decode serves them all.
+    pending = pending[np.lexsort((row_view[pending], row_sample[pending]))]
     loader = torch.utils.data.DataLoader(
-        _ImageDataset(samples, pending, cfg.image_size),
+        _ImageDataset(samples, pending, cfg.image_size, row_sample, row_view, view_seed),
         batch_size=cfg.batch_size,
         shuffle=False,
         num_workers=cfg.num_workers,
@@ -209,7 +279,7 @@ def extract(
     from tqdm.auto import tqdm
 
     report = ExtractReport(
-        n_total=len(samples),
+        n_total=len(row_sample),
         n_done=0,
         n_skipped=0,
         n_already_done=int(done.sum()),
@@ -225,14 +295,14 @@ def extract(
                 write_rows(out_path, rows, {k: v.cpu().numpy() for k, v in feats.items()})
                 report.n_done += len(rows)
             if bad_rows:
-                entries = _mark_skipped(out_path, bad_rows, samples, dims)
+                entries = _mark_skipped(out_path, bad_rows, samples, row_sample, dims)
                 report.skipped += entries
                 report.n_skipped += len(entries)
             bar.update(len(rows) + len(bad_rows))
     report.seconds = time.perf_counter() - t0
     report.images_per_s = report.n_done / report.seconds if report.seconds > 0 else 0.0
     line = (
-        f"extracted {report.n_done} images ({report.n_skipped} skipped, "
+        f"extracted {report.n_done} rows ({report.n_skipped} images skipped, "
         f"{report.n_already_done} already done) of {report.n_total} in {report.seconds:.1f}s, "
         f"{report.images_per_s:.1f} img/s on {device} -> {out_path}"
     )
@@ -242,7 +312,9 @@ def extract(
     return report
 
 
-def _metadata(cfg: BackboneConfig, info: dict[str, Any], dims: dict[str, int]) -> dict[str, Any]:
+def _metadata(
+    cfg: BackboneConfig, info: dict[str, Any], dims: dict[str, int], view_seed: int
+) -> dict[str, Any]:
     import timm
 
     import stage1
@@ -262,24 +334,38 @@ def _metadata(cfg: BackboneConfig, info: dict[str, Any], dims: dict[str, int]) -
         ),
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "extraction_config": json.loads(json.dumps(dataclasses.asdict(cfg))),
-        "views": "0 = clean image",
+        "views": cfg.views,
+        "view_codes": {
+            str(k): VIEW_NAMES[k] for k in range(len(VIEW_NAMES) if cfg.views == "validator" else 1)
+        },
         "skipped": [],
         # create_cache fills these too; set here so the resume check compares like with like
         "variants": dims,
         "dtype": cfg.dtype,
     }
+    if cfg.views == "validator":
+        meta["view_seed"] = int(view_seed)
+        meta["view_splits"] = list(VIEW_SPLITS)
     if info["random_init"]:
         meta["warning"] = info["warning"]
     return meta
 
 
 def _check_resume(
-    path: Path, samples: list[Sample], meta: dict[str, Any], model_kwargs
+    path: Path,
+    samples: list[Sample],
+    meta: dict[str, Any],
+    model_kwargs,
+    row_sample: np.ndarray,
+    row_view: np.ndarray,
 ) -> np.ndarray:
-    """Refuse a cache made by another backbone/preprocessing/sample list; return its done mask."""
+    """Refuse a cache made by another backbone/preprocessing/views/sample list; return its done
+    mask."""
     cache = open_cache(path, require_complete=False)
-    old = cache.metadata
-    diff = [k for k in _RESUME_KEYS if old.get(k) != meta[k]]
+    old = dict(cache.metadata)
+    if old.get("views") == "0 = clean image":  # caches written before views were configurable
+        old["views"] = "clean"
+    diff = [k for k in _RESUME_KEYS if old.get(k) != meta.get(k)]
     old_kwargs = json.loads(old.get("extraction_config", {}).get("model_kwargs", "{}") or "{}")
     if old_kwargs != model_kwargs:
         diff.append("model_kwargs")
@@ -289,16 +375,17 @@ def _check_resume(
             f"cache {path} was made with {was or 'other model_kwargs'} (differs in "
             f"{', '.join(diff)}); delete it or choose another --out"
         )
-    same_rows = len(cache) == len(samples)
+    same_rows = len(cache) == len(row_sample)
     if same_rows:
         skipped = {e.get("id") for e in old.get("skipped", [])}
-        ids = np.asarray([s.id for s in samples], dtype=object)
-        split = np.asarray([_SPLIT_CODE.get(s.split, -1) for s in samples])
-        labels = np.asarray([s.label for s in samples])
-        was_skipped = np.asarray([s.id in skipped for s in samples], dtype=bool)
+        ids = np.asarray([samples[k].id for k in row_sample], dtype=object)
+        split = np.asarray([_SPLIT_CODE.get(samples[k].split, -1) for k in row_sample])
+        labels = np.asarray([samples[k].label for k in row_sample])
+        was_skipped = np.asarray([i in skipped for i in ids], dtype=bool)
         same_rows = bool(
             (cache.ids == ids).all()
             and (cache.split == split).all()
+            and (cache.view == row_view).all()
             and ((cache.labels == labels) | was_skipped).all()
         )
     if not same_rows:
@@ -309,21 +396,23 @@ def _check_resume(
     return cache.done
 
 
-def _mark_skipped(path: Path, bad_rows, samples, dims) -> list[dict[str, Any]]:
-    """Rows of unreadable images: label -1, zero features, done, listed in metadata."""
+def _mark_skipped(path: Path, bad_rows, samples, row_sample, dims) -> list[dict[str, Any]]:
+    """Rows of unreadable images: label -1, zero features, done; each image listed once in the
+    metadata. Returns the entries new to the metadata."""
     import h5py
 
     from schemas import validate
 
     rows = np.asarray(sorted(r for r, _ in bad_rows), dtype=np.int64)
-    entries = [
-        {"id": samples[r].id, "label": samples[r].label, "reason": why}
-        for r, why in sorted(bad_rows)
-    ]
+    entries: dict[str, dict[str, Any]] = {}
+    for r, why in sorted(bad_rows):
+        s = samples[row_sample[r]]
+        entries.setdefault(s.id, {"id": s.id, "label": s.label, "reason": why})
     with h5py.File(path, "r+") as f:
         meta = json.loads(f.attrs["metadata"])
         known = {e["id"] for e in meta.get("skipped", [])}
-        meta["skipped"] = meta.get("skipped", []) + [e for e in entries if e["id"] not in known]
+        new = [e for i, e in entries.items() if i not in known]
+        meta["skipped"] = meta.get("skipped", []) + new
         validate(meta, "feature_cache")
         f.attrs["metadata"] = json.dumps(meta)
         f["labels"][rows] = -1
@@ -331,4 +420,4 @@ def _mark_skipped(path: Path, bad_rows, samples, dims) -> list[dict[str, Any]]:
             f["features"][name][rows] = np.zeros((len(rows), d), dtype=np.float32)
         f["done"][rows] = True  # last: a crash before this re-tries the rows on resume
         f.flush()
-    return entries
+    return new

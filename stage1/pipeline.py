@@ -4,6 +4,12 @@ Data discipline (METHODS.md §3.4): the head is fitted on ``train``; the epoch a
 made on ``val``; the exit threshold is fitted on ``calib`` only; ``test`` is touched once for
 the reported metrics. The calib ids are asserted disjoint from train and val before anything is
 fitted, so exchangeability of the conformal step cannot silently break.
+
+Challenge conditions: a cache extracted with ``--views validator`` also holds, for every test
+image, the four views StreetVision validators send (cache views 1-4 = augmentation levels 0-3).
+They are predicted after training, saved as ``test_views_*`` in predictions.npz and scored with
+the subnet's reward at the 0.5 boundary (``stage1.challenge``) into metrics.json's ``challenge``
+block. They never enter fitting, epoch selection or the threshold.
 """
 
 from __future__ import annotations
@@ -29,6 +35,11 @@ class SplitData:
 
 
 @dataclass
+class ViewData(SplitData):
+    level: np.ndarray  # validator augmentation level 0-3 of each row (cache view - 1)
+
+
+@dataclass
 class RunSummary:
     out: Path
     cfg: Config
@@ -39,7 +50,22 @@ class RunSummary:
 
 
 def load_splits(cache_path: Path, variant: str) -> tuple[dict[str, SplitData], dict]:
-    """Labelled rows of every split (train may hold several views; the others view 0 only)."""
+    """Labelled rows of every split (train may hold several views; the others view 0 only).
+
+    Train takes every cached view *of train images* (augmented copies, if a cache ever holds
+    them, are meant to be trained on). Views share their image's split, so the validator views
+    of test images (``feature_extract.extract.VIEW_SPLITS``) can never reach train; val, calib
+    and test use the clean view 0 only, so selection and the threshold are those of a clean
+    cache.
+    """
+    splits, meta, _ = load_cache(cache_path, variant)
+    return splits, meta
+
+
+def load_cache(
+    cache_path: Path, variant: str
+) -> tuple[dict[str, SplitData], dict, ViewData | None]:
+    """``load_splits`` plus the labelled validator views of the test split (None if absent)."""
     cache = open_cache(cache_path)
     if variant not in cache.variants:
         raise CacheError(
@@ -53,13 +79,23 @@ def load_splits(cache_path: Path, variant: str) -> tuple[dict[str, SplitData], d
         out[split] = SplitData(
             x_all[m], cache.labels[m].astype(np.int32), cache.ids[m], cache.domain[m]
         )
+    m = cache.mask("test", view=None) & (cache.view > 0) & (cache.labels >= 0)
+    views = None
+    if m.any():
+        views = ViewData(
+            x_all[m],
+            cache.labels[m].astype(np.int32),
+            cache.ids[m],
+            cache.domain[m],
+            (cache.view[m] - 1).astype(np.int8),
+        )
     check_disjoint(out)
     for split, d in out.items():
         if len(d.y) == 0:
             raise CacheError(f"{cache_path}: split {split!r} is empty; adjust data.fractions")
         if split in ("train", "val") and len(np.unique(d.y)) < 2:
             raise CacheError(f"{cache_path}: split {split!r} holds only one class")
-    return out, cache.metadata
+    return out, cache.metadata, views
 
 
 def check_disjoint(splits: dict[str, SplitData]) -> None:
@@ -78,9 +114,10 @@ def run_training(cfg: Config, cache_path: Path, out: Path) -> RunSummary:
     from calibrate import metrics as M
     from calibrate.thresholds import fnr_threshold
     from heads.train import HParams, TrainSpec, fit, predict_proba, save_params
+    from stage1.challenge import challenge_block
 
     t0 = time.perf_counter()
-    splits, cache_meta = load_splits(cache_path, cfg.head.feature)
+    splits, cache_meta, views = load_cache(cache_path, cfg.head.feature)
     tr, va = splits["train"], splits["val"]
     notes = []
     if cache_meta.get("random_init"):
@@ -108,6 +145,9 @@ def run_training(cfg: Config, cache_path: Path, out: Path) -> RunSummary:
     val_curve = np.asarray(res.val_auroc, dtype=float)
 
     probs = {s: np.asarray(predict_proba(params, d.x, cfg.head.kind)) for s, d in splits.items()}
+    view_probs = (
+        None if views is None else np.asarray(predict_proba(params, views.x, cfg.head.kind))
+    )
 
     # Exit threshold on calib only: exit as "no roadwork" iff p < t.
     cal = splits["calib"]
@@ -155,6 +195,12 @@ def run_training(cfg: Config, cache_path: Path, out: Path) -> RunSummary:
             "fpr": fpr,
             "exit_rate": float(np.mean(pt < t)),
         },
+        "challenge": challenge_block(
+            pt,
+            te.y,
+            te.ids,
+            *(() if views is None else (view_probs, views.y, views.level, views.ids)),
+        ),
         "val": {"auroc": float(M.auroc(probs["val"], va.y)), "best_epoch": best_epoch},
         "training": {
             "epochs": cfg.optim.epochs,
@@ -181,11 +227,17 @@ def run_training(cfg: Config, cache_path: Path, out: Path) -> RunSummary:
             "weights_sha256": cache_meta["weights_sha256"],
         },
     )
-    _save_predictions(out / "predictions.npz", splits, probs)
+    _save_predictions(out / "predictions.npz", splits, probs, views, view_probs)
     return RunSummary(out, cfg, metrics, thresholds, time.perf_counter() - t0, notes)
 
 
-def _save_predictions(path: Path, splits: dict[str, SplitData], probs: dict[str, np.ndarray]):
+def _save_predictions(
+    path: Path,
+    splits: dict[str, SplitData],
+    probs: dict[str, np.ndarray],
+    views: ViewData | None = None,
+    view_probs: np.ndarray | None = None,
+):
     import io
 
     buf = io.BytesIO()
@@ -195,6 +247,12 @@ def _save_predictions(path: Path, splits: dict[str, SplitData], probs: dict[str,
         arrays[f"{s}_domains"] = d.domains.astype(str)
         arrays[f"{s}_labels"] = d.y
         arrays[f"{s}_probs"] = probs[s].astype(np.float32)
+    if views is not None:
+        arrays["test_views_ids"] = views.ids.astype(str)
+        arrays["test_views_domains"] = views.domains.astype(str)
+        arrays["test_views_labels"] = views.y
+        arrays["test_views_level"] = views.level
+        arrays["test_views_probs"] = view_probs.astype(np.float32)
     np.savez_compressed(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
 
@@ -218,6 +276,12 @@ def print_summary(s: RunSummary) -> None:
         ("test exit rate (p < t)", f"{m['exit_rate']:.4f}"),
         ("test FNR at t", f"{m['fnr']:.4f}"),
         ("test FPR at t", f"{m['fpr']:.4f}"),
+        ("challenge score, clean @0.5", f"{s.metrics['challenge']['clean']['score']:.4f}"),
+        *(
+            [("challenge score, validator mix", f"{mix['score']:.4f}")]
+            if (mix := s.metrics["challenge"].get("validator_mix"))
+            else []
+        ),
         ("best epoch (val)", str(s.metrics["training"]["best_epoch"])),
         ("wall time", f"{s.seconds:.1f} s"),
     ]

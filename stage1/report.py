@@ -6,6 +6,11 @@ stratified percentile-bootstrap 95 % intervals (``calibrate.bootstrap_ci``, resa
 each class so the class counts — and hence the FNR/FPR denominators — stay fixed), writes them
 back into ``metrics.json`` and renders PNG figures, ``report.md`` (images linked relatively) and
 ``report.html`` (images embedded as base64 data URIs, no external resources).
+
+"Challenge conditions" scores the test split with the StreetVision reward at the 0.5 boundary
+(``stage1.challenge``): the clean images always, and each validator augmentation level when the
+run's cache was extracted with ``--views validator`` (``test_views_*`` in predictions.npz), with
+intervals from a bootstrap over images (all views of an image resampled together).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import numpy as np
 
 from stage1 import plots
 from stage1.artifacts import atomic_write_bytes, read_json, write_json
+from stage1.challenge import challenge_block
 
 SPLITS = ("train", "val", "calib", "test")
 N_BINS = 15  # reliability diagram and ECE: 15 uniform bins [a, b) (METHODS.md §6.3)
@@ -65,7 +71,15 @@ def load_run(run_dir: Path) -> dict[str, Any]:
                 f"predictions.npz: {s}_labels must be 0/1 (drop unknown labels, -1, first)"
             )
         d = arrays.get(f"{s}_domains")
-        preds[s] = {"p": p, "y": y, "domains": None if d is None else d.astype(str)}
+        ids = arrays.get(f"{s}_ids")
+        if ids is not None and ids.shape != y.shape:
+            raise ReportError(f"predictions.npz: {s}_ids and {s}_labels differ in shape")
+        preds[s] = {
+            "p": p,
+            "y": y,
+            "domains": None if d is None else d.astype(str),
+            "ids": None if ids is None else ids.astype(str),
+        }
     if "test" not in preds or len(preds["test"]["y"]) == 0:
         raise ReportError(f"{run_dir}/predictions.npz holds no test predictions")
     cfg_path = run_dir / "config.json"
@@ -73,10 +87,38 @@ def load_run(run_dir: Path) -> dict[str, Any]:
     return {
         "dir": run_dir,
         "preds": preds,
+        "views": _load_views(arrays),
         "metrics": read_json(run_dir / "metrics.json", schema="metrics"),
         "thresholds": read_json(run_dir / "thresholds.json", schema="thresholds"),
         "config": read_json(cfg_path) if cfg_path.is_file() else None,
         "leaderboard": _read_leaderboard(lb_path) if lb_path.is_file() else None,
+    }
+
+
+def _load_views(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+    """The validator views of the test split (``test_views_*``), or None when the run has none."""
+    keys = ("probs", "labels", "level", "ids")
+    have = [k for k in keys if f"test_views_{k}" in arrays]
+    if not have:
+        return None
+    if len(have) < len(keys):
+        missing = ", ".join(f"test_views_{k}" for k in keys if k not in have)
+        raise ReportError(f"predictions.npz has validator views but no {missing}")
+    v = {k: arrays[f"test_views_{k}"] for k in keys}
+    if len({a.shape for a in v.values()}) != 1 or v["probs"].ndim != 1:
+        raise ReportError("predictions.npz: the test_views_* arrays differ in shape")
+    p = v["probs"].astype(np.float32)
+    if not (np.all(np.isfinite(p)) and np.all((p >= 0) & (p <= 1))):
+        raise ReportError("predictions.npz: test_views_probs holds values outside [0, 1]")
+    if not np.all((v["labels"] == 0) | (v["labels"] == 1)):
+        raise ReportError("predictions.npz: test_views_labels must be 0/1")
+    if not np.all((v["level"] >= 0) & (v["level"] <= 3)):
+        raise ReportError("predictions.npz: test_views_level must be 0-3")
+    return {
+        "p": p,
+        "y": v["labels"].astype(np.int32),
+        "level": v["level"].astype(np.int64),
+        "ids": v["ids"].astype(str),
     }
 
 
@@ -218,8 +260,11 @@ def subset_metrics(p, y, t: float, masks: np.ndarray) -> list[dict[str, float | 
     return rows
 
 
-def update_metrics_json(path: Path, metrics: dict, head: dict, n_resamples: int) -> Path:
-    """Replace the headline entries of metrics.json by {value, low, high, confidence, method}."""
+def update_metrics_json(
+    path: Path, metrics: dict, head: dict, n_resamples: int, challenge: dict | None = None
+) -> Path:
+    """Replace the headline entries of metrics.json by {value, low, high, confidence, method}
+    and, if given, its ``challenge`` block by the one recomputed with intervals."""
     method = f"percentile bootstrap, stratified by class, {n_resamples} resamples"
 
     def r(v):  # float32 arithmetic: 7 significant digits carry all the information
@@ -233,6 +278,8 @@ def update_metrics_json(path: Path, metrics: dict, head: dict, n_resamples: int)
             "confidence": 0.95,
             "method": method,
         }
+    if challenge is not None:
+        metrics["challenge"] = challenge
     return write_json(path, metrics, schema="metrics")
 
 
@@ -277,6 +324,7 @@ def _blocks(
     figures: list,
     split_rows: list,
     domain_rows: list | None,
+    challenge: dict,
 ) -> tuple[str, list]:
     m, th, cfg = run["metrics"], run["thresholds"], run["config"] or {}
     ex = th["exit_negative"]
@@ -310,6 +358,7 @@ def _blocks(
                 ("exit rate (p < t)", _fmt(exits["value"]), _ci(exits), False),
                 ("test FNR at t", _fmt(fnr["value"]), verdict, above),
                 ("ECE", _fmt(head["ece"]["value"]), _ci(head["ece"]), False),
+                _challenge_card(challenge),
             ],
         ),
     ]
@@ -360,6 +409,8 @@ def _blocks(
         ),
     ]
 
+    B += _challenge_blocks(challenge)
+
     B.append(("h2", "Figures"))
     B += [("figure", *f) for f in figures]
 
@@ -393,6 +444,76 @@ def _blocks(
     if run["config"] is not None:
         B += [("h2", "Configuration"), ("pre", "config.json", json.dumps(run["config"], indent=2))]
     return title, B
+
+
+CHALLENGE_ROWS = (  # (key in the challenge block, row label)
+    ("clean", "clean (view 0)"),
+    ("0", "level 0: centre crop + resize"),
+    ("1", "level 1: rotate + random crop"),
+    ("2", "level 2: + mild distortions"),
+    ("3", "level 3: + hard distortions"),
+    ("validator_mix", "validator mix (levels 0-3, 25 % each)"),
+)
+
+
+def _challenge_entries(challenge: dict) -> list[tuple[str, dict]]:
+    levels = challenge.get("levels", {})
+    out = []
+    for key, label in CHALLENGE_ROWS:
+        e = challenge.get(key) if key in ("clean", "validator_mix") else levels.get(key)
+        if e is not None:
+            out.append((label, e))
+    return out
+
+
+def _with_ci(e: dict, key: str) -> str:
+    ci = (e.get("ci") or {}).get(key)
+    v = _fmt(e.get(key))
+    return v if not ci else f"{v} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
+
+
+def _challenge_card(challenge: dict) -> tuple[str, str, str, bool]:
+    e = challenge.get("validator_mix") or challenge["clean"]
+    where = "validator mix" if "validator_mix" in challenge else "clean test images"
+    ci = (e.get("ci") or {}).get("score")
+    sub = where + (f" {_fmt(ci[0])}–{_fmt(ci[1])}" if ci else "")
+    return ("challenge score @0.5", _fmt(e["score"]), sub, False)
+
+
+def _challenge_blocks(challenge: dict) -> list:
+    """The "Challenge conditions" section: the subnet's reward per validator level."""
+    cols = ["test images", "n", "positives", "accuracy", "MCC", "score", "balanced score"]
+    rows = [
+        [
+            label,
+            str(e["n"]),
+            str(e["n_positives"]),
+            *(_with_ci(e, k) for k in ("accuracy", "mcc", "score", "balanced_score")),
+        ]
+        for label, e in _challenge_entries(challenge)
+    ]
+    B: list = [("h2", "Challenge conditions"), ("table", cols, rows)]
+    method = (challenge["clean"].get("ci") or {}).get("method")
+    B.append(
+        (
+            "note",
+            "StreetVision reward (0.5·MCC + 0.5·accuracy)³ with MCC clamped at 0, on the "
+            "validator's decision np.round(p): roadwork iff p > 0.5 (exactly 0.5 is 'no "
+            "roadwork'; the headline accuracy/MCC use p ≥ 0.5). Balanced score: both classes "
+            "reweighted to 50/50, as validators draw labels. "
+            + (f"Intervals: 95% {method}." if method else ""),
+        )
+    )
+    if "levels" not in challenge:
+        B.append(
+            (
+                "note",
+                "Only clean test images were scored. For the images validators actually send "
+                "(224×224, augmentation levels 0–3, JPEG quality 75), extract the cache with "
+                "`stage1 features --views validator` and train again.",
+            )
+        )
+    return B
 
 
 def to_markdown(title: str, blocks: list) -> str:
@@ -584,6 +705,18 @@ def build_report(run_dir, out_dir=None, n_bootstrap: int = 1000, seed: int = 0) 
 
     head = headline_metrics(p, y, t, n_bootstrap, seed)
     split_rows, domain_rows = _tables(run["preds"], t)
+    test_ids = run["preds"]["test"]["ids"]
+    v = run["views"]
+    if test_ids is None:  # no ids: every row its own image (views, if any, cannot be paired)
+        test_ids = np.asarray([f"\x00row{i}" for i in range(len(y))])
+    challenge = challenge_block(
+        p,
+        y,
+        test_ids,
+        *(() if v is None else (v["p"], v["y"], v["level"], v["ids"])),
+        n_resamples=n_bootstrap,
+        seed=seed,
+    )
     figs = [  # (name, figure, caption, full width)
         (
             "risk_coverage",
@@ -628,10 +761,10 @@ def build_report(run_dir, out_dir=None, n_bootstrap: int = 1000, seed: int = 0) 
         paths[name] = atomic_write_bytes(out / f"{name}.png", images[name])
 
     captions = [(name, caption, wide) for name, _, caption, wide in figs]
-    title, blocks = _blocks(run, head, n_bootstrap, captions, split_rows, domain_rows)
+    title, blocks = _blocks(run, head, n_bootstrap, captions, split_rows, domain_rows, challenge)
     paths["markdown"] = atomic_write_bytes(out / "report.md", to_markdown(title, blocks).encode())
     paths["html"] = atomic_write_bytes(out / "report.html", to_html(title, blocks, images).encode())
     paths["metrics"] = update_metrics_json(
-        run["dir"] / "metrics.json", run["metrics"], head, n_bootstrap
+        run["dir"] / "metrics.json", run["metrics"], head, n_bootstrap, challenge
     )
     return paths

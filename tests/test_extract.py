@@ -333,3 +333,76 @@ def test_cuda_bf16_matches_cpu_fp32(tmp_path, samples, tiny_cfg):
         a, b = open_cache(cpu).features(v), open_cache(gpu).features(v)
         rel = np.linalg.norm(a - b, axis=1) / np.linalg.norm(a, axis=1)
         assert rel.max() < 0.05, (v, rel.max())  # bf16 autocast: ~3 significant digits
+
+
+# ---------------------------------------------------------------------------------------------
+# validator views (--views validator)
+
+
+def test_validator_views_rows_features_and_resume(tmp_path, samples, tiny_cfg):
+    from feature_extract.preprocess import normalize, to_uint8
+    from feature_extract.validator_views import validator_view
+    from stage1.manifest import read_bytes
+
+    cfg = dataclasses.replace(tiny_cfg, views="validator")
+    one = tmp_path / "one.h5"
+    rep = extract(samples, one, cfg, progress=False)
+    test_idx = [k for k, s in enumerate(samples) if s.split == "test"]
+    assert len(test_idx) == 4 and (rep.n_total, rep.n_done) == (12 + 16, 28)
+    c = open_cache(one)
+    md = c.metadata
+    assert md["views"] == "validator" and md["view_seed"] == 0 and md["view_splits"] == ["test"]
+    assert sorted(md["view_codes"]) == ["0", "1", "2", "3", "4"]
+    # rows 0..11: the clean images in sample order; then 4 views (levels 0-3) per test image
+    rows = list(range(12)) + [k for k in test_idx for _ in range(4)]
+    assert list(c.ids) == [samples[k].id for k in rows]
+    assert c.view.tolist() == [0] * 12 + [1, 2, 3, 4] * 4
+    assert c.labels.tolist() == [samples[k].label for k in rows]
+    assert [SPLITS[s] for s in c.split] == [samples[k].split for k in rows]
+    assert list(c.domain) == [samples[k].domain for k in rows]
+    assert (c.view[c.mask("train", view=None)] == 0).all()  # train holds no validator view
+    # view rows = the backbone on the 224-px validator view resized to image_size
+    x = torch.stack(
+        [
+            normalize(
+                to_uint8(validator_view(decode(read_bytes(samples[k])), lvl, samples[k].id, 0), 32),
+                MEAN,
+                STD,
+            )
+            for k in test_idx
+            for lvl in range(4)
+        ]
+    )
+    with torch.inference_mode():
+        want = _model(tiny_cfg)(x).numpy()
+    np.testing.assert_allclose(c.features("cls")[12:], want, atol=1e-5)
+    clean = c.features("cls")[test_idx]
+    assert np.abs(c.features("cls")[12:16] - clean[0]).max() > 1e-3  # views are not the clean row
+
+    part = tmp_path / "part.h5"
+    rep = extract(samples, part, cfg, progress=False, limit_batches=2)
+    # pending rows are grouped by image: sample 3 (test) brings its 4 views along
+    assert np.flatnonzero(open_cache(part, require_complete=False).done).tolist() == [
+        0, 1, 2, 3, 12, 13, 14, 15
+    ]  # fmt: skip
+    rep = extract(samples, part, cfg, progress=False)
+    assert (rep.n_done, rep.n_already_done) == (20, 8)
+    for v in cfg.variants:
+        np.testing.assert_allclose(open_cache(part).features(v), c.features(v), atol=1e-6)
+    with pytest.raises(CacheError, match="views"):
+        extract(samples, part, tiny_cfg, progress=False)  # a clean run on a validator cache
+    with pytest.raises(CacheError, match="view_seed"):
+        extract(samples, part, cfg, progress=False, view_seed=1)
+
+
+def test_validator_views_of_an_unreadable_image_are_skipped_once(tmp_path, samples, tiny_cfg):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(_png(7, size=(200, 200), fmt="JPEG")[:1500])
+    alls = samples[:4] + [Sample("bad", 1, "test", str(bad))]  # f3 and bad are test images
+    cfg = dataclasses.replace(tiny_cfg, views="validator", batch_size=3)
+    rep = extract(alls, tmp_path / "f.h5", cfg, progress=False)
+    assert rep.n_total == 5 + 8 and rep.n_skipped == 1 and rep.n_done == 8
+    c = open_cache(tmp_path / "f.h5")
+    assert [e["id"] for e in c.metadata["skipped"]] == ["bad"]
+    assert (c.labels[c.ids == "bad"] == -1).all() and (c.ids == "bad").sum() == 5
+    assert (c.labels[c.ids == "f3"] == 1).all() and c.done.all()

@@ -200,6 +200,52 @@ def test_domain_and_leaderboard_tables(report):
     assert "Top 20 of 30 rows" in md
 
 
+def test_challenge_section_without_validator_views(report):
+    """Clean test images only: the table has the clean row, the note says how to get levels,
+    and metrics.json gains the challenge block with image-bootstrap intervals."""
+    run, arrays, _, paths = report
+    md = paths["markdown"].read_text()
+    assert "## Challenge conditions" in md and "stage1 features --views validator" in md
+    p, y = arrays["test_probs"].astype(np.float64), arrays["test_labels"]
+    acc = np.mean((p > 0.5) == y)
+    mcc = max(0.0, matthews_corrcoef(y, p > 0.5))
+    row = next(r for r in md.splitlines() if r.startswith("| clean (view 0) |")).split("|")
+    assert int(row[2]) == len(y) and int(row[3]) == y.sum()
+    assert float(row[4].split()[0]) == pytest.approx(acc, abs=6e-5)
+    assert float(row[6].split()[0]) == pytest.approx((0.5 * mcc + 0.5 * acc) ** 3, abs=6e-5)
+    assert not any(r.startswith("| level ") for r in md.splitlines())
+    ch = read_json(run / "metrics.json", schema="metrics")["challenge"]
+    assert set(ch) == {"boundary", "decision", "reward", "clean"}
+    lo, hi = ch["clean"]["ci"]["score"]
+    assert lo <= ch["clean"]["score"] <= hi and "200 resamples" in ch["clean"]["ci"]["method"]
+
+
+def test_malformed_validator_views_are_refused(tmp_path):
+    arrays, _ = make_run(tmp_path / "run")
+    n = 8
+    views = {
+        "test_views_probs": np.full(n, 0.7, np.float32),
+        "test_views_labels": np.ones(n, np.int32),
+        "test_views_level": np.arange(n) % 4,
+        "test_views_ids": arrays["test_ids"][:n],
+    }
+    for key, bad, msg in (
+        ("test_views_level", np.arange(n), "level must be 0-3"),
+        ("test_views_probs", np.full(n, 1.5, np.float32), "outside"),
+        ("test_views_ids", None, "no test_views_ids"),
+    ):
+        z = dict(arrays, **views)
+        if bad is None:
+            del z[key]
+        else:
+            z[key] = bad
+        np.savez(tmp_path / "run" / "predictions.npz", **z)
+        with pytest.raises(ReportError, match=msg):
+            load_run(tmp_path / "run")
+    np.savez(tmp_path / "run" / "predictions.npz", **arrays, **views)
+    assert load_run(tmp_path / "run")["views"]["level"].tolist() == [0, 1, 2, 3] * 2
+
+
 def test_report_without_domains_notes_the_skip(tmp_path):
     make_run(tmp_path / "run", seed=1)
     paths = build_report(tmp_path / "run", out_dir=tmp_path / "out", n_bootstrap=200)
