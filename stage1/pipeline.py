@@ -67,12 +67,15 @@ def load_cache(
 ) -> tuple[dict[str, SplitData], dict, ViewData | None]:
     """``load_splits`` plus the labelled validator views of the test split (None if absent)."""
     cache = open_cache(cache_path)
-    if variant not in cache.variants:
+    # "a+b" concatenates variants column-wise (DINOv3's linear eval uses CLS + patch mean).
+    names = variant.split("+")
+    missing = [v for v in names if v not in cache.variants]
+    if missing:
         raise CacheError(
-            f"{cache_path} has no feature variant {variant!r} "
+            f"{cache_path} has no feature variant {missing[0]!r} "
             f"(has {', '.join(cache.variants)}); set head.feature"
         )
-    x_all = cache.features(variant)
+    x_all = np.concatenate([cache.features(v) for v in names], axis=1)
     out = {}
     for split in ("train", "val", "calib", "test"):
         m = cache.mask(split, view=None if split == "train" else 0) & (cache.labels >= 0)

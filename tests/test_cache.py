@@ -147,3 +147,27 @@ def test_bad_split_name(tmp_path):
             dims={"cls": 2},
             metadata=meta(),
         )
+
+
+def test_pipeline_loads_concatenated_variants(tmp_path):
+    from stage1.pipeline import load_splits
+
+    rng = np.random.default_rng(1)
+    n = 40
+    feats = {"cls": rng.normal(size=(n, 3)), "patch_mean": rng.normal(size=(n, 2))}
+    split = [("train", "val", "calib", "test")[i % 4] for i in range(n)]
+    labels = np.arange(n) % 3 == 0
+    p = write_cache(
+        tmp_path / "c.h5",
+        feats,
+        ids=[f"i{i}" for i in range(n)],
+        labels=labels,
+        split=split,
+        metadata=meta(),
+    )
+    both, _ = load_splits(p, "cls+patch_mean")
+    m = np.array(split) == "train"
+    want = np.concatenate([feats["cls"][m], feats["patch_mean"][m]], axis=1).astype(np.float32)
+    np.testing.assert_allclose(both["train"].x, want)
+    with pytest.raises(CacheError, match="no feature variant 'cls_last4'"):
+        load_splits(p, "cls+cls_last4")
