@@ -49,6 +49,11 @@ def load_run(run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ReportError(f"run directory {run_dir} not found")
+    if (run_dir / "scrcparams.json").is_file() and not (run_dir / "thresholds.json").is_file():
+        raise ReportError(
+            f"{run_dir} is a phase-2 run; the report covers phase-1 runs (its test metrics "
+            "and SCRC-I policies are in metrics.json and scrcparams.json)"
+        )
     for name in ("predictions.npz", "metrics.json", "thresholds.json"):
         if not (run_dir / name).is_file():
             raise ReportError(f"{run_dir} has no {name}; run `stage1 train --out {run_dir}` first")
