@@ -27,9 +27,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
+# The demo embeds at 128 px with a random-init ViT-S/16 (no weights can be downloaded): with
+# random weights the CLS token is constant (LayerScale 1e-5), so the head reads patch_mean.
+DEMO_CACHE ?= data/demo_features.h5
+
 demo: setup
-	$(STAGE1) features --out $(CACHE) --weights $(WEIGHTS) --backbone $(BACKBONE)
-	$(STAGE1) train --cache $(CACHE) --phase 1 --out runs/demo $(SET)
+	$(STAGE1) features --out $(DEMO_CACHE) --weights none --backbone $(BACKBONE) --image-size 128
+	$(STAGE1) train --cache $(DEMO_CACHE) --phase 1 --out runs/demo --set head.feature=patch_mean $(SET)
+	$(STAGE1) report --run runs/demo
 
 features: setup
 	$(STAGE1) features $(if $(DATA),--data $(DATA)) --out $(CACHE) --weights $(WEIGHTS) --backbone $(BACKBONE)

@@ -15,9 +15,7 @@ def resolve_source(cfg: Config, out: Path, demo_dir: str | None = None) -> str:
     """The data source to read: the configured one, or the embedded synthetic set (generated
     on first use next to the cache, or in ``demo_dir``)."""
     if cfg.data.source:
-        if not Path(cfg.data.source).exists():
-            raise FileNotFoundError(f"data source not found: {cfg.data.source}")
-        return cfg.data.source
+        return cfg.data.source  # load_manifest reports a missing source as a one-line error
     from stage1.demo_data import generate
 
     folder = Path(demo_dir) if demo_dir else out.parent / "demo"
