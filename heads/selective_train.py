@@ -42,7 +42,7 @@ import optax
 
 from calibrate.metrics import auroc, selective_risk_at_coverage
 from heads import optim, selective
-from heads.train import epoch_batches, split_seed
+from heads.train import epoch_batches, optim_fields, split_seed
 
 RISK_LOSSES: tuple[str, ...] = ("lagrangian", "weighted")
 
@@ -68,25 +68,15 @@ class SelectiveHParams(NamedTuple):
     def from_config(cls, optim_cfg, sel_cfg, pos_weight_value: float) -> SelectiveHParams:
         """From ``OptimConfig`` and ``SelectiveConfig``; ``pos_weight_value`` already resolved
         (see ``resolve_selective_pos_weight``)."""
-        if pos_weight_value < 0:
-            raise ValueError(f"pos_weight_value must be >= 0, got {pos_weight_value}")
-        if not 0 <= optim_cfg.seed < 2**31:
-            raise ValueError(f"optim.seed must be in [0, 2**31), got {optim_cfg.seed}")
         f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
         return cls(
-            lr=f32(optim_cfg.lr),
-            weight_decay=f32(optim_cfg.weight_decay),
-            warmup_frac=f32(optim_cfg.warmup_frac),
-            label_smoothing=f32(optim_cfg.label_smoothing),
-            pos_weight=f32(pos_weight_value),
-            ema_decay=f32(optim_cfg.ema_decay),
+            **optim_fields(optim_cfg, pos_weight_value),
             target_coverage=f32(sel_cfg.target_coverage),
             lam=f32(sel_cfg.lam),
             alpha_mix=f32(sel_cfg.alpha_mix),
             fnr_target=f32(sel_cfg.fnr_target),
             multiplier_lr=f32(sel_cfg.multiplier_lr),
             surrogate_temp=f32(sel_cfg.surrogate_temp),
-            seed=jnp.asarray(optim_cfg.seed, jnp.int32),
         )
 
 

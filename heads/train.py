@@ -91,20 +91,9 @@ class HParams(NamedTuple):
                     "pos_weight_value=heads.losses.resolve_pos_weight(pos_weight, y_train)"
                 )
             pos_weight_value = optim.pos_weight
-        if pos_weight_value < 0:
-            raise ValueError(f"pos_weight_value must be >= 0, got {pos_weight_value}")
-        if not 0 <= optim.seed < 2**31:
-            raise ValueError(f"optim.seed must be in [0, 2**31), got {optim.seed}")
-        f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
         return cls(
-            lr=f32(optim.lr),
-            weight_decay=f32(optim.weight_decay),
-            warmup_frac=f32(optim.warmup_frac),
-            label_smoothing=f32(optim.label_smoothing),
-            pos_weight=f32(pos_weight_value),
-            ema_decay=f32(optim.ema_decay),
-            dropout=f32(head.dropout),
-            seed=jnp.asarray(optim.seed, jnp.int32),
+            **optim_fields(optim, pos_weight_value),
+            dropout=jnp.asarray(head.dropout, jnp.float32),
         )
 
 
@@ -113,6 +102,28 @@ def stack(hps: Sequence[HParams]) -> HParams:
     if len(hps) == 0:
         raise ValueError("stack needs at least one HParams")
     return jax.tree.map(lambda *xs: jnp.stack(xs), *hps)
+
+
+def optim_fields(optim: OptimConfig, pos_weight_value: float) -> dict[str, jax.Array]:
+    """The optimizer/loss hyperparameters every trainer shares, as traced scalars.
+
+    float32 except ``seed`` (int32: exact for every seed in [0, 2**31)). Used by ``HParams`` and
+    ``heads.selective_train.SelectiveHParams``.
+    """
+    if pos_weight_value < 0:
+        raise ValueError(f"pos_weight_value must be >= 0, got {pos_weight_value}")
+    if not 0 <= optim.seed < 2**31:
+        raise ValueError(f"optim.seed must be in [0, 2**31), got {optim.seed}")
+    f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
+    return {
+        "lr": f32(optim.lr),
+        "weight_decay": f32(optim.weight_decay),
+        "warmup_frac": f32(optim.warmup_frac),
+        "label_smoothing": f32(optim.label_smoothing),
+        "pos_weight": f32(pos_weight_value),
+        "ema_decay": f32(optim.ema_decay),
+        "seed": jnp.asarray(optim.seed, jnp.int32),
+    }
 
 
 @jax.tree_util.register_static  # a leafless pytree, so vmap(in_axes=None) and jit pass it through
