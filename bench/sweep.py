@@ -8,20 +8,19 @@ Workload (defaults): synthetic features, N = 262,144 train rows (+ N/8 val) x D 
 labels from a non-linear teacher (25 % positives); 64 MLP heads D -> 768 -> 2 (lr 1e-4..1e-2
 log-spaced x weight decay {0, 1e-2} x label smoothing {0, 0.1} x seed {0, 1}), 10 epochs,
 batch 512, AdamW + warmup-cosine (5 %), class-weighted CE, weight EMA 0.99, best epoch by val
-AUROC. Methods, all on GPU-resident tensors, float32 with TF32 matmuls on both frameworks (JAX's
-default on GPUs; ``torch.set_float32_matmul_precision("high")``):
+AUROC. All methods run on GPU-resident tensors; TF32 matmuls where float32
+(``torch.set_float32_matmul_precision("high")``, JAX's default on GPUs).
 
-- ``jax_sweep``: ``heads.sweep.run_group`` = jit(shard_map(vmap(heads.train.fit))); per-config
-  shuffles; wall incl. compile (first call) and excl. (second call, same shapes).
-- ``torch_loop`` (a): one config at a time, ``nn.Sequential`` + fused ``torch.optim.AdamW`` +
-  ``LambdaLR``, EMA by ``torch._foreach_lerp_``; a host sync once per epoch (val selection).
-  Timed on ``--torch-loop-configs`` configs, rate extrapolated per config-epoch.
-- ``torch_vmap`` (b): stacked parameters, ``torch.func.vmap(grad_and_value(loss))`` and a
-  hand-written stacked AdamW/EMA step, ``torch.compile``d (``--no-torch-compile`` for eager);
-  one shared minibatch sequence for all heads (one pass over the data, DINOv2-style).
-- ``torch_modulelist`` (b, reference): the DINOv3 linear-eval form, a ``ModuleList`` of heads,
-  one AdamW with one parameter group per head (per-group lr/wd), summed loss, one backward.
-  Timed on ``--modulelist-epochs`` epochs, rate extrapolated.
+- ``jax_sweep``: ``heads.sweep.run_group`` = jit(shard_map(vmap(heads.train.fit))) with the
+  config tree's defaults: ``optim.precision=auto`` (bfloat16 GEMMs + first moment on GPUs) and
+  ``optim.ema_every=4`` (``--precision``/``--ema-every`` to change), the XLA flags of
+  ``stage1.xla_flags``; per-config shuffles; wall incl. compile (first call: trace, XLA
+  compile, run; the upload of the features is timed apart as ``h2d``) and excl. (second call).
+- PyTorch baselines (bench/sweep_torch.py): ``torch_loop`` (a), one config at a time, timed on
+  ``--torch-loop-configs`` configs and extrapolated; ``torch_vmap`` (b) in the issue's TF32
+  form and ``torch_vmap_mixed`` (b, same recipe as ``jax_sweep``: bfloat16 GEMMs and first
+  moment, EMA every 4 steps); ``torch_modulelist`` (b, reference), the DINOv3 linear-eval form,
+  timed on ``--modulelist-epochs`` epochs and extrapolated.
 - ``jax_linear``: ``--linear-configs`` linear heads (D -> 2) in one vmapped sweep;
   ``jax_ridge``: the closed-form ridge probe at ``--ridge-lambdas`` L2 strengths;
   ``sklearn_logreg`` (c): ``LogisticRegression(lbfgs)`` on the CPU, per C value.
@@ -50,8 +49,11 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-B1, B2, EPS = 0.9, 0.999, 1e-8  # optax.adamw defaults, used by every torch baseline
+from stage1 import xla_flags  # noqa: E402
 
+xla_flags.apply_defaults()  # the CLI's XLA flags, before JAX starts
+
+from sweep_torch import torch_loop, torch_modulelist, torch_vmap  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # Data and grids
@@ -112,272 +114,6 @@ def train_flops(kind: str, d: int, h: int, n: int, epochs: int) -> float:
     return float(per_example) * n * epochs
 
 
-def warmup_cosine(t, peak, warm, total):
-    """heads.optim.warmup_cosine in numpy/torch-neutral arithmetic (t may be a tensor)."""
-    return (
-        peak * t / max(warm, 1.0)
-        if t < warm
-        else (
-            0.5
-            * peak
-            * (1 + math.cos(math.pi * min(max(t - warm, 0.0) / max(total - warm, 1.0), 1.0)))
-        )
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# PyTorch baselines
-
-
-def _torch_setup():
-    import torch
-
-    torch.set_float32_matmul_precision("high")  # TF32, as JAX's default GPU matmul
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch, dev
-
-
-def _t_init(torch, gen, fan_in, fan_out, dev, c=None):
-    """LeCun truncated normal (heads.model's init), optionally stacked over c configs."""
-    std = math.sqrt(1.0 / fan_in) / 0.87962566103423978
-    shape = (fan_in, fan_out) if c is None else (c, fan_in, fan_out)
-    w = torch.empty(shape, device=dev)
-    torch.nn.init.trunc_normal_(w, std=std, a=-2 * std, b=2 * std, generator=gen)
-    return w
-
-
-def _t_wce(torch, logits, y, pw, ls):
-    """heads.losses.weighted_ce (mean over a full batch; no padding rows here)."""
-    logp = torch.log_softmax(logits, -1)
-    onehot = torch.nn.functional.one_hot(y.long(), 2).to(logp.dtype)
-    t = (1 - ls) * onehot + ls / 2
-    ce = -(t * logp).sum(-1)
-    w = torch.where(y == 1, pw, torch.ones_like(ce))
-    return (w * ce).sum(-1) / w.sum(-1)
-
-
-def _t_auroc(torch, scores, y):
-    """Rank AUROC per row of scores (C, n) (continuous scores: ties ignored)."""
-    ranks = scores.argsort(-1).argsort(-1).to(torch.float64) + 1
-    pos = (y == 1).to(torch.float64)
-    n_pos = pos.sum()
-    n_neg = pos.numel() - n_pos
-    return ((ranks * pos).sum(-1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-
-
-def _sync(torch):
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def torch_loop(cfgs, data, a, pw):
-    """(a) one config at a time."""
-    torch, dev = _torch_setup()
-    x, y, xv, yv = (torch.as_tensor(v, device=dev) for v in data)
-    n, d = x.shape
-    steps = n // a.batch
-    total = steps * a.epochs
-    aucs = []
-    _sync(torch)
-    t0 = time.perf_counter()
-    for c in cfgs:
-        gen = torch.Generator(device=dev).manual_seed(c["seed"])
-        w1, w2 = _t_init(torch, gen, d, a.hidden, dev), _t_init(torch, gen, a.hidden, 2, dev)
-        lin1, lin2 = (
-            torch.nn.Linear(d, a.hidden, device=dev),
-            torch.nn.Linear(a.hidden, 2, device=dev),
-        )
-        with torch.no_grad():
-            lin1.weight.copy_(w1.T), lin2.weight.copy_(w2.T)
-            lin1.bias.zero_(), lin2.bias.zero_()
-        net = torch.nn.Sequential(lin1, torch.nn.GELU(), lin2)
-        params = list(net.parameters())
-        opt = torch.optim.AdamW(
-            [
-                {"params": [lin1.weight, lin2.weight], "weight_decay": c["weight_decay"]},
-                {"params": [lin1.bias, lin2.bias], "weight_decay": 0.0},
-            ],
-            lr=c["lr"],
-            betas=(B1, B2),
-            eps=EPS,
-            fused=dev.type == "cuda",
-        )
-        warm = round(c["warmup_frac"] * total)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda t, warm=warm: warmup_cosine(t, 1.0, warm, total)
-        )
-        ema = [p.detach().clone() for p in params]
-        pwt = torch.tensor(pw, device=dev)
-        best, t = -1.0, 0
-        for _ in range(a.epochs):
-            perm = torch.randperm(n, device=dev, generator=gen)
-            for s in range(steps):
-                idx = perm[s * a.batch : (s + 1) * a.batch]
-                loss = _t_wce(torch, net(x[idx]), y[idx], pwt, c["label_smoothing"])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                dec = min(c["ema_decay"], (1 + t) / (10 + t))
-                with torch.no_grad():
-                    torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - dec)
-                t += 1
-            with torch.no_grad():
-                h = torch.nn.functional.gelu(xv @ ema[0].T + ema[1])
-                z = h @ ema[2].T + ema[3]
-                auc = float(_t_auroc(torch, (z[:, 1] - z[:, 0])[None], yv)[0])  # per-epoch sync
-            best = max(best, auc)
-        aucs.append(best)
-    _sync(torch)
-    return {"wall": time.perf_counter() - t0, "val_auroc": aucs}
-
-
-def torch_vmap(cfgs, data, a, pw, compile_step=True):
-    """(b) stacked parameters under torch.func.vmap, one pass over the data for all heads."""
-    torch, dev = _torch_setup()
-    from torch.func import grad_and_value, vmap
-
-    x, y, xv, yv = (torch.as_tensor(v, device=dev) for v in data)
-    n, d = x.shape
-    c_n, h = len(cfgs), a.hidden
-    steps = n // a.batch
-    total = steps * a.epochs
-    gens = [torch.Generator(device=dev).manual_seed(c["seed"]) for c in cfgs]
-    params = {
-        "w1": torch.stack([_t_init(torch, g, d, h, dev) for g in gens]),
-        "b1": torch.zeros(c_n, h, device=dev),
-        "w2": torch.stack([_t_init(torch, g, h, 2, dev) for g in gens]),
-        "b2": torch.zeros(c_n, 2, device=dev),
-    }
-    m = {k: torch.zeros_like(p) for k, p in params.items()}
-    v = {k: torch.zeros_like(p) for k, p in params.items()}
-    ema = {k: p.clone() for k, p in params.items()}
-
-    def col(key):
-        return torch.tensor([c[key] for c in cfgs], device=dev, dtype=torch.float32)
-
-    lr, wd, ls, dec = col("lr"), col("weight_decay"), col("label_smoothing"), col("ema_decay")
-    warm = torch.round(col("warmup_frac") * total)
-    pwt = torch.full((c_n,), pw, device=dev)
-
-    def loss_one(p, xb, yb, pw_c, ls_c):
-        hid = torch.nn.functional.gelu(xb @ p["w1"] + p["b1"])
-        return _t_wce(torch, hid @ p["w2"] + p["b2"], yb, pw_c, ls_c)
-
-    grads_fn = vmap(grad_and_value(loss_one), in_dims=(0, None, None, 0, 0))
-
-    def step(params, m, v, ema, xb, yb, t):
-        grads, loss = grads_fn(params, xb, yb, pwt, ls)
-        tf = t.to(torch.float32)
-        frac = torch.clamp((tf - warm) / torch.clamp(total - warm, min=1.0), 0.0, 1.0)
-        lr_t = torch.where(
-            tf < warm,
-            lr * tf / torch.clamp(warm, min=1.0),
-            0.5 * lr * (1 + torch.cos(math.pi * frac)),
-        )
-        bc1, bc2 = 1 - B1 ** (tf + 1), 1 - B2 ** (tf + 1)
-        d_t = 1 - torch.minimum(dec, (1 + tf) / (10 + tf))
-        for k, p in params.items():
-            shape = (c_n,) + (1,) * (p.dim() - 1)
-            g = grads[k]
-            m[k].mul_(B1).add_(g, alpha=1 - B1)
-            v[k].mul_(B2).addcmul_(g, g, value=1 - B2)
-            upd = (m[k] / bc1) / ((v[k] / bc2).sqrt() + EPS)
-            if k.startswith("w"):
-                upd = upd + wd.view(shape) * p
-            p.sub_(lr_t.view(shape) * upd)
-            ema[k].lerp_(p, d_t.view(shape))
-        return loss
-
-    run_step = torch.compile(step) if compile_step else step
-    gen = torch.Generator(device=dev).manual_seed(0)
-    best = torch.full((c_n,), -1.0, device=dev, dtype=torch.float64)
-    t_dev = torch.zeros((), device=dev, dtype=torch.int64)  # step counter, never leaves the GPU
-    times = {}
-    _sync(torch)
-    t0 = time.perf_counter()
-    t = 0
-    for _ in range(a.epochs):
-        perm = torch.randperm(n, device=dev, generator=gen)
-        for s in range(steps):
-            idx = perm[s * a.batch : (s + 1) * a.batch]
-            run_step(params, m, v, ema, x[idx], y[idx], t_dev)
-            t_dev.add_(1)
-            t += 1
-            if t == 1:
-                _sync(torch)
-                times["first_step"] = time.perf_counter() - t0
-        with torch.no_grad():
-            margins = []
-            for i in range(0, c_n, 8):  # bound the (configs, n_val, hidden) activations
-                hid = torch.nn.functional.gelu(
-                    xv @ ema["w1"][i : i + 8] + ema["b1"][i : i + 8, None]
-                )
-                z = hid @ ema["w2"][i : i + 8] + ema["b2"][i : i + 8, None]
-                margins.append(z[..., 1] - z[..., 0])
-            best = torch.maximum(best, _t_auroc(torch, torch.cat(margins), yv))
-    _sync(torch)
-    wall = time.perf_counter() - t0
-    # The first step includes torch.compile; excl. = the remaining steps scaled to all steps.
-    excl = (wall - times["first_step"]) * total / max(total - 1, 1)
-    return {"wall": wall, "wall_excl": excl, "val_auroc": best.cpu().tolist()}
-
-
-def torch_modulelist(cfgs, data, a, pw):
-    """(b, reference) DINOv3 linear-eval form: ModuleList of heads, one param group each."""
-    torch, dev = _torch_setup()
-    x, y, xv, yv = (torch.as_tensor(v, device=dev) for v in data)
-    n, d = x.shape
-    steps = n // a.batch
-    total = steps * a.epochs
-    heads = torch.nn.ModuleList(
-        torch.nn.Sequential(
-            torch.nn.Linear(d, a.hidden), torch.nn.GELU(), torch.nn.Linear(a.hidden, 2)
-        )
-        for _ in cfgs
-    ).to(dev)
-    groups = []
-    for hd, c in zip(heads, cfgs, strict=True):
-        groups.append(
-            {
-                "params": [hd[0].weight, hd[2].weight],
-                "lr": c["lr"],
-                "weight_decay": c["weight_decay"],
-            }
-        )
-        groups.append({"params": [hd[0].bias, hd[2].bias], "lr": c["lr"], "weight_decay": 0.0})
-    opt = torch.optim.AdamW(groups, betas=(B1, B2), eps=EPS)
-    warm = round(cfgs[0]["warmup_frac"] * total)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: warmup_cosine(t, 1.0, warm, total))
-    params = [p for p in heads.parameters()]
-    ema = [p.detach().clone() for p in params]
-    pwt = torch.tensor(pw, device=dev)
-    gen = torch.Generator(device=dev).manual_seed(0)
-    _sync(torch)
-    t0 = time.perf_counter()
-    t = 0
-    for _ in range(a.modulelist_epochs):
-        perm = torch.randperm(n, device=dev, generator=gen)
-        for s in range(steps):
-            idx = perm[s * a.batch : (s + 1) * a.batch]
-            xb, yb = x[idx], y[idx]
-            loss = sum(
-                _t_wce(torch, hd(xb), yb, pwt, c["label_smoothing"])
-                for hd, c in zip(heads, cfgs, strict=True)
-            )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            with torch.no_grad():
-                torch._foreach_lerp_(
-                    ema, [p.detach() for p in params], 1 - min(0.99, (1 + t) / (10 + t))
-                )
-            t += 1
-    _sync(torch)
-    return {"wall": time.perf_counter() - t0, "epochs": a.modulelist_epochs}
-
-
 def sklearn_logreg(data, cs, max_iter):
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
@@ -399,6 +135,7 @@ def jax_group(cfgs, data, a, kind):
 
     from heads import sweep as hs
     from heads.losses import resolve_pos_weight
+    from heads.optim import resolve_precision
 
     x, y, xv, yv = data
     mesh = hs.config_mesh()
@@ -415,6 +152,8 @@ def jax_group(cfgs, data, a, kind):
         n_train=len(y),
         hidden=a.hidden,
         dropout=any(c["dropout"] > 0 for c in cfgs),
+        precision=resolve_precision(a.precision),
+        ema_every=a.ema_every,
     )
     hp = hs.stack_hparams(cfgs, resolve_pos_weight(-1.0, y))
     chunk = hs.auto_chunk(spec, len(yv), mesh)
@@ -429,6 +168,8 @@ def jax_group(cfgs, data, a, kind):
         "wall_excl": second,
         "h2d": h2d,
         "devices": mesh.size,
+        "precision": spec.precision,
+        "ema_every": spec.ema_every,
         "chunk": chunk,
         "val_auroc": r.val_auroc.tolist(),
     }
@@ -476,7 +217,13 @@ def cli_sweep(data, a, n_configs):
     grid = parse_grid([f"lr=1e-4:1e-2:log{min(8, n_configs)}", f"seed=0:{seeds - 1}:lin{seeds}"])
     cfg = override(
         load_preset("phase1"),
-        [f"optim.epochs={a.epochs}", f"optim.batch_size={a.batch}", f"head.hidden={a.hidden}"],
+        [
+            f"optim.epochs={a.epochs}",
+            f"optim.batch_size={a.batch}",
+            f"head.hidden={a.hidden}",
+            f"optim.precision={a.precision}",
+            f"optim.ema_every={a.ema_every}",
+        ],
     )
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "features.h5"
@@ -556,11 +303,13 @@ def main(argv=None):
     p.add_argument("--configs", type=int, default=64, help="MLP configs")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--precision", default="auto", help="JAX sweep: auto|float32|bfloat16")
+    p.add_argument("--ema-every", type=int, default=4, help="JAX sweep and torch_vmap_mixed")
     p.add_argument("--linear-configs", type=int, default=1000)
     p.add_argument("--ridge-lambdas", type=int, default=1000)
     p.add_argument(
         "--baselines",
-        default="torch_loop,torch_vmap,torch_modulelist,sklearn",
+        default="torch_loop,torch_vmap,torch_vmap_mixed,torch_modulelist,sklearn",
         help="comma list of baselines to run ('' for none)",
     )
     p.add_argument("--torch-loop-configs", type=int, default=4)
@@ -607,6 +356,11 @@ def main(argv=None):
             print(f"torch_vmap (compiled) failed: {type(e).__name__}: {e}; eager instead")
             res["torch_vmap"] = torch_vmap(mlp, data, a, pw, False)
         print(f"torch_vmap: {res['torch_vmap']['wall']:.1f} s", flush=True)
+    if "torch_vmap_mixed" in base:
+        res["torch_vmap_mixed"] = torch_vmap(
+            mlp, data, a, pw, not a.no_torch_compile, recipe="mixed", ema_every=a.ema_every
+        )
+        print(f"torch_vmap_mixed: {res['torch_vmap_mixed']['wall']:.1f} s", flush=True)
     if "torch_modulelist" in base:
         res["torch_modulelist"] = torch_modulelist(mlp, data, a, pw)
         print(f"torch_modulelist: {res['torch_modulelist']['wall']:.1f} s", flush=True)
@@ -624,6 +378,10 @@ def main(argv=None):
         )
     if "torch_vmap" in res:
         rows.append(_row("torch_vmap (b)", a.configs, a.epochs, res["torch_vmap"], f_mlp, ref))
+    if "torch_vmap_mixed" in res:
+        rows.append(
+            _row("torch_vmap mixed (b')", a.configs, a.epochs, res["torch_vmap_mixed"], f_mlp, ref)
+        )
     if "torch_modulelist" in res:
         rows.append(
             _row(
@@ -658,11 +416,12 @@ def main(argv=None):
         summary["speedup_vs_torch_loop"] = (
             j / next(r for r in rows if "(a)" in r["method"])["config_epochs_per_s"]
         )
-    if "torch_vmap" in res:
-        summary["speedup_vs_torch_vmap"] = (
-            rows[0]["config_epochs_per_s"]
-            / next(r for r in rows if "(b)" in r["method"])["config_epochs_per_s"]
-        )
+    for key, tag in (("torch_vmap", "(b)"), ("torch_vmap_mixed", "(b')")):
+        if key in res:
+            summary[f"speedup_vs_{key}"] = (
+                rows[0]["config_epochs_per_s"]
+                / next(r for r in rows if tag in r["method"])["config_epochs_per_s"]
+            )
     for k, v in summary.items():
         if k != "rows":
             print(f"{k}: {v:.2f}x")

@@ -86,20 +86,27 @@ def apply(
     *,
     dropout_rate: jax.Array | float = 0.0,
     key: jax.Array | None = None,
+    dtype: jnp.dtype = jnp.float32,
 ) -> jax.Array:
     """Logits ``(n, 2)`` of the head on features ``x`` ``(n, D)``.
 
     Args:
         params: output of ``init`` (or ``heads.checkpoint.load_params``).
-        x: features; cast to float32.
+        x: features; cast to ``dtype``.
         dropout_rate: dropout on the MLP hidden layer (no effect on a linear head).
         key: PRNG key for dropout; dropout is applied only when a key is given, so evaluation
             calls simply omit it.
+        dtype: compute dtype. float32 (default), or bfloat16 for mixed-precision training: the
+            inputs, a bfloat16 copy of the weights and the activations are bfloat16, the GEMMs
+            accumulate in float32 (XLA's default on GPUs), the logits come back as float32, and
+            gradients flow back to the float32 master weights through the cast.
 
     Returns:
         ``(n, 2)`` float32 logits.
     """
-    x = jnp.asarray(x, jnp.float32)
+    x = jnp.asarray(x, dtype)
+    if dtype != jnp.float32:
+        params = jax.tree.map(lambda a: a.astype(dtype), params)
     h = x
     if kind_of(params) == "mlp":
         h = h @ params["hidden"]["kernel"] + params["hidden"]["bias"]
@@ -107,7 +114,7 @@ def apply(
         h = jax.nn.gelu(h, approximate=False)
         if key is not None:
             h = dropout(h, dropout_rate, key)
-    return h @ params["out"]["kernel"] + params["out"]["bias"]
+    return (h @ params["out"]["kernel"] + params["out"]["bias"]).astype(jnp.float32)
 
 
 def logit_margin(logits: jax.Array) -> jax.Array:

@@ -131,11 +131,15 @@ def group_spec(
     n_train: int,
     hidden: int = 768,
     dropout: bool = False,
+    precision: str = "float32",
+    ema_every: int = 1,
 ) -> TrainSpec:
     """The static ``TrainSpec`` of a group; ``hidden`` fills in for linear heads (unused).
 
     ``dropout`` must be True when any config of the group has a dropout rate > 0 (otherwise the
-    compiled program skips dropout altogether; ``run_group`` checks this).
+    compiled program skips dropout altogether; ``run_group`` checks this). ``precision`` (a
+    resolved ``heads.optim.resolve_precision`` value) and ``ema_every`` pass through to
+    ``TrainSpec``.
     """
     kind, width, _ = key
     return TrainSpec(
@@ -146,6 +150,8 @@ def group_spec(
         batch_size=batch_size,
         n_train=n_train,
         dropout=dropout and kind == "mlp",
+        precision=precision,
+        ema_every=ema_every,
     )
 
 

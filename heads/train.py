@@ -14,6 +14,12 @@ not a multiple of ``batch_size`` the permutation is padded by wrapping around to
 ``ceil(n / B) * B`` indices and the wrapped rows get mask 0, so every example is seen exactly once
 per epoch and none counts twice (the last step's loss averages over its valid rows only).
 
+Precision and EMA period (static, in ``TrainSpec``): with ``precision="bfloat16"`` the GEMMs take
+bfloat16 inputs (float32 accumulation) and Adam's first moment is bfloat16, while the master
+weights, second moment, EMA and the val evaluation stay float32; the weight EMA is refreshed every
+``ema_every`` steps with the decay raised to that power (``heads.optim.ema_block_update``). On a
+64-head GPU sweep both cut the per-step memory traffic that bounds the run (docs/benchmarks.md).
+
 Selection: after each epoch the evaluated weights (EMA if ``ema_decay > 0``, else raw) are scored
 on val by AUROC of the margin ``z1 - z0`` (``calibrate.metrics.auroc``) and by the plain mean CE.
 The best epoch has the highest AUROC; among equal AUROCs the lower val CE wins; a full tie keeps
@@ -37,6 +43,7 @@ import optax
 from calibrate.metrics import auroc
 from heads import losses, model, optim
 from heads.checkpoint import load_params, save_params
+from heads.optim import resolve_precision
 from stage1.config import HeadConfig, OptimConfig
 
 __all__ = [
@@ -141,10 +148,22 @@ class TrainSpec:
     # not draw a (B, hidden) Bernoulli mask every step: on a 64-head GPU sweep that RNG work was
     # ~13% of the step, on CPU more than half of it. With False, HParams.dropout is ignored.
     dropout: bool = False
+    # Resolved training precision (heads.optim.resolve_precision): "float32", or "bfloat16" =
+    # bfloat16 GEMM inputs and activations, bfloat16 Adam first moment, float32 master weights,
+    # second moment and EMA. Evaluation on val is always float32.
+    precision: str = "float32"
+    ema_every: int = 1  # weight-EMA period in optimizer steps (heads.optim.ema_block_update)
 
     def __post_init__(self) -> None:
         if self.kind not in model.KINDS:
             raise ValueError(f"kind must be one of {model.KINDS}, got {self.kind!r}")
+        if self.precision not in ("float32", "bfloat16"):
+            raise ValueError(
+                f"TrainSpec.precision must be float32|bfloat16 (resolve 'auto' with "
+                f"heads.optim.resolve_precision), got {self.precision!r}"
+            )
+        if self.ema_every < 1:
+            raise ValueError(f"TrainSpec.ema_every must be >= 1, got {self.ema_every}")
         for name in ("hidden", "in_dim", "epochs", "batch_size", "n_train"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainSpec.{name} must be >= 1, got {getattr(self, name)}")
@@ -162,6 +181,8 @@ class TrainSpec:
             batch_size=optim.batch_size,
             n_train=n_train,
             dropout=head.dropout > 0,
+            precision=resolve_precision(optim.precision),
+            ema_every=optim.ema_every,
         )
 
     @property
@@ -232,7 +253,9 @@ def _chunked_logits(params: dict, x_chunks: jax.Array, n: int) -> jax.Array:
 
 def _fit(spec: TrainSpec, hp: HParams, x_train, y_train, x_val, y_val) -> FitResult:
     _check_inputs(spec, hp, x_train, y_train, x_val, y_val)
-    x_train = jnp.asarray(x_train, jnp.float32)
+    # Mixed precision casts the features once here, so each step gathers half the bytes.
+    cdt = jnp.bfloat16 if spec.precision == "bfloat16" else jnp.float32
+    x_train = jnp.asarray(x_train, cdt)
     y_train = jnp.asarray(y_train).astype(jnp.int32)
     x_val = jnp.asarray(x_val, jnp.float32)
     y_val = jnp.asarray(y_val).astype(jnp.int32)
@@ -246,11 +269,18 @@ def _fit(spec: TrainSpec, hp: HParams, x_train, y_train, x_val, y_val) -> FitRes
     k_init, k_shuffle, k_drop = split_seed(hp.seed)
     params0 = model.init(k_init, spec.kind, spec.in_dim, spec.hidden)
     tx = optim.make_optimizer(
-        hp.lr, hp.weight_decay, hp.warmup_frac, spec.total_steps, mask=optim.decay_mask(params0)
+        hp.lr,
+        hp.weight_decay,
+        hp.warmup_frac,
+        spec.total_steps,
+        mask=optim.decay_mask(params0),
+        mu_dtype=jnp.bfloat16 if spec.precision == "bfloat16" else None,
     )
 
     def loss_fn(params, xb, yb, mb, key):
-        logits = model.apply(params, xb, dropout_rate=hp.dropout, key=key if spec.dropout else None)
+        logits = model.apply(
+            params, xb, dropout_rate=hp.dropout, key=key if spec.dropout else None, dtype=cdt
+        )
         return losses.weighted_ce(
             logits, yb, pos_weight=hp.pos_weight, label_smoothing=hp.label_smoothing, mask=mb
         )
@@ -263,13 +293,17 @@ def _fit(spec: TrainSpec, hp: HParams, x_train, y_train, x_val, y_val) -> FitRes
         )
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        ema = optim.ema_update(ema, params, t, hp.ema_decay)
         return (params, opt_state, ema, t + 1), loss
+
+    def ema_fn(state, block):  # t counts the steps taken, so the block's last step is t - 1
+        params, opt_state, ema, t = state
+        ema = optim.ema_block_update(ema, params, t - 1, block, hp.ema_decay)
+        return params, opt_state, ema, t
 
     def epoch(carry, e):
         state, best = carry
         batches = epoch_batches(k_shuffle, e, spec.n_train, spec.batch_size)
-        state, step_losses = jax.lax.scan(train_step, state, batches)
+        state, step_losses = optim.scan_with_ema(train_step, state, batches, spec.ema_every, ema_fn)
         params, _, ema, _ = state
         use_ema = hp.ema_decay > 0
         evald = jax.tree.map(lambda a, b: jnp.where(use_ema, a, b), ema, params)

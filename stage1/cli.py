@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from stage1 import __version__
+from stage1 import __version__, xla_flags
 
 
 class _Parser(argparse.ArgumentParser):
@@ -251,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    xla_flags.apply_defaults()  # before any subcommand imports JAX
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

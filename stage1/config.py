@@ -68,6 +68,10 @@ class OptimConfig:
     label_smoothing: float = 0.0  # symmetric label smoothing of the CE targets
     pos_weight: float = -1.0  # weight of the positive class in the CE; -1 = n_neg / n_pos
     ema_decay: float = 0.99  # weight EMA (with (1+t)/(10+t) warm-up); 0 disables
+    ema_every: int = 4  # refresh the EMA every k steps with decay**k (same time constant)
+    # auto = bfloat16 GEMMs + bfloat16 Adam first moment on GPU/TPU (float32 master weights,
+    # second moment and EMA), float32 on CPU | float32 | bfloat16. Phase-1 heads and sweeps.
+    precision: str = "auto"
     seed: int = 0  # PRNG seed for init, shuffling and dropout
 
 
@@ -124,6 +128,11 @@ class Config:
         )
         _check(self.optim.epochs >= 1 and self.optim.batch_size >= 1, "epochs, batch_size >= 1")
         _check(0.0 <= self.optim.ema_decay < 1.0, "optim.ema_decay must be in [0, 1)")
+        _check(self.optim.ema_every >= 1, "optim.ema_every must be >= 1")
+        _check(
+            self.optim.precision in ("auto", "float32", "bfloat16"),
+            "optim.precision must be auto|float32|bfloat16",
+        )
         _check(0.0 <= self.head.dropout < 1.0, "head.dropout must be in [0, 1)")
         _check(0.0 < self.risk.beta < 1.0, f"risk.beta must be in (0, 1), got {self.risk.beta}")
         _check(0.0 < self.risk.target_coverage < 1.0, "risk.target_coverage must be in (0, 1)")

@@ -128,14 +128,7 @@ def run_training(cfg: Config, cache_path: Path, out: Path) -> RunSummary:
 
     n_pos = int(tr.y.sum())
     pos_weight = cfg.optim.pos_weight if cfg.optim.pos_weight > 0 else (len(tr.y) - n_pos) / n_pos
-    spec = TrainSpec(
-        kind=cfg.head.kind,
-        hidden=cfg.head.hidden,
-        in_dim=tr.x.shape[1],
-        epochs=cfg.optim.epochs,
-        batch_size=cfg.optim.batch_size,
-        n_train=len(tr.y),
-    )
+    spec = TrainSpec.from_config(cfg.head, cfg.optim, in_dim=tr.x.shape[1], n_train=len(tr.y))
     hp = HParams.from_config(cfg.optim, cfg.head, pos_weight)
     print(
         f"training {cfg.head.kind} head on {len(tr.y)} x {tr.x.shape[1]} "

@@ -299,6 +299,7 @@ def run_sweep(
 
     from heads import sweep as hs
     from heads.losses import resolve_pos_weight
+    from heads.optim import resolve_precision
 
     if cfg.selective.enabled:
         raise ConfigError(
@@ -371,6 +372,8 @@ def run_sweep(
             n_train=len(tr.y),
             hidden=cfg.head.hidden,
             dropout=any(c["dropout"] > 0 for c in sub),
+            precision=resolve_precision(cfg.optim.precision),
+            ema_every=cfg.optim.ema_every,
         )
         n_chunk = chunk or hs.auto_chunk(spec, len(va.y), mesh)
         res = hs.run_group(

@@ -137,3 +137,21 @@ def test_bad_override(tmp_path):
         run("train", "--cache", "x.h5", "--out", str(tmp_path), "--set", "optim.epochs=many")
     )
     assert "optim.epochs" in line
+
+
+def test_xla_default_flags_respect_the_user():
+    from stage1 import xla_flags
+
+    env = {}
+    flags = xla_flags.apply_defaults(env)
+    assert "--xla_gpu_enable_triton_gemm=false" in flags.split()
+    assert "--xla_gpu_autotune_level=0" in flags.split()
+    assert env["XLA_FLAGS"] == flags
+    # A flag the user set keeps its value; the other default is still added, once.
+    env = {"XLA_FLAGS": "--xla_gpu_autotune_level=4 --xla_dump_to=/tmp/d"}
+    flags = xla_flags.apply_defaults(env).split()
+    assert "--xla_gpu_autotune_level=4" in flags and "--xla_gpu_autotune_level=0" not in flags
+    assert flags.count("--xla_gpu_enable_triton_gemm=false") == 1
+    assert xla_flags.apply_defaults(env).split() == flags  # idempotent
+    env = {"STAGE1_XLA_DEFAULTS": "0"}
+    assert xla_flags.apply_defaults(env) == "" and "XLA_FLAGS" not in env
