@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.set_defaults(func=_cmd_report)
 
-    from stage1.sweep import add_sweep_parser
+    from stage1.sweep_cli import add_sweep_parser
 
     add_sweep_parser(sub)
     return parser

@@ -20,12 +20,10 @@ val itself: for ranking only (see ``heads.sweep``).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import io
 import math
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,23 +33,17 @@ import numpy as np
 
 from stage1.artifacts import atomic_write_bytes, write_json
 from stage1.cache import CacheError
-from stage1.config import Config, ConfigError, override, to_dict
+from stage1.config import Config, ConfigError, to_dict
+from stage1.grid import (  # noqa: F401  (re-exported: stage1.sweep.parse_grid etc.)
+    FIELDS,
+    STRUCTURAL,
+    GridError,
+    config_from_flat,
+    flat_config,
+    parse_grid,
+    parse_values,
+)
 
-# name -> (section, field) of the config tree. The first eight are HParams fields.
-FIELDS: dict[str, tuple[str, str]] = {
-    "lr": ("optim", "lr"),
-    "weight_decay": ("optim", "weight_decay"),
-    "warmup_frac": ("optim", "warmup_frac"),
-    "label_smoothing": ("optim", "label_smoothing"),
-    "pos_weight": ("optim", "pos_weight"),
-    "ema_decay": ("optim", "ema_decay"),
-    "dropout": ("head", "dropout"),
-    "seed": ("optim", "seed"),
-    "kind": ("head", "kind"),
-    "hidden": ("head", "hidden"),
-    "feature": ("head", "feature"),
-}
-STRUCTURAL = ("kind", "hidden", "feature")
 METRICS = {"auroc": "val_auroc", "exit_rate": "val_exit_rate"}
 COLUMNS = (
     "rank",
@@ -66,144 +58,10 @@ COLUMNS = (
     "best_epoch",
     "config_id",
 )
-_SPEC = re.compile(r"^\s*([^:]+):([^:]+):(log|lin)(\d+)\s*$")
 EXIT_NOTE = (
     "val_exit_rate: exit rate at FNR <= alpha with the empirical threshold fitted on "
     "val itself; optimistic and without guarantee, for ranking only"
 )
-
-
-class GridError(ValueError):
-    """A --grid spec is malformed or names something that cannot be swept."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Grid parsing
-
-
-def _check_value(name: str, v: Any) -> Any:
-    """Type and range of one grid value (the config tree's rules, checked up front)."""
-    bad = f"grid {name}={v!r}"
-    if name in ("kind", "feature"):
-        if name == "kind" and v not in ("mlp", "linear"):
-            raise GridError(f"{bad}: kind must be mlp or linear")
-        if name == "feature" and (not v or any(not p for p in v.split("+"))):
-            raise GridError(f"{bad}: empty feature variant name")
-        return v
-    if name in ("seed", "hidden"):
-        if not float(v).is_integer():
-            raise GridError(f"{bad}: {name} must be an integer")
-        v = int(v)
-        lo, hi = (0, 2**31 - 1) if name == "seed" else (1, 2**20)
-        if not lo <= v <= hi:
-            raise GridError(f"{bad}: {name} must be in [{lo}, {hi}]")
-        return v
-    v = float(v)
-    ok = {
-        "lr": v > 0,
-        "weight_decay": v >= 0,
-        "warmup_frac": 0 <= v <= 1,
-        "label_smoothing": 0 <= v < 1,
-        "pos_weight": v > 0 or v == -1,
-        "ema_decay": 0 <= v < 1,
-        "dropout": 0 <= v < 1,
-    }[name]
-    if not (ok and math.isfinite(v)):
-        rule = {
-            "lr": "> 0",
-            "weight_decay": ">= 0",
-            "warmup_frac": "in [0, 1]",
-            "label_smoothing": "in [0, 1)",
-            "pos_weight": "> 0, or -1 for n_neg/n_pos",
-            "ema_decay": "in [0, 1)",
-            "dropout": "in [0, 1)",
-        }[name]
-        raise GridError(f"{bad}: {name} must be {rule}")
-    return v
-
-
-def parse_values(name: str, spec: str) -> list:
-    """Values of one axis from ``a:b:logN``, ``a:b:linN`` or ``v1,v2,...``."""
-    m = _SPEC.match(spec)
-    if m:
-        if name in ("kind", "feature"):
-            raise GridError(f"grid {name}={spec}: a range needs a numeric name")
-        try:
-            a, b = float(m.group(1)), float(m.group(2))
-        except ValueError:
-            raise GridError(f"grid {name}={spec}: range ends must be numbers") from None
-        n = int(m.group(4))
-        if n < 1:
-            raise GridError(f"grid {name}={spec}: needs at least one value")
-        if m.group(3) == "log":
-            if a <= 0 or b <= 0:
-                raise GridError(f"grid {name}={spec}: log ranges need a, b > 0")
-            vals = np.geomspace(a, b, n)
-        else:
-            vals = np.linspace(a, b, n)
-        raw: list = [float(f"{v:.6g}") for v in vals]  # 1e-4:1e-2:log3 -> 1e-4, 1e-3, 1e-2
-    elif ":" in spec:
-        raise GridError(f"grid {name}={spec}: expected a:b:logN, a:b:linN or v1,v2,...")
-    else:
-        raw = [p.strip() for p in spec.split(",")]
-        if any(p == "" for p in raw):
-            raise GridError(f"grid {name}={spec}: empty value in the list")
-        if name not in ("kind", "feature"):
-            try:
-                raw = [float(p) for p in raw]
-            except ValueError:
-                raise GridError(f"grid {name}={spec}: values must be numbers") from None
-    vals = [_check_value(name, v) for v in raw]
-    if len(set(vals)) != len(vals):
-        raise GridError(f"grid {name}={spec}: repeated values")
-    return vals
-
-
-def parse_grid(specs: list[str] | tuple[str, ...]) -> dict[str, list]:
-    """``["lr=1e-4:1e-2:log8", "seed=0,1,2"]`` -> ``{"lr": [...], "seed": [0, 1, 2]}``.
-
-    Names are the short ones (``lr``, ``kind``, ...) or their config paths (``optim.lr``,
-    ``head.kind``). Raises GridError (a ValueError) with a one-line message.
-    """
-    paths = {f"{s}.{f}": name for name, (s, f) in FIELDS.items()}
-    grid: dict[str, list] = {}
-    for item in specs:
-        if "=" not in item:
-            raise GridError(f"grid spec {item!r} is not of the form name=values")
-        key, spec = (s.strip() for s in item.split("=", 1))
-        name = paths.get(key, key)
-        if name not in FIELDS:
-            raise GridError(
-                f"unknown grid name {key!r}; sweepable: {', '.join(list(FIELDS)[:8])}"
-                f"; structural: {', '.join(STRUCTURAL)}"
-            )
-        if name in grid:
-            raise GridError(f"grid name {name!r} given twice")
-        grid[name] = parse_values(name, spec)
-    return grid
-
-
-# ---------------------------------------------------------------------------------------------
-# Config tree <-> flat sweep configs
-
-
-def flat_config(cfg: Config) -> dict[str, Any]:
-    """The sweepable and structural values of a config tree, by short name."""
-    return {name: getattr(getattr(cfg, s), f) for name, (s, f) in FIELDS.items()}
-
-
-def config_from_flat(cfg: Config, flat: dict[str, Any]) -> Config:
-    """``cfg`` with the fields of ``flat`` replaced (linear heads keep ``cfg``'s hidden)."""
-    for section in ("head", "optim"):
-        kw = {
-            f: flat[n]
-            for n, (s, f) in FIELDS.items()
-            if s == section and n in flat and flat[n] is not None
-        }
-        cfg = dataclasses.replace(
-            cfg, **{section: dataclasses.replace(getattr(cfg, section), **kw)}
-        )
-    return cfg.validate()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -488,152 +346,3 @@ def format_table(rows: list[dict[str, Any]], grid: dict[str, list], top: int = 1
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line (the lead wires these into stage1.cli)
-
-
-def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``stage1 sweep`` on an argparse subparsers object; returns the new parser."""
-    p = subparsers.add_parser(
-        "sweep",
-        help="train a grid of heads in one vmapped program per group, rank on val",
-        description="Sweep head hyperparameters over the cache: continuous ones and the seed "
-        "are trained together under jax.vmap (split over every visible device), "
-        "kind/hidden/feature form separately compiled groups. Writes "
-        "leaderboard.csv, leaderboard.json and best_config.json (usable as "
-        "`stage1 train --preset OUT/best_config.json`) into --out.",
-    )
-    p.add_argument("--cache", required=True, help="HDF5 feature cache from `stage1 features`")
-    p.add_argument("--out", default="runs/sweep", help="output folder (default runs/sweep)")
-    p.add_argument(
-        "--grid",
-        action="append",
-        default=[],
-        metavar="NAME=VALUES",
-        help="axis to sweep, repeatable: NAME=a:b:logN | a:b:linN | v1,v2,...; "
-        "NAME is lr, weight_decay, warmup_frac, label_smoothing, pos_weight, "
-        "ema_decay, dropout, seed, kind, hidden or feature (cls, patch_mean, "
-        "cls_last4, cls+patch_mean, ...)",
-    )
-    p.add_argument(
-        "--metric",
-        choices=sorted(METRICS),
-        default="auroc",
-        help="val metric to rank by (default auroc; exit_rate = val exit rate at "
-        "FNR <= alpha, ranking only)",
-    )
-    p.add_argument(
-        "--alpha",
-        type=float,
-        default=None,
-        help="FNR constraint of the exit-rate metric (default risk.alpha)",
-    )
-    p.add_argument("--no-ridge", action="store_true", help="skip the closed-form ridge rows")
-    p.add_argument(
-        "--ridge-lambdas",
-        default=None,
-        metavar="VALUES",
-        help="ridge L2 strengths as a:b:logN or v1,v2,... (default n_train * "
-        "10**linspace(-7, 1, 41))",
-    )
-    p.add_argument(
-        "--chunk",
-        type=int,
-        default=0,
-        help="configs per compiled call (default 0 = fit half the device memory)",
-    )
-    p.add_argument("--top", type=int, default=10, help="rows to print (default 10)")
-    p.add_argument(
-        "--compile-cache",
-        default=None,
-        metavar="DIR",
-        help="persistent XLA compilation cache, so a repeated sweep of the same "
-        "shapes skips compiling (default $JAX_COMPILATION_CACHE_DIR or "
-        "~/.cache/stage1/jax; 'none' disables)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--phase", default=None, help="phase number; selects the preset phaseN")
-    g.add_argument("--preset", default=None, help="preset name or JSON config file")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field of the base config (repeatable)",
-    )
-    p.set_defaults(func=cmd_sweep)
-    return p
-
-
-def _lambdas(spec: str | None) -> list[float] | None:
-    if spec is None:
-        return None
-    m = _SPEC.match(spec)
-    try:
-        if m:
-            a, b, n = float(m.group(1)), float(m.group(2)), int(m.group(4))
-            vals = np.geomspace(a, b, n) if m.group(3) == "log" else np.linspace(a, b, n)
-        else:
-            vals = np.asarray([float(v) for v in spec.split(",")])
-    except ValueError:
-        raise GridError(f"--ridge-lambdas {spec!r}: expected a:b:logN or v1,v2,...") from None
-    if vals.size == 0 or not np.all(vals > 0):
-        raise GridError(f"--ridge-lambdas {spec!r}: every lambda must be > 0")
-    return [float(v) for v in vals]
-
-
-def _use_compile_cache(path: str | None) -> None:
-    """Point JAX's persistent compilation cache at ``path`` (None: env var, else the default).
-
-    Compiling a group's program takes seconds (measured 6.5 s of a 14.5 s first call for 64
-    MLP configs on an H100); with the cache, rerunning a sweep of the same shapes skips it.
-    """
-    import os
-
-    import jax
-
-    if path is None:
-        path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or "~/.cache/stage1/jax"
-    if path.lower() != "none":
-        jax.config.update("jax_compilation_cache_dir", str(Path(path).expanduser()))
-
-
-def cmd_sweep(args) -> int:
-    """Entry point of ``stage1 sweep`` (errors are ValueErrors: the CLI exits 2)."""
-    from stage1.presets import load_preset
-
-    cfg = override(load_preset(args.preset or args.phase or "phase1"), args.overrides).validate()
-    grid = parse_grid(args.grid)
-    if args.chunk < 0:
-        raise ConfigError("--chunk must be >= 0")
-    _use_compile_cache(args.compile_cache)
-    res = run_sweep(
-        cfg,
-        Path(args.cache),
-        Path(args.out),
-        grid,
-        metric=args.metric,
-        alpha=args.alpha,
-        ridge=not args.no_ridge,
-        lambdas=_lambdas(args.ridge_lambdas),
-        chunk=args.chunk or None,
-        progress=not args.no_progress,
-    )
-    print()
-    print(format_table(res.rows, grid, args.top))
-    print(f"\n{len(res.rows)} rows in {res.seconds:.1f} s -> {Path(args.out) / 'leaderboard.csv'}")
-    if res.best is not None:
-        print(
-            f"best config ({res.payload['metric']}): {Path(args.out) / 'best_config.json'} "
-            f"(train it: stage1 train --preset {Path(args.out) / 'best_config.json'})"
-        )
-        ridge_top = [r for r in res.rows if r["kind"] == "ridge"]
-        m = res.payload["metric"]
-        if ridge_top and (ridge_top[0][m] or -1) > (res.best[m] or -1):
-            print(f"note: the ridge probe beats every trained head on {m}")
-    print(f"note: {EXIT_NOTE}")
-    return 0

@@ -23,6 +23,7 @@ from stage1.cache import CacheError, write_cache
 from stage1.config import ConfigError, override
 from stage1.pipeline import load_splits
 from stage1.presets import load_preset
+from stage1.sweep_cli import add_sweep_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 D = 8
@@ -197,7 +198,7 @@ def test_feature_concatenation_aligns_rows(cache):
 def swept(cache, tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep_out")
     parser = argparse.ArgumentParser()
-    ss.add_sweep_parser(parser.add_subparsers())
+    add_sweep_parser(parser.add_subparsers())
     argv = [
         "sweep",
         "--cache",
@@ -274,6 +275,7 @@ from stage1 import sweep as ss
 from stage1.config import ConfigError, override
 from stage1.pipeline import load_splits
 from stage1.presets import load_preset
+from stage1.sweep_cli import add_sweep_parser
 assert len(jax.devices()) == 2, jax.devices()
 cfg = override(load_preset("phase1"), sys.argv[3:])
 cfgs = hs.expand_grid(ss.flat_config(cfg), ss.parse_grid(["lr=3e-3:3e-2:log5"]))  # 5 -> pad 6
