@@ -1,0 +1,62 @@
+"""heads.sweep on real GPUs (marked gpu, skipped without them): default bfloat16 precision, and
+a grid split over 2 GPUs."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from heads import sweep as hs
+from heads.train import HParams, TrainSpec, fit
+from stage1 import sweep as ss
+from stage1.config import override
+from stage1.presets import load_preset
+
+
+def _gpus():
+    try:
+        return jax.devices("gpu")
+    except RuntimeError:
+        return []
+
+
+def _gpu_group(n=4096, d=64, n_cfg=6):
+    rng = np.random.default_rng(0)
+    u = rng.normal(size=d) / np.sqrt(d)
+    x, xv = rng.normal(size=(2, n, d)).astype(np.float32)
+    y, yv = ((x @ u) > 0.3).astype(np.int32), ((xv @ u) > 0.3).astype(np.int32)
+    cfg = override(load_preset("phase1"), ["optim.epochs=3", "optim.batch_size=256"])
+    cfgs = hs.expand_grid(ss.flat_config(cfg), ss.parse_grid([f"lr=1e-3:1e-2:log{n_cfg}"]))
+    spec = TrainSpec.from_config(cfg.head, cfg.optim, in_dim=d, n_train=n)
+    return cfg, cfgs, spec, (x, y, xv, yv)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _gpus(), reason="needs a CUDA GPU")
+def test_gpu_bfloat16_sweep_equals_lone_fits():
+    cfg, cfgs, spec, data = _gpu_group()
+    assert spec.precision == "bfloat16"  # optim.precision=auto on a GPU
+    r = hs.run_group(spec, hs.stack_hparams(cfgs, 1.0), *data)
+    for i in (0, 5):
+        optim = dataclasses.replace(cfg.optim, lr=cfgs[i]["lr"])
+        one = fit(spec, HParams.from_config(optim, cfg.head, 1.0), *data)
+        # Same program, batched: bfloat16 GEMMs may pick other kernels for the batched shapes.
+        np.testing.assert_allclose(r.val_auroc_curve[i], one.val_auroc, atol=2e-3)
+        np.testing.assert_allclose(r.train_loss_curve[i], one.train_loss, rtol=2e-2)
+    assert r.val_auroc.min() > 0.9
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(len(_gpus()) < 2, reason="needs 2 GPUs")
+def test_grid_split_over_two_gpus_equals_one_gpu():
+    _, cfgs, spec, data = _gpu_group(n_cfg=5)  # 5 configs: one padding copy on 2 GPUs
+    hp = hs.stack_hparams(cfgs, 1.0)
+    two = hs.run_group(spec, hp, *data, mesh=hs.config_mesh(_gpus()[:2]), keep_params=True)
+    one = hs.run_group(spec, hp, *data, mesh=hs.config_mesh(_gpus()[:1]), keep_params=True)
+    assert two.val_auroc_curve.shape == (5, 3)
+    np.testing.assert_allclose(two.val_auroc_curve, one.val_auroc_curve, atol=2e-3)
+    np.testing.assert_allclose(two.train_loss_curve, one.train_loss_curve, rtol=2e-2)
+    np.testing.assert_allclose(
+        two.params["out"]["kernel"], one.params["out"]["kernel"], rtol=5e-2, atol=5e-3
+    )
