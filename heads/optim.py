@@ -118,7 +118,7 @@ def ema_update(ema: dict, params: dict, step: jax.Array | int, decay: jax.Array 
     Initialise ``ema`` at the initial parameters (not zeros, so no bias correction is needed) and
     call right after each optimizer step. With ``decay = 0``: step size 1, ``ema == params``.
     """
-    return optax.incremental_update(params, ema, step_size=1.0 - ema_decay_at(step, decay))
+    return ema_block_update(ema, params, step, 1, decay)
 
 
 def ema_block_update(

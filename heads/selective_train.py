@@ -108,9 +108,18 @@ class SelectiveSpec:
     trunk_layers: int = 1
     loss_form: str = "paper"
     risk_loss: str = "lagrangian"
+    ema_every: int = 1  # weight-EMA period in steps (heads.optim.ema_block_update)
 
     def __post_init__(self) -> None:
-        for name in ("in_dim", "n_train", "epochs", "batch_size", "trunk_hidden", "head_hidden"):
+        for name in (
+            "in_dim",
+            "n_train",
+            "epochs",
+            "batch_size",
+            "trunk_hidden",
+            "head_hidden",
+            "ema_every",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"SelectiveSpec.{name} must be >= 1, got {getattr(self, name)}")
         if self.loss_form not in selective.FORMS:
@@ -130,6 +139,7 @@ class SelectiveSpec:
             trunk_hidden=sel.trunk_hidden,
             loss_form=sel.loss_form,
             risk_loss=sel.risk_loss,
+            ema_every=cfg.optim.ema_every,
         )
 
     @property
@@ -219,10 +229,14 @@ def _fit(spec: SelectiveSpec, hp: SelectiveHParams, x_train, y_train, x_val, y_v
         (loss, (cov, hard_fnr, n_pos)), grads = grad_fn(params, x_train[idx], y_train[idx], mb, mu)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        ema = optim.ema_update(ema, params, t, hp.ema_decay)
         if lagrangian:  # the multiplier player moves after the model player, on the 0/1 rate
             mu = selective.multiplier_step(mu, hard_fnr, hp.fnr_target, hp.multiplier_lr, n_pos)
         return (params, opt_state, ema, mu, t + 1), (loss, cov, hard_fnr, mu)
+
+    def ema_fn(state, block):  # t counts the steps taken, so the block's last step is t - 1
+        params, opt_state, ema, mu, t = state
+        ema = optim.ema_block_update(ema, params, t - 1, block, hp.ema_decay)
+        return params, opt_state, ema, mu, t
 
     def evaluate(params):
         f_logits, g, _ = selective.apply_selective(params, x_val)
@@ -240,7 +254,9 @@ def _fit(spec: SelectiveSpec, hp: SelectiveHParams, x_train, y_train, x_val, y_v
     def epoch(carry, e):
         state, best = carry
         batches = epoch_batches(k_shuffle, e, spec.n_train, spec.batch_size)
-        state, (losses, covs, fnrs, mus) = jax.lax.scan(train_step, state, batches)
+        state, (losses, covs, fnrs, mus) = optim.scan_with_ema(
+            train_step, state, batches, spec.ema_every, ema_fn
+        )
         params, _, ema, _, _ = state
         evald = jax.tree.map(lambda a, b: jnp.where(hp.ema_decay > 0, a, b), ema, params)
         auc, vloss, vcov, vrisk, vfnr = evaluate(evald)

@@ -68,7 +68,7 @@ class OptimConfig:
     label_smoothing: float = 0.0  # symmetric label smoothing of the CE targets
     pos_weight: float = -1.0  # weight of the positive class in the CE; -1 = n_neg / n_pos
     ema_decay: float = 0.99  # weight EMA (with (1+t)/(10+t) warm-up); 0 disables
-    ema_every: int = 4  # refresh the EMA every k steps with decay**k (same time constant)
+    ema_every: int = 4  # EMA every k steps with decay**k (same time constant); both phases
     # auto = bfloat16 GEMMs + bfloat16 Adam first moment on GPU/TPU (float32 master weights,
     # second moment and EMA), float32 on CPU | float32 | bfloat16. Phase-1 heads and sweeps.
     precision: str = "auto"

@@ -225,6 +225,24 @@ def trained():
     return res, (xt, yt, amb_t)
 
 
+def test_ema_period_changes_only_the_evaluated_average():
+    """optim.ema_every reaches the selective trainer: the optimizer trajectory (train curves) is
+    the same for every EMA period, the evaluated weights (the EMA) are not."""
+    rng = np.random.default_rng(1)
+    x, y, _ = _problem(N_TRAIN, rng)
+    xv, yv, _ = _problem(N_VAL, rng)
+    cfg = dataclasses.replace(Config(), optim=_optim_cfg(ema_every=3), selective=_sel_cfg())
+    spec3 = SelectiveSpec.from_config(cfg, in_dim=D, n_train=N_TRAIN)
+    assert spec3.ema_every == 3
+    spec1 = dataclasses.replace(spec3, ema_every=1)
+    hp = SelectiveHParams.from_config(cfg.optim, cfg.selective, 1.0)
+    r1 = fit_selective(spec1, hp, x, y, xv, yv)
+    r3 = fit_selective(spec3, hp, x, y, xv, yv)
+    # Same steps; only XLA's fusion of the loop differs (last-bit round-off).
+    np.testing.assert_allclose(r1.train_loss, r3.train_loss, rtol=1e-5)
+    assert not np.array_equal(r1.val_auroc, r3.val_auroc)
+
+
 def test_gate_learns_to_cover_the_easy_region(trained):
     res, (xt, yt, amb) = trained
     p_f, g, _ = predict_selective(res.params, xt)
