@@ -4,6 +4,10 @@
 - ``heads.losses``: class-weighted, label-smoothed softmax CE.
 - ``heads.optim``: AdamW + warmup-cosine with array hyperparameters, weight EMA.
 - ``heads.train``: ``fit`` (one jitted run) and ``fit_many`` (jit(vmap(fit)) over configs).
+- ``heads.step``: the minibatch AdamW step ``fit`` scans over.
+- ``heads.fused_mlp`` / ``heads.mlp_kernels``: the MLP head's training logits with a hand-written
+  VJP, and the Pallas GPU kernels for its elementwise passes.
+- ``heads.sweep`` / ``heads.ridge``: sharded grid sweeps and the closed-form ridge rung.
 - ``heads.checkpoint``: safetensors save/load of parameter trees.
 """
 

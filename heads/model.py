@@ -80,6 +80,16 @@ def dropout(x: jax.Array, rate: jax.Array | float, key: jax.Array) -> jax.Array:
     return jnp.where(keep, x / keep_prob, jnp.zeros_like(x))
 
 
+def dropout_multiplier(rate: jax.Array | float, key: jax.Array, shape: tuple) -> jax.Array:
+    """float32 ``keep / (1 - rate)`` with ``keep ~ Bernoulli(1 - rate)``: ``dropout(x) = x * this``.
+
+    Draws the same mask as ``dropout`` for the same key and shape (``heads.fused_mlp`` applies it
+    inside its fused backward).
+    """
+    keep_prob = 1.0 - jnp.asarray(rate, jnp.float32)
+    return jax.random.bernoulli(key, keep_prob, shape).astype(jnp.float32) / keep_prob
+
+
 def apply(
     params: dict,
     x: jax.Array,

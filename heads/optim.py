@@ -136,7 +136,7 @@ def ema_block_update(
     return optax.incremental_update(params, ema, step_size=1.0 - d)
 
 
-def scan_with_ema(step, carry, batches, every: int, ema_fn):
+def scan_with_ema(step, carry, batches, every: int, ema_fn, unroll: int = 1):
     """``lax.scan(step, carry, batches)`` with an EMA update after every ``every`` steps.
 
     Args:
@@ -146,6 +146,8 @@ def scan_with_ema(step, carry, batches, every: int, ema_fn):
         every: EMA period in steps (>= 1).
         ema_fn: ``(carry, block_len) -> carry``; applies the EMA for a block of ``block_len``
             steps that just ended (see ``ema_block_update``).
+        unroll: ``lax.scan``'s unroll factor for the steps (the same computation; a GPU step
+            of well under a millisecond pays a visible per-iteration loop overhead).
 
     Returns:
         ``(carry, outs)`` as ``lax.scan`` would give them (outs stacked over the ``n`` steps).
@@ -161,14 +163,14 @@ def scan_with_ema(step, carry, batches, every: int, ema_fn):
             c, out = step(c, b)
             return ema_fn(c, 1), out
 
-        return jax.lax.scan(one, carry, batches)
+        return jax.lax.scan(one, carry, batches, unroll=unroll)
     n = jax.tree.leaves(batches)[0].shape[0]
     n_full, tail = divmod(n, every)
     outs = []
     if n_full:
 
         def block(c, bb):
-            c, out = jax.lax.scan(step, c, bb)
+            c, out = jax.lax.scan(step, c, bb, unroll=min(unroll, every))
             return ema_fn(c, every), out
 
         full = jax.tree.map(
@@ -177,7 +179,8 @@ def scan_with_ema(step, carry, batches, every: int, ema_fn):
         carry, out = jax.lax.scan(block, carry, full)
         outs.append(jax.tree.map(lambda a: a.reshape(n_full * every, *a.shape[2:]), out))
     if tail:
-        carry, out = jax.lax.scan(step, carry, jax.tree.map(lambda a: a[n_full * every :], batches))
+        rest = jax.tree.map(lambda a: a[n_full * every :], batches)
+        carry, out = jax.lax.scan(step, carry, rest, unroll=min(unroll, tail))
         carry = ema_fn(carry, tail)
         outs.append(out)
     return carry, jax.tree.map(lambda *o: jnp.concatenate(o), *outs)
