@@ -41,7 +41,7 @@ import numpy as np
 import optax
 
 from calibrate.metrics import auroc, selective_risk_at_coverage
-from heads import optim, selective
+from heads import optim, selection, selective
 from heads.train import epoch_batches, optim_fields, split_seed
 
 RISK_LOSSES: tuple[str, ...] = ("lagrangian", "weighted")
@@ -258,18 +258,9 @@ def _fit(spec: SelectiveSpec, hp: SelectiveHParams, x_train, y_train, x_val, y_v
             train_step, state, batches, spec.ema_every, ema_fn
         )
         params, _, ema, _, _ = state
-        evald = jax.tree.map(lambda a, b: jnp.where(hp.ema_decay > 0, a, b), ema, params)
+        evald = selection.evaluated_weights(params, ema, hp.ema_decay)
         auc, vloss, vcov, vrisk, vfnr = evaluate(evald)
-
-        best_params, best_auc, best_loss, best_epoch = best
-        rank_auc = jnp.where(jnp.isnan(auc), -jnp.inf, auc)
-        better = (rank_auc > best_auc) | ((rank_auc == best_auc) & (vloss < best_loss))
-        best = (
-            jax.tree.map(lambda a, b: jnp.where(better, a, b), evald, best_params),
-            jnp.where(better, rank_auc, best_auc),
-            jnp.where(better, vloss, best_loss),
-            jnp.where(better, e, best_epoch),
-        )
+        best = selection.update_best(best, evald, auc, vloss, e)
         # Padding rows are excluded from the coverage and FNR of a batch by the mask, so each
         # batch's statistic is already a mean over its valid rows.
         curves = (jnp.mean(losses), jnp.mean(covs), jnp.mean(fnrs), auc, vloss, vcov, vrisk)
@@ -277,9 +268,9 @@ def _fit(spec: SelectiveSpec, hp: SelectiveHParams, x_train, y_train, x_val, y_v
 
     mu0 = jnp.zeros((), jnp.float32)
     state0 = (params0, tx.init(params0), params0, mu0, jnp.zeros((), jnp.int32))
-    best0 = (params0, jnp.float32(-jnp.inf), jnp.float32(jnp.inf), jnp.int32(-1))
+    best0 = selection.init_best(params0)
     (_, best), out = jax.lax.scan(epoch, (state0, best0), jnp.arange(spec.epochs, dtype=jnp.int32))
-    return SelectiveFitResult(best[0], best[3], *out)
+    return SelectiveFitResult(best.params, best.epoch, *out)
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -23,10 +23,9 @@ The minibatch step itself (logits, loss, gradients, AdamW; for the MLP head a ha
 with Pallas kernels on GPUs) is ``heads.step.make_step``.
 
 Selection: after each epoch the evaluated weights (EMA if ``ema_decay > 0``, else raw) are scored
-on val by AUROC of the margin ``z1 - z0`` (``calibrate.metrics.auroc``) and by the plain mean CE.
-The best epoch has the highest AUROC; among equal AUROCs the lower val CE wins; a full tie keeps
-the earlier epoch (later epochs must strictly improve). A NaN AUROC (one class in val) ranks
-below every number, so selection then falls back to val CE.
+on val by AUROC of the margin ``z1 - z0`` (``calibrate.metrics.auroc``) and by the plain mean CE,
+and the best epoch is kept by ``heads.selection`` (highest AUROC; ties go to the lower val CE,
+then to the earlier epoch; a NaN AUROC ranks below every number).
 """
 
 from __future__ import annotations
@@ -41,7 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from calibrate.metrics import auroc
-from heads import losses, model, optim, step
+from heads import losses, model, optim, selection, step
 from heads.checkpoint import load_params, save_params
 from heads.optim import resolve_precision
 from heads.predict import predict_logit_margin, predict_proba  # re-exported
@@ -296,21 +295,11 @@ def _fit(spec: TrainSpec, hp: HParams, x_train, y_train, x_val, y_val) -> FitRes
             train_step, state, batches, spec.ema_every, ema_fn, unroll
         )
         params, _, _, ema, _ = state
-        use_ema = hp.ema_decay > 0
-        evald = jax.tree.map(lambda a, b: jnp.where(use_ema, a, b), ema, params)
+        evald = selection.evaluated_weights(params, ema, hp.ema_decay)
         logits = _chunked_logits(evald, x_val_chunks, n_val)
         auc = auroc(model.logit_margin(logits), y_val)
         vloss = losses.mean_ce(logits, y_val)
-
-        best_params, best_auc, best_loss, best_epoch = best
-        rank_auc = jnp.where(jnp.isnan(auc), -jnp.inf, auc)
-        better = (rank_auc > best_auc) | ((rank_auc == best_auc) & (vloss < best_loss))
-        best = (
-            jax.tree.map(lambda a, b: jnp.where(better, a, b), evald, best_params),
-            jnp.where(better, rank_auc, best_auc),
-            jnp.where(better, vloss, best_loss),
-            jnp.where(better, e, best_epoch),
-        )
+        best = selection.update_best(best, evald, auc, vloss, e)
         return (state, best), (jnp.mean(step_losses), auc, vloss)
 
     state0 = (
@@ -320,13 +309,13 @@ def _fit(spec: TrainSpec, hp: HParams, x_train, y_train, x_val, y_val) -> FitRes
         params0,
         jnp.zeros((), jnp.int32),
     )
-    best0 = (params0, jnp.float32(-jnp.inf), jnp.float32(jnp.inf), jnp.int32(-1))
+    best0 = selection.init_best(params0)
     (_, best), (train_loss, val_auc, val_loss) = jax.lax.scan(
         epoch, (state0, best0), jnp.arange(spec.epochs, dtype=jnp.int32)
     )
     return FitResult(
-        params=best[0],
-        best_epoch=best[3],
+        params=best.params,
+        best_epoch=best.epoch,
         val_auroc=val_auc,
         train_loss=train_loss,
         val_loss=val_loss,

@@ -9,7 +9,7 @@ import optax
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from heads import losses, model, optim, train
+from heads import losses, model, optim, selection, train
 from heads.train import (
     HParams,
     TrainSpec,
@@ -382,3 +382,24 @@ def test_precision_resolution_and_spec_checks():
     assert (spec.ema_every, spec.precision) == (5, "bfloat16")
     on_cpu = TrainSpec.from_config(HeadConfig(), OptimConfig(), in_dim=4, n_train=8)
     assert on_cpu.precision == optim.resolve_precision("auto")
+
+
+def test_selection_rule_on_a_scripted_sequence_of_epochs():
+    """heads.selection against the rule by hand: AUROC, then the lower loss, then earlier."""
+    scores = [  # (auroc, loss) per epoch
+        (float("nan"), 0.9),  # NaN ranks below every number, but beats the empty start on loss
+        (0.70, 0.8),  # a finite AUROC wins
+        (0.70, 0.8),  # a full tie keeps the earlier epoch
+        (0.70, 0.7),  # same AUROC, lower loss wins
+        (0.69, 0.1),  # lower AUROC loses whatever the loss
+        (0.75, 2.0),  # higher AUROC wins whatever the loss
+    ]
+    expected_epochs = [0, 1, 1, 3, 3, 5]
+    best = selection.init_best({"w": jnp.zeros(2)})
+    for e, (auc, loss) in enumerate(scores):
+        best = selection.update_best(best, {"w": jnp.full(2, e)}, jnp.float32(auc), loss, e)
+        assert int(best.epoch) == expected_epochs[e]
+        assert np.all(np.asarray(best.params["w"]) == expected_epochs[e])
+    ema, raw = {"w": jnp.ones(2)}, {"w": jnp.zeros(2)}
+    assert np.all(selection.evaluated_weights(raw, ema, jnp.float32(0.99))["w"] == 1)
+    assert np.all(selection.evaluated_weights(raw, ema, jnp.float32(0.0))["w"] == 0)
