@@ -195,24 +195,13 @@ def jax_ridge(data, n_lambdas):
 
 def cli_sweep(data, a, n_configs):
     """End to end through stage1.sweep.run_sweep on a freshly written float16 cache."""
-    from stage1.cache import write_cache
+    from stage1.cache import synthetic_metadata, write_cache
     from stage1.config import override
     from stage1.presets import load_preset
     from stage1.sweep import parse_grid, run_sweep
 
     x, y, xv, yv = data
     n, nv = len(y), len(yv)
-    meta = {
-        "backbone": "synthetic",
-        "weights_sha256": "synthetic",
-        "pooling": "token",
-        "image_size": 224,
-        "mean": [0.5],
-        "std": [0.5],
-        "library_version": "bench",
-        "created": "2026-01-01T00:00:00Z",
-        "extraction_config": {},
-    }
     seeds = max(1, n_configs // 8)
     grid = parse_grid([f"lr=1e-4:1e-2:log{min(8, n_configs)}", f"seed=0:{seeds - 1}:lin{seeds}"])
     cfg = override(
@@ -235,7 +224,7 @@ def cli_sweep(data, a, n_configs):
             ids=[f"r{i}" for i in range(len(split))],
             labels=np.concatenate([y, yv, yv, yv]),
             split=split,
-            metadata=meta,
+            metadata=synthetic_metadata(library_version="bench"),
             dtype="float16",
         )
         t0 = time.perf_counter()

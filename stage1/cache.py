@@ -122,6 +122,26 @@ def write_rows(path: str | os.PathLike, rows: np.ndarray, features: Mapping[str,
         f.flush()
 
 
+def synthetic_metadata(**overrides: Any) -> dict[str, Any]:
+    """Schema-valid cache metadata for features that come from no backbone (tests, benchmarks).
+
+    ``overrides`` replace or add fields (e.g. ``views="validator"``).
+    """
+    meta = {
+        "backbone": "synthetic",
+        "weights_sha256": "synthetic",
+        "pooling": "token",
+        "image_size": 224,
+        "mean": [0.5],
+        "std": [0.5],
+        "library_version": "synthetic",
+        "created": "2026-01-01T00:00:00Z",
+        "extraction_config": {},
+    }
+    meta.update(overrides)
+    return meta
+
+
 def write_cache(
     path: str | os.PathLike,
     features: Mapping[str, np.ndarray],

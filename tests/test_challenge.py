@@ -10,7 +10,7 @@ from sklearn.metrics import accuracy_score, matthews_corrcoef
 
 from schemas import SchemaError, validate
 from stage1.artifacts import read_json
-from stage1.cache import write_cache
+from stage1.cache import synthetic_metadata, write_cache
 from stage1.challenge import (
     challenge_block,
     challenge_bootstrap,
@@ -178,18 +178,6 @@ def _views_cache(path, with_views=True):
                 rows["split"].append(["test"])
                 rows["ids"].append([ids[k]])
                 rows["view"].append([level + 1])
-    meta = {
-        "backbone": "synthetic",
-        "weights_sha256": "synthetic",
-        "pooling": "token",
-        "image_size": 224,
-        "mean": [0.5],
-        "std": [0.5],
-        "library_version": "test",
-        "created": "2026-01-01T00:00:00+00:00",
-        "extraction_config": {},
-        "views": "validator" if with_views else "clean",
-    }
     write_cache(
         path,
         {"cls": np.concatenate(rows["x"]).astype(np.float32)},
@@ -197,7 +185,7 @@ def _views_cache(path, with_views=True):
         labels=np.concatenate(rows["y"]),
         split=list(np.concatenate(rows["split"])),
         view=np.concatenate(rows["view"]),
-        metadata=meta,
+        metadata=synthetic_metadata(views="validator" if with_views else "clean"),
     )
     return path, len(test)
 

@@ -307,24 +307,10 @@ def test_chunked_prediction_equals_one_forward_pass(trained):
 # phase-2 orchestration
 
 
-def _cache_meta():
-    return {
-        "backbone": "vit_small_patch16_dinov3",
-        "weights_sha256": "synthetic",
-        "pooling": "token",
-        "image_size": 224,
-        "mean": [0.485, 0.456, 0.406],
-        "std": [0.229, 0.224, 0.225],
-        "library_version": "test",
-        "created": "2026-01-01T00:00:00Z",
-        "extraction_config": {},
-    }
-
-
 def _write_problem_cache(path, overlap=0):
     """A cache of the synthetic problem with exactly the split sizes of SPEC (so the run reuses
     the compiled training program); ``overlap`` calib rows reuse train ids."""
-    from stage1.cache import write_cache
+    from stage1.cache import synthetic_metadata, write_cache
 
     rng = np.random.default_rng(7)
     sizes = {"train": N_TRAIN, "val": N_VAL, "calib": N_CALIB, "test": N_TEST}
@@ -341,7 +327,7 @@ def _write_problem_cache(path, overlap=0):
         ids=ids,
         labels=np.concatenate(y),
         split=split,
-        metadata=_cache_meta(),
+        metadata=synthetic_metadata(),
     )
 
 

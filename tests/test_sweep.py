@@ -19,7 +19,7 @@ from heads.train import HParams, TrainSpec, fit, predict_logit_margin
 from schemas import SchemaError, validate
 from stage1 import sweep as ss
 from stage1.artifacts import read_json
-from stage1.cache import CacheError, write_cache
+from stage1.cache import CacheError, synthetic_metadata, write_cache
 from stage1.config import ConfigError, override
 from stage1.pipeline import load_splits
 from stage1.presets import load_preset
@@ -146,20 +146,6 @@ def test_stack_hparams_resolves_the_auto_pos_weight_and_keeps_seeds_exact():
 # A tiny cache; the CLI sweep over it
 
 
-def _meta():
-    return {
-        "backbone": "synthetic",
-        "weights_sha256": "synthetic",
-        "pooling": "token",
-        "image_size": 224,
-        "mean": [0.5],
-        "std": [0.5],
-        "library_version": "test",
-        "created": "2026-01-01T00:00:00Z",
-        "extraction_config": {},
-    }
-
-
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     rng = np.random.default_rng(0)
@@ -177,7 +163,7 @@ def cache(tmp_path_factory):
         ids=[f"img{i:04d}" for i in range(n)],
         labels=y,
         split=list(split),
-        metadata=_meta(),
+        metadata=synthetic_metadata(),
     )
     return path
 
