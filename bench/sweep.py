@@ -11,7 +11,8 @@ batch 512, AdamW + warmup-cosine (5 %), class-weighted CE, weight EMA 0.99, best
 AUROC. All methods run on GPU-resident tensors; TF32 matmuls where float32
 (``torch.set_float32_matmul_precision("high")``, JAX's default on GPUs).
 
-- ``jax_sweep``: ``heads.sweep.run_group`` = jit(shard_map(vmap(heads.train.fit))) with the
+- ``jax_sweep``: ``heads.sweep.run_group`` (``heads.programs``: jit(shard_map(vmap(piece))) for
+  each piece of ``heads.train.fit``, compiled concurrently) with the
   config tree's defaults: ``optim.precision=auto`` (bfloat16 GEMMs + first moment on GPUs) and
   ``optim.ema_every=4`` (``--precision``/``--ema-every`` to change), the XLA flags of
   ``stage1.xla_flags``; per-config shuffles; wall incl. compile (first call: trace, XLA

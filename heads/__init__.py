@@ -7,6 +7,8 @@
 - ``heads.step``: the minibatch AdamW step ``fit`` scans over.
 - ``heads.fused_mlp`` / ``heads.mlp_kernels``: the MLP head's training logits with a hand-written
   VJP, and the Pallas GPU kernels for its elementwise passes.
+- ``heads.programs``: ``fit``'s pieces as separate sharded, vmapped programs, compiled
+  concurrently and run epoch by epoch (how sweeps train).
 - ``heads.sweep`` / ``heads.ridge``: sharded grid sweeps and the closed-form ridge rung.
 - ``heads.checkpoint``: safetensors save/load of parameter trees.
 """

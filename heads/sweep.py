@@ -1,10 +1,11 @@
-"""Hyperparameter sweeps: a grid of head configs trained as one vmapped, device-sharded program.
+"""Hyperparameter sweeps: a grid of head configs trained by vmapped, device-sharded programs.
 
 A config is a flat dict over ``SWEEPABLE`` (the fields of ``heads.train.HParams``: continuous
 hyperparameters and the seed) and ``STRUCTURAL`` (``kind``, ``hidden``, ``feature``). Configs that
-share their structural values form a group: one ``TrainSpec`` (static shapes), hence one compiled
-program, in which the group's ``HParams`` ride a leading config axis under ``jax.vmap``
-(``heads.train.fit_many``; DOMAIN.md §4.3). That axis is split over every visible device with
+share their structural values form a group: one ``TrainSpec`` (static shapes), hence one set of
+compiled programs (``heads.programs``: the pieces of ``heads.train.fit``, compiled concurrently),
+in which the group's ``HParams`` ride a leading config axis under ``jax.vmap`` (DOMAIN.md §4.3).
+That axis is split over every visible device with
 ``jax.shard_map`` on a one-axis ``Mesh``: the stacked hyperparameters are placed with
 ``NamedSharding(mesh, P("config"))``, the features are replicated (``P()``), and each device
 trains its slice of configs on its own copy of the data with no communication. The axis is padded
@@ -34,9 +35,10 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from calibrate.thresholds import certified_rank
-from heads import model
+from heads import model, programs
+from heads.programs import AXIS
 from heads.ridge import ridge_sweep
-from heads.train import VAL_CHUNK, HParams, TrainSpec, fit_many
+from heads.train import VAL_CHUNK, HParams, TrainSpec
 
 __all__ = [
     "AXIS",
@@ -58,7 +60,6 @@ __all__ = [
 
 SWEEPABLE: tuple[str, ...] = HParams._fields  # lr, weight_decay, ..., dropout, seed
 STRUCTURAL: tuple[str, ...] = ("kind", "hidden", "feature")
-AXIS = "config"  # name of the mesh axis the configs are split over
 _EVAL_BATCH = 8  # configs whose val activations are alive at once in the exit-rate pass
 
 
@@ -247,38 +248,29 @@ def auto_chunk(spec: TrainSpec, n_val: int, mesh: Mesh, budget_bytes: int | None
 
 
 @functools.lru_cache(maxsize=64)
-def _sharded_fit(spec: TrainSpec, mesh: Mesh, k_exit: int, keep_params: bool):
-    """``jit(shard_map(vmap(fit)))`` for one group; cached per static signature."""
+def _group_programs(spec: TrainSpec, mesh: Mesh, n_cfg: int, shapes: tuple, k_exit: int):
+    """The group's programs (``heads.programs``), compiled concurrently; cached per signature.
 
-    def local(hp, x_train, y_train, x_val, y_val):
-        res = fit_many(spec, hp, x_train, y_train, x_val, y_val)
-        out = {
-            "best_epoch": res.best_epoch,
-            "val_auroc": res.val_auroc,
-            "val_loss": res.val_loss,
-            "train_loss": res.train_loss,
-        }
-        if k_exit > 0:
-            # Re-score val with the selected weights, a few configs at a time so an MLP's
-            # (configs, n_val, hidden) activations never all live at once.
+    With ``k_exit > 0`` a fifth program re-scores val with the selected weights, a few configs
+    at a time so an MLP's (configs, n_val, hidden) activations never all live at once.
+    """
+    av = programs.avals(spec, mesh, n_cfg, [jax.ShapeDtypeStruct(s, d) for s, d in shapes])
+    jobs = programs.training_jobs(spec, mesh, av)
+    if k_exit > 0:
+
+        def local(params, x_val, y_val):
             margins = jax.lax.map(
-                lambda p: model.logit_margin(model.apply(p, x_val)),
-                res.params,
-                batch_size=_EVAL_BATCH,
+                lambda p: model.logit_margin(model.apply(p, x_val)), params, batch_size=_EVAL_BATCH
             )
-            out["val_exit_rate"] = exit_rates(margins, y_val, k_exit)
-        if keep_params:
-            out["params"] = res.params
-        return out
+            return exit_rates(margins, y_val, k_exit)
 
-    sharded = jax.shard_map(
-        local,
-        mesh=mesh,
-        in_specs=(P(AXIS), P(), P(), P(), P()),
-        out_specs=P(AXIS),
-        check_vma=False,
-    )
-    return jax.jit(sharded)
+        fn = jax.jit(
+            jax.shard_map(
+                local, mesh=mesh, in_specs=(P(AXIS), P(), P()), out_specs=P(AXIS), check_vma=False
+            )
+        )
+        jobs.append(("exit", fn, (av.tracker.best.params, av.inputs[2], av.inputs[3])))
+    return programs.compile_concurrently(jobs)
 
 
 def run_group(
@@ -318,17 +310,27 @@ def run_group(
     n_cfg = int(hp.lr.shape[0])
     per_call = n_cfg if chunk is None else max(1, min(int(chunk), n_cfg))
     per_call = math.ceil(per_call / mesh.size) * mesh.size
-    fn = _sharded_fit(spec, mesh, exit_rank(np.asarray(y_val), alpha), keep_params)
-
+    k_exit = exit_rank(np.asarray(y_val), alpha)
     replicated = NamedSharding(mesh, P())
     data = [jax.device_put(a, replicated) for a in (x_train, y_train, x_val, y_val)]
+    progs = _group_programs(spec, mesh, per_call, programs.shapes_of(data), k_exit)
     by_config = NamedSharding(mesh, P(AXIS))
     pieces = []
     for start in range(0, n_cfg, per_call):
         idx = np.minimum(np.arange(start, start + per_call), n_cfg - 1)  # pad: repeat the last
         hp_chunk = jax.device_put(jax.tree.map(lambda a, idx=idx: a[idx], hp), by_config)
         n_real = min(per_call, n_cfg - start)
-        out = fn(hp_chunk, *data)
+        tracker = programs.run(progs, spec, hp_chunk, data, mesh)
+        out = {
+            "best_epoch": tracker.best.epoch,
+            "val_auroc": tracker.val_auroc,
+            "val_loss": tracker.val_loss,
+            "train_loss": tracker.train_loss,
+        }
+        if k_exit > 0:
+            out["val_exit_rate"] = progs["exit"].result()(tracker.best.params, data[2], data[3])
+        if keep_params:
+            out["params"] = tracker.best.params
         pieces.append(jax.tree.map(lambda a, n=n_real: np.asarray(a)[:n], out))
     out = jax.tree.map(lambda *a: np.concatenate(a), *pieces)
 

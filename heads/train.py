@@ -9,6 +9,10 @@ positive weight, EMA decay, dropout) lives in ``HParams``, a pytree of scalar ar
 program over one copy of the features (DOMAIN.md §4.3); ``fit_many`` is that, jitted. Shapes and
 loop lengths live in the static, hashable ``TrainSpec``.
 
+The run is built from four pure pieces — ``prepare`` (cast and chunk the features), ``init_run``,
+``train_epoch`` and ``score_epoch`` — which ``fit`` composes into one program and
+``heads.programs`` compiles as separate, concurrently compiled programs for sweeps.
+
 Minibatches: each epoch draws ``permutation(fold_in(shuffle_key, epoch))``. When ``n_train`` is
 not a multiple of ``batch_size`` the permutation is padded by wrapping around to
 ``ceil(n / B) * B`` indices and the wrapped rows get mask 0, so every example is seen exactly once
@@ -47,18 +51,25 @@ from heads.predict import predict_logit_margin, predict_proba  # re-exported
 from stage1.config import HeadConfig, OptimConfig
 
 __all__ = [
+    "Data",
     "FitResult",
     "HParams",
+    "Tracker",
     "TrainSpec",
     "epoch_batches",
     "fit",
     "fit_many",
+    "init_run",
+    "prepare",
+    "result",
+    "score_epoch",
     "load_params",
     "predict_logit_margin",
     "predict_proba",
     "save_params",
     "split_seed",
     "stack",
+    "train_epoch",
 ]
 
 
@@ -245,81 +256,139 @@ def epoch_batches(
 VAL_CHUNK = 8192
 
 
-def _chunked_logits(params: dict, x_chunks: jax.Array, n: int) -> jax.Array:
-    """Logits of ``x_chunks`` ``(k, chunk, D)`` (zero-padded rows at the end), first ``n`` rows."""
-    logits = jax.lax.map(lambda xc: model.apply(params, xc), x_chunks)
-    return logits.reshape(-1, model.N_CLASSES)[:n]
+# ---------------------------------------------------------------------------------------------
+# The run in four pure pieces. ``fit`` composes them into one program (a ``lax.scan`` over
+# epochs); ``heads.programs`` compiles them as separate programs, concurrently, for sweeps.
 
 
-def _fit(spec: TrainSpec, hp: HParams, x_train, y_train, x_val, y_val) -> FitResult:
-    _check_inputs(spec, hp, x_train, y_train, x_val, y_val)
-    # Mixed precision casts the features once here, so each step gathers half the bytes.
-    cdt = jnp.bfloat16 if spec.precision == "bfloat16" else jnp.float32
-    x_train = jnp.asarray(x_train, cdt)
-    y_train = jnp.asarray(y_train).astype(jnp.int32)
+class Data(NamedTuple):
+    """The features as the epochs read them (``prepare``): cast and chunked once per run."""
+
+    x_train: jax.Array  # (n_train, D) in the compute dtype
+    y_train: jax.Array  # (n_train,) int32
+    x_val_chunks: jax.Array  # (k, chunk, D) float32, zero rows padded at the end
+    y_val: jax.Array  # (n_val,) int32
+
+
+class Tracker(NamedTuple):
+    """Per-epoch curves and the running best epoch (``heads.selection``)."""
+
+    best: selection.Best
+    val_auroc: jax.Array  # (epochs,)
+    val_loss: jax.Array  # (epochs,)
+    train_loss: jax.Array  # (epochs,)
+
+
+def prepare(spec: TrainSpec, x_train, y_train, x_val, y_val) -> Data:
+    """Cast the features once: mixed precision gathers half the bytes at every step."""
+    cdt = _compute_dtype(spec)
     x_val = jnp.asarray(x_val, jnp.float32)
-    y_val = jnp.asarray(y_val).astype(jnp.int32)
     n_val = x_val.shape[0]
     chunk = min(VAL_CHUNK, max(n_val, 1))
     n_chunks = -(-n_val // chunk)
     x_val_chunks = jnp.pad(x_val, ((0, n_chunks * chunk - n_val), (0, 0))).reshape(
         n_chunks, chunk, spec.in_dim
     )
-
-    k_init, k_shuffle, k_drop = split_seed(hp.seed)
-    params0 = model.init(k_init, spec.kind, spec.in_dim, spec.hidden)
-    tx = optim.make_optimizer(
-        hp.lr,
-        hp.weight_decay,
-        hp.warmup_frac,
-        spec.total_steps,
-        mask=optim.decay_mask(params0),
-        mu_dtype=jnp.bfloat16 if spec.precision == "bfloat16" else None,
+    return Data(
+        jnp.asarray(x_train, cdt),
+        jnp.asarray(y_train).astype(jnp.int32),
+        x_val_chunks,
+        jnp.asarray(y_val).astype(jnp.int32),
     )
 
-    train_step, copy_of = step.make_step(spec, hp, tx, x_train, y_train, k_drop, cdt)
+
+def init_run(spec: TrainSpec, hp: HParams) -> tuple[tuple, Tracker]:
+    """Initial training state ``(params, copy, opt_state, ema, t)`` and an empty ``Tracker``."""
+    k_init, _, _ = split_seed(hp.seed)
+    params0 = model.init(k_init, spec.kind, spec.in_dim, spec.hidden)
+    _, copy_of = step.make_step(spec, hp, None, None, None, None, _compute_dtype(spec))
+    state = (
+        params0,
+        copy_of(params0),
+        _optimizer(spec, hp, params0).init(params0),
+        params0,
+        jnp.zeros((), jnp.int32),
+    )
+    nan = jnp.full((spec.epochs,), jnp.nan, jnp.float32)
+    return state, Tracker(selection.init_best(params0), nan, nan, nan)
+
+
+def train_epoch(spec: TrainSpec, hp: HParams, state: tuple, epoch, x_train, y_train):
+    """One epoch of AdamW steps with the weight EMA: ``(state, evaluated weights, mean loss)``."""
+    _, k_shuffle, k_drop = split_seed(hp.seed)
+    tx = _optimizer(spec, hp, state[0])
+    train_step, _ = step.make_step(spec, hp, tx, x_train, y_train, k_drop, _compute_dtype(spec))
     # Unroll the step loop by 2 on GPUs: the loop's bookkeeping kernels (~25 us an iteration)
     # were ~8 % of a 64-head H100 step; on CPU a step is milliseconds and unrolling only costs
     # compile time.
     unroll = 2 if jax.default_backend() == "gpu" else 1
 
-    def ema_fn(state, block):  # t counts the steps taken, so the block's last step is t - 1
-        params, copy, opt_state, ema, t = state
+    def ema_fn(st, block):  # t counts the steps taken, so the block's last step is t - 1
+        params, copy, opt_state, ema, t = st
         ema = optim.ema_block_update(ema, params, t - 1, block, hp.ema_decay)
         return params, copy, opt_state, ema, t
 
-    def epoch(carry, e):
-        state, best = carry
-        batches = epoch_batches(k_shuffle, e, spec.n_train, spec.batch_size)
-        state, step_losses = optim.scan_with_ema(
-            train_step, state, batches, spec.ema_every, ema_fn, unroll
-        )
-        params, _, _, ema, _ = state
-        evald = selection.evaluated_weights(params, ema, hp.ema_decay)
-        logits = _chunked_logits(evald, x_val_chunks, n_val)
-        auc = auroc(model.logit_margin(logits), y_val)
-        vloss = losses.mean_ce(logits, y_val)
-        best = selection.update_best(best, evald, auc, vloss, e)
-        return (state, best), (jnp.mean(step_losses), auc, vloss)
+    batches = epoch_batches(k_shuffle, epoch, spec.n_train, spec.batch_size)
+    state, step_losses = optim.scan_with_ema(
+        train_step, state, batches, spec.ema_every, ema_fn, unroll
+    )
+    params, _, _, ema, _ = state
+    evald = selection.evaluated_weights(params, ema, hp.ema_decay)
+    return state, evald, jnp.mean(step_losses)
 
-    state0 = (
-        params0,
-        copy_of(params0),
-        tx.init(params0),
-        params0,
-        jnp.zeros((), jnp.int32),
+
+def score_epoch(
+    spec: TrainSpec, hp: HParams, tracker: Tracker, evald, train_loss, epoch, x_val_chunks, y_val
+) -> Tracker:
+    """Score an epoch's evaluated weights on val (AUROC, CE) and update the running best."""
+    logits = jax.lax.map(lambda xc: model.apply(evald, xc), x_val_chunks)
+    logits = logits.reshape(-1, model.N_CLASSES)[: y_val.shape[0]]
+    auc = auroc(model.logit_margin(logits), y_val)
+    vloss = losses.mean_ce(logits, y_val)
+    return Tracker(
+        selection.update_best(tracker.best, evald, auc, vloss, epoch),
+        tracker.val_auroc.at[epoch].set(auc),
+        tracker.val_loss.at[epoch].set(vloss),
+        tracker.train_loss.at[epoch].set(train_loss),
     )
-    best0 = selection.init_best(params0)
-    (_, best), (train_loss, val_auc, val_loss) = jax.lax.scan(
-        epoch, (state0, best0), jnp.arange(spec.epochs, dtype=jnp.int32)
+
+
+def result(tracker: Tracker) -> FitResult:
+    """The ``FitResult`` of a finished run."""
+    b = tracker.best
+    return FitResult(b.params, b.epoch, tracker.val_auroc, tracker.train_loss, tracker.val_loss)
+
+
+def _compute_dtype(spec: TrainSpec):
+    return jnp.bfloat16 if spec.precision == "bfloat16" else jnp.float32
+
+
+def _optimizer(spec: TrainSpec, hp: HParams, params):
+    """The run's AdamW (``heads.optim.make_optimizer``); only ``params``' structure is read."""
+    return optim.make_optimizer(
+        hp.lr,
+        hp.weight_decay,
+        hp.warmup_frac,
+        spec.total_steps,
+        mask=optim.decay_mask(params),
+        mu_dtype=jnp.bfloat16 if spec.precision == "bfloat16" else None,
     )
-    return FitResult(
-        params=best.params,
-        best_epoch=best.epoch,
-        val_auroc=val_auc,
-        train_loss=train_loss,
-        val_loss=val_loss,
+
+
+def _fit(spec: TrainSpec, hp: HParams, x_train, y_train, x_val, y_val) -> FitResult:
+    _check_inputs(spec, hp, x_train, y_train, x_val, y_val)
+    data = prepare(spec, x_train, y_train, x_val, y_val)
+
+    def epoch(carry, e):
+        state, tracker = carry
+        state, evald, loss = train_epoch(spec, hp, state, e, data.x_train, data.y_train)
+        tracker = score_epoch(spec, hp, tracker, evald, loss, e, data.x_val_chunks, data.y_val)
+        return (state, tracker), None
+
+    (_, tracker), _ = jax.lax.scan(
+        epoch, init_run(spec, hp), jnp.arange(spec.epochs, dtype=jnp.int32)
     )
+    return result(tracker)
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -147,11 +147,16 @@ def test_xla_default_flags_respect_the_user():
     assert "--xla_gpu_enable_triton_gemm=false" in flags.split()
     assert "--xla_gpu_autotune_level=0" in flags.split()
     assert env["XLA_FLAGS"] == flags
+    assert env["JAX_THREEFRY_GPU_KERNEL_LOWERING"] == "1"
     # A flag the user set keeps its value; the other default is still added, once.
-    env = {"XLA_FLAGS": "--xla_gpu_autotune_level=4 --xla_dump_to=/tmp/d"}
+    env = {
+        "XLA_FLAGS": "--xla_gpu_autotune_level=4 --xla_dump_to=/tmp/d",
+        "JAX_THREEFRY_GPU_KERNEL_LOWERING": "0",
+    }
     flags = xla_flags.apply_defaults(env).split()
     assert "--xla_gpu_autotune_level=4" in flags and "--xla_gpu_autotune_level=0" not in flags
     assert flags.count("--xla_gpu_enable_triton_gemm=false") == 1
+    assert env["JAX_THREEFRY_GPU_KERNEL_LOWERING"] == "0"
     assert xla_flags.apply_defaults(env).split() == flags  # idempotent
     env = {"STAGE1_XLA_DEFAULTS": "0"}
-    assert xla_flags.apply_defaults(env) == "" and "XLA_FLAGS" not in env
+    assert xla_flags.apply_defaults(env) == "" and env == {"STAGE1_XLA_DEFAULTS": "0"}

@@ -60,3 +60,40 @@ def test_grid_split_over_two_gpus_equals_one_gpu():
     np.testing.assert_allclose(
         two.params["out"]["kernel"], one.params["out"]["kernel"], rtol=5e-2, atol=5e-3
     )
+
+
+_RNG_PROBE = """
+import sys
+import jax, jax.numpy as jnp, numpy as np
+from heads import model
+from heads.train import epoch_batches, split_seed
+k_init, k_shuffle, k_drop = split_seed(jnp.int32(7))
+p = jax.jit(lambda k: model.init(k, "mlp", 64, 32))(k_init)
+idx, _ = jax.jit(lambda k: epoch_batches(k, 3, 10000, 512))(k_shuffle)
+drop = jax.jit(lambda k: jax.random.bernoulli(k, 0.9, (512, 32)))(k_drop)
+w = np.asarray(p["hidden"]["kernel"])
+np.savez(sys.argv[1], w=w, idx=np.asarray(idx), drop=np.asarray(drop))
+"""
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _gpus(), reason="needs a CUDA GPU")
+def test_threefry_kernel_lowering_draws_the_same_bits(tmp_path):
+    """stage1.xla_flags turns on JAX_THREEFRY_GPU_KERNEL_LOWERING for compile time: the init
+    weights, epoch shuffles and dropout masks must be bit-identical to the HLO expansion."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = {}
+    for flag in ("0", "1"):
+        env = {**os.environ, "JAX_THREEFRY_GPU_KERNEL_LOWERING": flag, "PYTHONPATH": str(root)}
+        env["PYTHONPATH"] += os.pathsep + os.environ.get("PYTHONPATH", "")
+        f = tmp_path / f"bits{flag}.npz"
+        subprocess.run([sys.executable, "-c", _RNG_PROBE, str(f)], env=env, check=True)
+        out[flag] = np.load(f)
+    for name in ("w", "idx", "drop"):
+        np.testing.assert_array_equal(out["0"][name], out["1"][name])
+    assert sorted(out["1"]["idx"].ravel()[:10000]) == list(range(10000))
