@@ -3,6 +3,8 @@
 - ``heads.model``: ``init(key, kind, in_dim, hidden)`` / ``apply(params, x, dropout_rate, key)``.
 - ``heads.losses``: class-weighted, label-smoothed softmax CE.
 - ``heads.optim``: AdamW + warmup-cosine with array hyperparameters, weight EMA.
+- ``heads.spec``: ``TrainSpec`` (static shapes) and ``HParams`` (per-config values), seeds and
+  minibatch order.
 - ``heads.train``: ``fit`` (one jitted run) and ``fit_many`` (jit(vmap(fit)) over configs).
 - ``heads.step``: the minibatch AdamW step ``fit`` scans over.
 - ``heads.fused_mlp`` / ``heads.mlp_kernels``: the MLP head's training logits with a hand-written

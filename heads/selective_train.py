@@ -42,7 +42,7 @@ import optax
 
 from calibrate.metrics import auroc, selective_risk_at_coverage
 from heads import optim, selection, selective
-from heads.train import epoch_batches, optim_fields, split_seed
+from heads.spec import epoch_batches, optim_fields, split_seed
 
 RISK_LOSSES: tuple[str, ...] = ("lagrangian", "weighted")
 
