@@ -31,7 +31,6 @@ The selective risk at coverage c, the val coverage and the val FNR are recorded 
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -42,7 +41,7 @@ import optax
 
 from calibrate.metrics import auroc, selective_risk_at_coverage
 from heads import optim, selection, selective
-from heads.spec import epoch_batches, optim_fields, split_seed
+from heads.spec import StepCounts, epoch_batches, optim_fields, split_seed
 
 RISK_LOSSES: tuple[str, ...] = ("lagrangian", "weighted")
 
@@ -96,7 +95,7 @@ def resolve_selective_pos_weight(pos_weight: float, risk_loss: str, labels: np.n
 
 @jax.tree_util.register_static
 @dataclass(frozen=True, kw_only=True)
-class SelectiveSpec:
+class SelectiveSpec(StepCounts):
     """Static shapes, loop lengths and loss choices of a run (keys the jit cache)."""
 
     in_dim: int
@@ -141,14 +140,6 @@ class SelectiveSpec:
             risk_loss=sel.risk_loss,
             ema_every=cfg.optim.ema_every,
         )
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return math.ceil(self.n_train / self.batch_size)
-
-    @property
-    def total_steps(self) -> int:
-        return self.epochs * self.steps_per_epoch
 
 
 class SelectiveFitResult(NamedTuple):

@@ -22,7 +22,15 @@ from heads import model
 from heads.optim import resolve_precision
 from stage1.config import HeadConfig, OptimConfig
 
-__all__ = ["HParams", "TrainSpec", "epoch_batches", "optim_fields", "split_seed", "stack"]
+__all__ = [
+    "HParams",
+    "StepCounts",
+    "TrainSpec",
+    "epoch_batches",
+    "optim_fields",
+    "split_seed",
+    "stack",
+]
 
 
 class HParams(NamedTuple):
@@ -96,9 +104,23 @@ def optim_fields(optim: OptimConfig, pos_weight_value: float) -> dict[str, jax.A
     }
 
 
+class StepCounts:
+    """Loop lengths of a run spec with ``n_train``, ``batch_size`` and ``epochs`` fields
+    (``TrainSpec`` and ``heads.selective_train.SelectiveSpec``): the last batch of an epoch may
+    be partial, so an epoch takes ``ceil(n_train / batch_size)`` steps."""
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.n_train / self.batch_size)
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+
 @jax.tree_util.register_static  # a leafless pytree, so vmap(in_axes=None) and jit pass it through
 @dataclass(frozen=True, kw_only=True)
-class TrainSpec:
+class TrainSpec(StepCounts):
     """Static description of a run: it fixes shapes and loop lengths, so it keys the jit cache."""
 
     kind: str  # "mlp" | "linear"
@@ -147,14 +169,6 @@ class TrainSpec:
             precision=resolve_precision(optim.precision),
             ema_every=optim.ema_every,
         )
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return math.ceil(self.n_train / self.batch_size)
-
-    @property
-    def total_steps(self) -> int:
-        return self.epochs * self.steps_per_epoch
 
 
 def split_seed(seed: jax.Array | int) -> tuple[jax.Array, jax.Array, jax.Array]:
