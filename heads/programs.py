@@ -47,14 +47,18 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 
-def sharded(fn: Callable, n_cfg: int, n_shared: int, mesh: Mesh, donate=()) -> Callable:
+def sharded(
+    fn: Callable, n_cfg: int, n_shared: int, mesh: Mesh, donate=(), batch: bool = True
+) -> Callable:
     """``jit(shard_map(vmap(fn)))``: the first ``n_cfg`` arguments (pytrees) carry a leading
     config axis, split over the mesh; the last ``n_shared`` are replicated; every output is
-    per config. Each device runs its slice of configs with no communication."""
-    batched = jax.vmap(fn, in_axes=(0,) * n_cfg + (None,) * n_shared)
+    per config. Each device runs its slice of configs with no communication. With
+    ``batch=False`` ``fn`` takes the device's whole slice itself (no ``vmap``)."""
+    if batch:
+        fn = jax.vmap(fn, in_axes=(0,) * n_cfg + (None,) * n_shared)
     return jax.jit(
         jax.shard_map(
-            batched,
+            fn,
             mesh=mesh,
             in_specs=(P(AXIS),) * n_cfg + (P(),) * n_shared,
             out_specs=P(AXIS),

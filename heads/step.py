@@ -23,7 +23,14 @@ import optax
 
 from heads import fused_mlp, losses, model
 
-__all__ = ["make_step"]
+__all__ = ["make_step", "weight_copy"]
+
+
+def weight_copy(spec, compute_dtype):
+    """``copy_of(params)``: the compute-dtype copy of the hidden kernel that the step carries
+    (mixed-precision MLP heads), or None when there is none to carry."""
+    carry = spec.kind == "mlp" and compute_dtype != jnp.float32
+    return lambda params: params["hidden"]["kernel"].astype(compute_dtype) if carry else None
 
 
 def make_step(spec, hp, tx, x_train, y_train, drop_key, compute_dtype):
@@ -44,9 +51,7 @@ def make_step(spec, hp, tx, x_train, y_train, drop_key, compute_dtype):
     fused = spec.kind == "mlp"
     carry_copy = fused and compute_dtype != jnp.float32
     impl = fused_mlp.default_impl(spec.batch_size, spec.hidden)
-
-    def copy_of(params):
-        return params["hidden"]["kernel"].astype(compute_dtype) if carry_copy else None
+    copy_of = weight_copy(spec, compute_dtype)
 
     def loss_fn(params, xb, yb, mb, key):
         if fused:

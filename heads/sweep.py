@@ -264,11 +264,7 @@ def _group_programs(spec: TrainSpec, mesh: Mesh, n_cfg: int, shapes: tuple, k_ex
             )
             return exit_rates(margins, y_val, k_exit)
 
-        fn = jax.jit(
-            jax.shard_map(
-                local, mesh=mesh, in_specs=(P(AXIS), P(), P()), out_specs=P(AXIS), check_vma=False
-            )
-        )
+        fn = programs.sharded(local, 1, 2, mesh, batch=False)
         jobs.append(("exit", fn, (av.tracker.best.params, av.inputs[2], av.inputs[3])))
     return programs.compile_concurrently(jobs)
 

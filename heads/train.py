@@ -150,10 +150,9 @@ def init_run(spec: TrainSpec, hp: HParams) -> tuple[tuple, Tracker]:
     """Initial training state ``(params, copy, opt_state, ema, t)`` and an empty ``Tracker``."""
     k_init, _, _ = split_seed(hp.seed)
     params0 = model.init(k_init, spec.kind, spec.in_dim, spec.hidden)
-    _, copy_of = step.make_step(spec, hp, None, None, None, None, _compute_dtype(spec))
     state = (
         params0,
-        copy_of(params0),
+        step.weight_copy(spec, _compute_dtype(spec))(params0),
         _optimizer(spec, hp, params0).init(params0),
         params0,
         jnp.zeros((), jnp.int32),
