@@ -51,10 +51,12 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 def default_impl(batch: int, hidden: int, backend: str | None = None) -> str:
     """``"pallas"`` on a GPU when the shapes tile (``mlp_kernels.blocks``), else ``"xla"``.
 
-    ``STAGE1_PALLAS=0`` in the environment forces ``"xla"`` (an escape hatch; same maths).
+    ``STAGE1_PALLAS=0`` in the environment forces ``"xla"`` (an escape hatch; same maths), and
+    so does a JAX without the Pallas Triton backend (``mlp_kernels.AVAILABLE``).
     """
     backend = jax.default_backend() if backend is None else backend
-    if os.environ.get("STAGE1_PALLAS", "1") == "0" or backend != "gpu":
+    off = os.environ.get("STAGE1_PALLAS", "1") == "0" or not mlp_kernels.AVAILABLE
+    if off or backend != "gpu":
         return "xla"
     return "pallas" if mlp_kernels.blocks(batch, hidden) is not None else "xla"
 

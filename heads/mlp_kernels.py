@@ -28,9 +28,18 @@ import math
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as pltriton
 
-__all__ = ["backward", "blocks", "erf", "forward"]
+try:
+    from jax.experimental.pallas import triton as pltriton
+except ImportError:  # pragma: no cover - depends on the installed JAX
+    pltriton = None
+
+__all__ = ["AVAILABLE", "backward", "blocks", "erf", "forward"]
+
+# JAX 0.11 deprecates the Pallas Triton backend (Mosaic GPU is its successor) and warns at each
+# lowering. Once a JAX release drops it, ``heads.fused_mlp.default_impl`` falls back to the XLA
+# form of the same passes (same maths; slower to compile and to run, docs/benchmarks.md).
+AVAILABLE: bool = pltriton is not None
 
 # erf(x) ~ x * P(x^2) / Q(x^2) on [-4, 4] (coefficients of XLA's ErfImpl32 / Eigen's
 # generic_fast_erf_float; highest degree first).
@@ -116,6 +125,14 @@ def _backward_kernel(pre_ref, b1_ref, w2t_ref, dzt_ref, *rest, has_keep):
     dw2_ref[1, :] = jnp.sum(h * dz1, axis=0)
 
 
+def _require_triton() -> None:
+    if not AVAILABLE:
+        raise RuntimeError(
+            "this JAX has no Pallas Triton backend (jax.experimental.pallas.triton); "
+            "use impl='xla' (heads.fused_mlp.default_impl picks it automatically)"
+        )
+
+
 def _specs(batch, hidden, has_keep):
     bb, bh = blocks(batch, hidden)
     grid = (hidden // bh, batch // bb)  # (column tile j, row tile i)
@@ -133,6 +150,7 @@ def forward(pre, b1, w2, keep=None, *, interpret=False):
 
     ``b1`` ``(H,)``, ``w2`` ``(H, 2)``; ``keep`` is None or the ``(B, H)`` dropout multiplier.
     """
+    _require_triton()
     batch, hidden = pre.shape
     has_keep = keep is not None
     grid, bb, tile, vec, two_by_h, _, keep_spec = _specs(batch, hidden, has_keep)
@@ -155,6 +173,7 @@ def backward(pre, b1, w2, dz, keep=None, *, interpret=False):
 
     ``dpre`` has ``pre``'s dtype; ``db1`` ``(H,)`` and ``dW2`` ``(H, 2)`` are float32.
     """
+    _require_triton()
     batch, hidden = pre.shape
     has_keep = keep is not None
     grid, bb, tile, vec, two_by_h, two_by_b, keep_spec = _specs(batch, hidden, has_keep)

@@ -151,6 +151,15 @@ def test_tiles_and_impl_choice(monkeypatch):
     assert fused_mlp.default_impl(512, 768, backend="gpu") == "xla"
 
 
+def test_a_jax_without_pallas_triton_falls_back_to_xla(monkeypatch):
+    """JAX 0.11 deprecates the Pallas Triton backend: once gone, GPUs take the XLA passes."""
+    monkeypatch.setattr(mlp_kernels, "AVAILABLE", False)
+    assert fused_mlp.default_impl(512, 768, backend="gpu") == "xla"
+    pre = jnp.zeros((16, 48), jnp.float32)  # a shape no other test traces (jit cache)
+    with pytest.raises(RuntimeError, match="impl='xla'"):
+        mlp_kernels.forward(pre, jnp.zeros(48), jnp.zeros((48, 2)), interpret=True)
+
+
 def test_bad_arguments_are_named():
     params = _head()
     x, _ = _data()
