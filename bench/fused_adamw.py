@@ -156,7 +156,7 @@ def main():
             stages=stages,
             interpret=a.quick,
         )
-        return jax.vmap(lambda x_, d_, w_, m_, v_, h_: f(x_, d_, w_, m_, v_, h_))
+        return jax.vmap(f)
 
     ref = jax.jit(xla)(x, d, w, mu, nu, lr, wd, cnt)
     d_alt = jnp.stack([d, -d])  # step i reads d_alt[i % 2]
