@@ -15,7 +15,7 @@ Data discipline (METHODS.md §3.4, §5.5):
 
 Policies, the choice of the shipped SCRC-I candidate (gate vs softmax response, each at
 delta / 2) and the definitions of coverage, selected risk, exit rate and FNR:
-``stage1.exit_policies``.
+``calibrate.exit_policies``.
 
 Infeasible requests: SCRC-I raises ValueError when (alpha, delta, target coverage) cannot be
 certified with this calib split (too few images or positives, or a model too weak). A run whose
@@ -41,7 +41,7 @@ import numpy as np
 from stage1 import phase2_records as R
 from stage1.artifacts import write_json
 from stage1.config import Config, to_dict
-from stage1.exit_policies import fit_exit_policies, jsonable
+from calibrate.exit_policies import fit_exit_policies, jsonable
 from stage1.pipeline import SplitData, load_splits
 
 # Tiny plain-L2 penalty on the 3 free Dirichlet parameters: on a (nearly) separable val split the

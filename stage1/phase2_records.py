@@ -18,7 +18,7 @@ import numpy as np
 
 from stage1.artifacts import atomic_write_bytes
 from stage1.config import Config
-from stage1.exit_policies import (
+from calibrate.exit_policies import (
     CANDIDATES,
     ExitPolicies,
     policy_metrics,

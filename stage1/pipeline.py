@@ -8,7 +8,7 @@ fitted, so exchangeability of the conformal step cannot silently break.
 Challenge conditions: a cache extracted with ``--views validator`` also holds, for every test
 image, the four views StreetVision validators send (cache views 1-4 = augmentation levels 0-3).
 They are predicted after training, saved as ``test_views_*`` in predictions.npz and scored with
-the subnet's reward at the 0.5 boundary (``stage1.challenge``) into metrics.json's ``challenge``
+the subnet's reward at the 0.5 boundary (``calibrate.challenge``) into metrics.json's ``challenge``
 block. They never enter fitting, epoch selection or the threshold.
 """
 
@@ -117,7 +117,7 @@ def run_training(cfg: Config, cache_path: Path, out: Path) -> RunSummary:
     from calibrate import metrics as M
     from calibrate.thresholds import fnr_threshold
     from heads.train import HParams, TrainSpec, fit, predict_proba, save_params
-    from stage1.challenge import challenge_block
+    from calibrate.challenge import challenge_block
 
     t0 = time.perf_counter()
     splits, cache_meta, views = load_cache(cache_path, cfg.head.feature)

@@ -8,7 +8,7 @@ back into ``metrics.json`` and renders PNG figures, ``report.md`` (images linked
 ``report.html`` (images embedded as base64 data URIs, no external resources).
 
 "Challenge conditions" scores the test split with the StreetVision reward at the 0.5 boundary
-(``stage1.challenge``): the clean images always, and each validator augmentation level when the
+(``calibrate.challenge``): the clean images always, and each validator augmentation level when the
 run's cache was extracted with ``--views validator`` (``test_views_*`` in predictions.npz), with
 intervals from a bootstrap over images (all views of an image resampled together).
 """
@@ -26,7 +26,7 @@ import numpy as np
 
 from stage1 import plots
 from stage1.artifacts import atomic_write_bytes, read_json, write_json
-from stage1.challenge import challenge_block
+from calibrate.challenge import challenge_block
 from stage1.document import to_html, to_markdown
 
 SPLITS = ("train", "val", "calib", "test")

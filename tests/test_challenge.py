@@ -11,7 +11,7 @@ from sklearn.metrics import accuracy_score, matthews_corrcoef
 from schemas import SchemaError, validate
 from stage1.artifacts import read_json
 from stage1.cache import synthetic_metadata, write_cache
-from stage1.challenge import (
+from calibrate.challenge import (
     challenge_block,
     challenge_bootstrap,
     challenge_metrics,

@@ -452,7 +452,7 @@ def test_phase2_artifacts_alone_reproduce_the_shipped_decisions(phase2_run):
     from heads.checkpoint import load_params
     from stage1.artifacts import read_json
     from stage1.cache import open_cache
-    from stage1.exit_policies import decision_codes
+    from calibrate.exit_policies import decision_codes
 
     s, cache_path = phase2_run
     cache = open_cache(cache_path)
@@ -479,7 +479,7 @@ def test_phase2_artifacts_alone_reproduce_the_shipped_decisions(phase2_run):
 
 
 def test_policy_metrics_and_decision_codes_by_hand():
-    from stage1.exit_policies import decision_codes, jsonable, policy_metrics
+    from calibrate.exit_policies import decision_codes, jsonable, policy_metrics
 
     codes = decision_codes(["defer", "exit_negative", "exit_positive", "exit_negative", "defer"])
     np.testing.assert_array_equal(codes, [-1, 0, 1, 0, -1])

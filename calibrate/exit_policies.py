@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 
-from stage1.config import RiskConfig
 
 DECISION_CODES = {"defer": -1, "exit_negative": 0, "exit_positive": 1}
 CANDIDATES: tuple[str, ...] = ("gate", "softmax_response")
@@ -136,12 +135,13 @@ class ExitPolicies:
 
 
 def fit_exit_policies(
-    risk: RiskConfig, gate_calibrated: np.ndarray, q: np.ndarray, labels: np.ndarray
+    risk: Any, gate_calibrated: np.ndarray, q: np.ndarray, labels: np.ndarray
 ) -> ExitPolicies:
     """Fit both SCRC-I candidates (each at ``delta / 2``) and the two-sided policy on calib.
 
     Args:
-        risk: alpha, delta, target_coverage, scrc_risk (SCRC-I); alpha, beta, method (two-sided).
+        risk: any object with the attributes alpha, delta, target_coverage, scrc_risk (SCRC-I)
+            and alpha, beta, method (two-sided), e.g. the run config's risk section.
         gate_calibrated: Platt-calibrated gate of the calib images.
         q: calibrated P(roadwork) of the calib images.
         labels: their labels in {0, 1}.
