@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 
-
 DECISION_CODES = {"defer": -1, "exit_negative": 0, "exit_positive": 1}
 CANDIDATES: tuple[str, ...] = ("gate", "softmax_response")
 

@@ -59,8 +59,9 @@ def make_optimizer(
     *,
     mask: dict | None = None,
     mu_dtype: jnp.dtype | None = None,
+    name: str = "adamw",
 ) -> optax.GradientTransformationExtraArgs:
-    """``optax.inject_hyperparams(optax.adamw)`` driven by ``warmup_cosine``.
+    """``optax.inject_hyperparams(optax.adamw)`` (or SGDW) driven by ``warmup_cosine``.
 
     Build it inside the traced (jitted / vmapped) training function: the schedule closes over the
     traced ``peak_lr`` and ``warmup_frac``, and ``weight_decay`` lands in
@@ -79,21 +80,38 @@ def make_optimizer(
             step, far above bfloat16's 0.4 % resolution). The second moment stays float32:
             beta2 = 0.999 moves it by 0.1 % a step, which bfloat16 would round away.
 
+        name: ``"adamw"`` or ``"sgd"`` (SGDW: heavy-ball momentum 0.9 with decoupled weight
+            decay, ``w <- w - lr (m + wd w)``, Loshchilov & Hutter 2019; ``mu_dtype`` is then
+            the momentum's dtype).
+
     Returns:
         A ``GradientTransformationExtraArgs``; call ``update(grads, state, params)`` with params.
     """
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    if name not in ("adamw", "sgd"):
+        raise ValueError(f"optimizer must be adamw or sgd, got {name!r}")
     w = warmup_steps(warmup_frac, total_steps)
 
     def schedule(count: jax.Array) -> jax.Array:
         return warmup_cosine(count, peak_lr, w, total_steps)
 
-    return optax.inject_hyperparams(optax.adamw, static_args=("mu_dtype",))(
+    factory = optax.adamw if name == "adamw" else _sgdw
+    return optax.inject_hyperparams(factory, static_args=("mu_dtype",))(
         learning_rate=schedule,
         weight_decay=jnp.asarray(weight_decay, jnp.float32),
         mask=mask,
         mu_dtype=mu_dtype,
+    )
+
+
+def _sgdw(learning_rate, weight_decay, mask=None, mu_dtype=None, momentum=0.9):
+    """SGD with momentum and decoupled weight decay: optax ships SGD with coupled (L2) decay
+    only, where the decay would pass through the momentum."""
+    return optax.chain(
+        optax.trace(decay=momentum, accumulator_dtype=mu_dtype),
+        optax.add_decayed_weights(weight_decay, mask),
+        optax.scale_by_learning_rate(learning_rate),
     )
 
 

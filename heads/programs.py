@@ -30,10 +30,20 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from heads import train
-from heads.train import HParams, Tracker, TrainSpec
+from heads import families, train
+from heads.spec import OPTIM_HPARAMS, HParams, TrainSpec
+from heads.train import Tracker
 
-__all__ = ["AXIS", "Avals", "avals", "compile_concurrently", "run", "sharded", "training_jobs"]
+__all__ = [
+    "AXIS",
+    "Avals",
+    "avals",
+    "compile_concurrently",
+    "hparams_avals",
+    "run",
+    "sharded",
+    "training_jobs",
+]
 
 AXIS = "config"  # name of the mesh axis the configs are split over
 
@@ -78,9 +88,9 @@ class Avals(NamedTuple):
     hp: HParams  # per config
     inputs: tuple  # the four arrays given to the sweep, replicated
     data: train.Data  # after ``prepare``, replicated
-    state: tuple  # the training state, per config
+    state: train.TrainState  # the training state, per config
     tracker: Tracker  # per config
-    loss: jax.ShapeDtypeStruct  # per-config mean training loss of an epoch
+    logs: dict  # per-config epoch logs of train_epoch (train_loss, the family's step logs)
     epoch: jax.ShapeDtypeStruct  # the epoch index, replicated
 
 
@@ -88,25 +98,36 @@ def avals(spec: TrainSpec, mesh: Mesh, n_cfg: int, inputs: Sequence) -> Avals:
     """``Avals`` of a group of ``n_cfg`` configs (a multiple of the mesh size) on ``inputs``
     (``(x_train, y_train, x_val, y_val)``: arrays or ``ShapeDtypeStruct``s)."""
     by_cfg, rep = NamedSharding(mesh, P(AXIS)), NamedSharding(mesh, P())
-    hp = HParams(
-        **{
-            f: jax.ShapeDtypeStruct((n_cfg,), jnp.int32 if f == "seed" else jnp.float32)
-            for f in HParams._fields
-        }
-    )
-    hp = _place(hp, by_cfg)
+    hp = _place(hparams_avals(spec, n_cfg), by_cfg)
     inputs = _place(tuple(inputs), rep)
     data = _place(jax.eval_shape(functools.partial(train.prepare, spec), *inputs), rep)
     state, tracker = jax.eval_shape(jax.vmap(functools.partial(train.init_run, spec)), hp)
+    epoch = jax.ShapeDtypeStruct((), jnp.int32, sharding=rep)
+    _, _, logs = jax.eval_shape(
+        jax.vmap(functools.partial(train.train_epoch, spec), in_axes=(0, 0, None, None, None)),
+        hp,
+        state,
+        epoch,
+        data.x_train,
+        data.y_train,
+    )
     return Avals(
         hp,
         inputs,
         data,
         _place(state, by_cfg),
         _place(tracker, by_cfg),
-        jax.ShapeDtypeStruct((n_cfg,), jnp.float32, sharding=by_cfg),
-        jax.ShapeDtypeStruct((), jnp.int32, sharding=rep),
+        _place(logs, by_cfg),
+        epoch,
     )
+
+
+def hparams_avals(spec: TrainSpec, n_cfg: int) -> HParams:
+    """Shapes and dtypes of a stack of ``n_cfg`` ``HParams`` for ``spec``'s family."""
+    vec = functools.partial(jax.ShapeDtypeStruct, (n_cfg,))
+    optim = {f: vec(jnp.int32 if f == "seed" else jnp.float32) for f in OPTIM_HPARAMS}
+    head = {n: vec(jnp.float32) for n in families.of(spec).hparam_names}
+    return HParams(**optim, head=head)
 
 
 def training_jobs(spec: TrainSpec, mesh: Mesh, av: Avals) -> list[tuple[str, Callable, tuple]]:
@@ -115,7 +136,7 @@ def training_jobs(spec: TrainSpec, mesh: Mesh, av: Avals) -> list[tuple[str, Cal
     d = av.data
     return [
         (
-            "epoch",  # (hp, state, epoch, x_train, y_train) -> (state, evaluated weights, loss)
+            "epoch",  # (hp, state, epoch, x_train, y_train) -> (state, evaluated weights, logs)
             sharded(functools.partial(train.train_epoch, spec), 2, 3, mesh, donate=(1,)),
             (av.hp, av.state, av.epoch, d.x_train, d.y_train),
         ),
@@ -130,9 +151,9 @@ def training_jobs(spec: TrainSpec, mesh: Mesh, av: Avals) -> list[tuple[str, Cal
             av.inputs,
         ),
         (
-            "score",  # (hp, tracker, evaluated weights, loss, epoch, x_val_chunks, y_val)
+            "score",  # (hp, tracker, evaluated weights, logs, epoch, x_val_chunks, y_val)
             sharded(functools.partial(train.score_epoch, spec), 4, 3, mesh, donate=(1,)),
-            (av.hp, av.tracker, av.tracker.best.params, av.loss, av.epoch, d.x_val_chunks, d.y_val),
+            (av.hp, av.tracker, av.tracker.best.params, av.logs, av.epoch, d.x_val_chunks, d.y_val),
         ),
     ]
 
@@ -162,9 +183,9 @@ def run(programs: dict[str, Future], spec: TrainSpec, hp: HParams, inputs, mesh:
     state, tracker = programs["init"].result()(hp)
     for e in range(spec.epochs):
         ep = jax.device_put(np.int32(e), rep)
-        state, evald, loss = programs["epoch"].result()(hp, state, ep, data.x_train, data.y_train)
+        state, evald, logs = programs["epoch"].result()(hp, state, ep, data.x_train, data.y_train)
         tracker = programs["score"].result()(
-            hp, tracker, evald, loss, ep, data.x_val_chunks, data.y_val
+            hp, tracker, evald, logs, ep, data.x_val_chunks, data.y_val
         )
     return tracker
 

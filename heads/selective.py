@@ -1,4 +1,4 @@
-"""SelectiveNet's three heads over a small shared trunk, and its losses, as pure functions.
+"""SelectiveNet's three heads over a small shared trunk (a Flax module), and its losses.
 
 Architecture (METHODS.md §1.1, §1.5; Geifman & El-Yaniv, ICML 2019)::
 
@@ -22,12 +22,17 @@ per-unit ``scale`` initialised at 0.1 (BatchNorm with gamma = 0.1, beta = 0 on i
 already of unit order under the trunk's variance-preserving init). It is not weight-decayed
 (``heads.optim.decay_mask`` decays only ``kernel`` leaves).
 
-Parameters are the same two-level pytree as ``heads.model``: ``{layer: {leaf: array}}`` with
-layers ``trunk0[, trunk1]``, ``f_out``, ``g_hidden``, ``g_scale``, ``g_out``, ``h_out``.
+``SelectiveNet`` is a Flax module used through its pure init/apply (``heads.selective_family``
+trains it). Its parameters are the same two-level pytree as ``heads.model``'s,
+``{layer: {leaf: array}}``, with layers ``trunk0[, trunk1]``, ``f_out``, ``g_hidden``,
+``g_scale`` (leaf ``scale``), ``g_out``, ``h_out``.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -36,88 +41,49 @@ GATE_HIDDEN = 512  # official Dense(512) of the selection head
 GATE_INIT_SCALE = 0.1  # the official "x 1/10" after BatchNorm
 FORMS: tuple[str, ...] = ("paper", "code")
 
-# LeCun normal (flax.linen.Dense's default), biases zero: the same init as heads.model, so the
-# trunk keeps unit-order activations for unit-order features and the heads start near P = 0.5.
-_kernel_init = jax.nn.initializers.lecun_normal()
+
+class _Scale(nn.Module):
+    """A learnable per-unit scale (the gate's stand-in for BatchNorm-then-x0.1, see above)."""
+
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, a):
+        scale = self.param("scale", nn.initializers.constant(GATE_INIT_SCALE), (a.shape[-1],))
+        return a * scale.astype(self.dtype)
 
 
-def _dense(key: jax.Array, fan_in: int, fan_out: int) -> dict[str, jax.Array]:
-    return {
-        "kernel": _kernel_init(key, (fan_in, fan_out), jnp.float32),
-        "bias": jnp.zeros((fan_out,), jnp.float32),
-    }
+class SelectiveNet(nn.Module):
+    """Trunk -> (f, g, h); ``__call__`` returns ``(f_logits, gate_logit, h_logits)``.
 
-
-def init_selective(
-    key: jax.Array,
-    in_dim: int,
-    trunk_hidden: int = 512,
-    head_hidden: int = GATE_HIDDEN,
-    trunk_layers: int = 1,
-) -> dict:
-    """Initial parameters of the three-head selective net.
-
-    Args:
-        key: PRNG key.
-        in_dim: feature dimension D.
-        trunk_hidden: width H of the shared trunk.
-        head_hidden: width of the gate's hidden layer (official: 512).
-        trunk_layers: 1 or 2 Dense -> GELU layers in the trunk.
-
-    Returns:
-        Two-level dict of float32 arrays (see the module docstring).
+    ``nn.Dense``'s defaults (LeCun normal kernels, zero biases) keep the trunk's activations of
+    unit order for unit-order features, so every head starts near P = 0.5. ``dtype`` is the
+    compute dtype (float32, or bfloat16 under mixed precision); outputs are float32. The gate's
+    pre-sigmoid value is returned, not g: a float32 sigmoid saturates at exactly 1.0 for logits
+    above ~17, where calibrators would lose the ranking.
     """
-    if min(in_dim, trunk_hidden, head_hidden) < 1:
-        raise ValueError(
-            f"in_dim, trunk_hidden and head_hidden must be >= 1, got "
-            f"{in_dim}, {trunk_hidden}, {head_hidden}"
-        )
-    if trunk_layers not in (1, 2):
-        raise ValueError(f"trunk_layers must be 1 or 2, got {trunk_layers}")
-    keys = jax.random.split(key, trunk_layers + 4)
-    params: dict = {}
-    width = in_dim
-    for layer in range(trunk_layers):
-        params[f"trunk{layer}"] = _dense(keys[layer], width, trunk_hidden)
-        width = trunk_hidden
-    k_f, k_gh, k_go, k_h = keys[trunk_layers:]
-    params["f_out"] = _dense(k_f, width, N_CLASSES)
-    params["g_hidden"] = _dense(k_gh, width, head_hidden)
-    params["g_scale"] = {"scale": jnp.full((head_hidden,), GATE_INIT_SCALE, jnp.float32)}
-    params["g_out"] = _dense(k_go, head_hidden, 1)
-    params["h_out"] = _dense(k_h, width, N_CLASSES)
-    return params
 
+    trunk_hidden: int = 512
+    head_hidden: int = GATE_HIDDEN
+    trunk_layers: int = 1
+    dtype: Any = jnp.float32
 
-def _trunk_layers(params: dict) -> list[str]:
-    names = sorted(k for k in params if k.startswith("trunk"))
-    if not names or set(params) - set(names) != {"f_out", "g_hidden", "g_scale", "g_out", "h_out"}:
-        raise ValueError(f"not a selective-net parameter tree: top-level keys {sorted(params)}")
-    return names
+    @nn.compact
+    def __call__(self, x):
+        def dense(n, name):
+            return nn.Dense(n, dtype=self.dtype, name=name)
 
-
-def apply_logits(params: dict, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``(f_logits (n, 2), gate_logit (n,), h_logits (n, 2))``; ``g = sigmoid(gate_logit)``.
-
-    The gate's pre-sigmoid value is what calibrators should see: a float32 sigmoid saturates at
-    exactly 1.0 for logits above ~17, where the ranking information would be lost.
-    """
-    u = jnp.asarray(x, jnp.float32)
-    for name in _trunk_layers(params):
-        # Exact (erf) GELU, as heads.model and torch.nn.GELU.
-        u = jax.nn.gelu(u @ params[name]["kernel"] + params[name]["bias"], approximate=False)
-    f_logits = u @ params["f_out"]["kernel"] + params["f_out"]["bias"]
-    a = jax.nn.relu(u @ params["g_hidden"]["kernel"] + params["g_hidden"]["bias"])
-    a = a * params["g_scale"]["scale"]
-    gate_logit = (a @ params["g_out"]["kernel"] + params["g_out"]["bias"])[..., 0]
-    h_logits = u @ params["h_out"]["kernel"] + params["h_out"]["bias"]
-    return f_logits, gate_logit, h_logits
-
-
-def apply_selective(params: dict, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``(f_logits (n, 2), g (n,) in (0, 1), h_logits (n, 2))`` on features ``x`` ``(n, D)``."""
-    f_logits, gate_logit, h_logits = apply_logits(params, x)
-    return f_logits, jax.nn.sigmoid(gate_logit), h_logits
+        u = jnp.asarray(x, self.dtype)
+        for layer in range(self.trunk_layers):
+            # Exact (erf) GELU, as heads.model and torch.nn.GELU.
+            u = jax.nn.gelu(dense(self.trunk_hidden, f"trunk{layer}")(u), approximate=False)
+        f_logits = dense(N_CLASSES, "f_out")(u)
+        a = jax.nn.relu(dense(self.head_hidden, "g_hidden")(u))
+        a = _Scale(self.dtype, name="g_scale")(a)
+        gate_logit = dense(1, "g_out")(a)[..., 0]
+        h_logits = dense(N_CLASSES, "h_out")(u)
+        f32 = jnp.float32
+        return f_logits.astype(f32), gate_logit.astype(f32), h_logits.astype(f32)
 
 
 def margin(logits: jax.Array) -> jax.Array:

@@ -1,174 +1,153 @@
 """What a head training run is: its static ``TrainSpec``, per-config ``HParams``, seeds and
 minibatch order.
 
-``TrainSpec`` fixes shapes and loop lengths (so it keys the jit cache); ``HParams`` holds every
-value that may differ between the configs of a sweep, as scalar arrays, so a grid of them rides a
-leading axis under ``jax.vmap``. ``split_seed`` and ``epoch_batches`` derive the run's randomness
-from its seed. ``heads.train`` re-exports all of them.
+``TrainSpec`` fixes shapes, loop lengths and every choice that changes the program (the head
+family and its static options, precision, optimizer, SAM mode), so it keys the jit cache.
+``HParams`` holds every value that may differ between the configs of a sweep, as scalar arrays,
+so a grid of them rides a leading axis under ``jax.vmap``: the optimizer's values (shared by
+every family) plus the family's own (``Family.hparam_names``: dropout for the MLP, the
+selective loss's coverage target and multiplier for the selective net) in ``HParams.head``.
+``split_seed`` and ``epoch_batches`` derive the run's randomness from its seed.
+
+This module knows nothing of the config tree: ``stage1`` builds specs and hyperparameters from
+it (the library rooms never import the orchestration room).
 """
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-
-from heads import model
-from heads.optim import resolve_precision
-from stage1.config import HeadConfig, OptimConfig
+import numpy as np
 
 __all__ = [
+    "OPTIMIZERS",
+    "OPTIM_HPARAMS",
     "HParams",
-    "StepCounts",
+    "HeadSpec",
     "TrainSpec",
     "epoch_batches",
-    "optim_fields",
     "split_seed",
     "stack",
 ]
+
+OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
+SAM_MODES: tuple[str, ...] = ("none", "sam", "asam", "fsam")
 
 
 class HParams(NamedTuple):
     """Per-configuration hyperparameters: scalar arrays (or a leading config axis after ``stack``).
 
-    All fields are float32 except ``seed``, which is int32 (exact for every seed in [0, 2**31),
-    where float32 would collapse seeds above 2**24). The seed drives init, shuffling and dropout.
+    All float32 except ``seed``, int32 (exact for every seed in [0, 2**31), where float32 would
+    collapse seeds above 2**24). The seed drives init, shuffling and dropout.
     """
 
-    lr: jax.Array  # peak AdamW learning rate
+    lr: jax.Array  # peak learning rate
     weight_decay: jax.Array  # decoupled weight decay (kernels only)
     warmup_frac: jax.Array  # linear warm-up as a fraction of all steps
     label_smoothing: jax.Array  # symmetric smoothing of the CE targets
     pos_weight: jax.Array  # resolved positive-class weight (>= 0; never the -1 sentinel)
     ema_decay: jax.Array  # weight EMA decay; 0 = no EMA
-    dropout: jax.Array  # dropout rate on the MLP hidden layer
+    sam_rho: jax.Array  # SAM/ASAM/F-SAM perturbation radius (unused with sam="none")
+    fsam_sigma: jax.Array  # F-SAM: weight of the gradient EMA subtracted from the direction
+    fsam_lambda: jax.Array  # F-SAM: decay of that gradient EMA
     seed: jax.Array  # int32 PRNG seed
+    head: dict[str, jax.Array]  # the family's own traced hyperparameters, by name
 
     @classmethod
-    def from_config(
-        cls, optim: OptimConfig, head: HeadConfig, pos_weight_value: float | None = None
-    ) -> HParams:
-        """Build from the config tree.
+    def create(cls, head: Mapping[str, float] | None = None, **optim: float) -> HParams:
+        """Scalar ``HParams`` from plain numbers (``optim``: every optimizer field by name)."""
+        missing = [f for f in OPTIM_HPARAMS if f not in optim]
+        unknown = [f for f in optim if f not in OPTIM_HPARAMS]
+        if missing or unknown:
+            raise ValueError(f"HParams.create: missing {missing}, unknown {unknown}")
+        if optim["pos_weight"] < 0:
+            raise ValueError(
+                f"pos_weight must be resolved to a value >= 0, got {optim['pos_weight']}"
+            )
+        if not 0 <= int(optim["seed"]) < 2**31:
+            raise ValueError(f"seed must be in [0, 2**31), got {optim['seed']}")
+        # numpy scalars: no device transfer per value (a sweep builds hundreds of these)
+        vals = {k: np.asarray(v, np.int32 if k == "seed" else np.float32) for k, v in optim.items()}
+        head = {k: np.asarray(v, np.float32) for k, v in (head or {}).items()}
+        return cls(**vals, head=head)
 
-        Args:
-            optim: supplies lr, weight_decay, warmup_frac, label_smoothing, ema_decay, seed.
-            head: supplies dropout.
-            pos_weight_value: the resolved positive weight (``losses.resolve_pos_weight(
-                optim.pos_weight, y_train)``); may be omitted when ``optim.pos_weight`` is
-                already explicit (>= 0).
-        """
-        if pos_weight_value is None:
-            if optim.pos_weight < 0:
-                raise ValueError(
-                    "optim.pos_weight=-1 needs the training labels: pass "
-                    "pos_weight_value=heads.losses.resolve_pos_weight(pos_weight, y_train)"
-                )
-            pos_weight_value = optim.pos_weight
-        return cls(
-            **optim_fields(optim, pos_weight_value),
-            dropout=jnp.asarray(head.dropout, jnp.float32),
-        )
+
+OPTIM_HPARAMS: tuple[str, ...] = tuple(f for f in HParams._fields if f != "head")
 
 
 def stack(hps: Sequence[HParams]) -> HParams:
-    """Stack scalar ``HParams`` along a new leading config axis (for ``fit_many``)."""
+    """Stack scalar ``HParams`` along a new leading config axis (for ``fit_many``), as numpy."""
     if len(hps) == 0:
         raise ValueError("stack needs at least one HParams")
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *hps)
+    return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *hps)
 
 
-def optim_fields(optim: OptimConfig, pos_weight_value: float) -> dict[str, jax.Array]:
-    """The optimizer/loss hyperparameters every trainer shares, as traced scalars.
+@dataclass(frozen=True)
+class HeadSpec:
+    """Static options of a head family (subclassed by each family: ``kind`` names it)."""
 
-    float32 except ``seed`` (int32: exact for every seed in [0, 2**31)). Used by ``HParams`` and
-    ``heads.selective_train.SelectiveHParams``.
-    """
-    if pos_weight_value < 0:
-        raise ValueError(f"pos_weight_value must be >= 0, got {pos_weight_value}")
-    if not 0 <= optim.seed < 2**31:
-        raise ValueError(f"optim.seed must be in [0, 2**31), got {optim.seed}")
-    f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
-    return {
-        "lr": f32(optim.lr),
-        "weight_decay": f32(optim.weight_decay),
-        "warmup_frac": f32(optim.warmup_frac),
-        "label_smoothing": f32(optim.label_smoothing),
-        "pos_weight": f32(pos_weight_value),
-        "ema_decay": f32(optim.ema_decay),
-        "seed": jnp.asarray(optim.seed, jnp.int32),
-    }
+    kind = "?"
+
+    def check(self) -> None:
+        """Raise ValueError on options no run could use."""
 
 
-class StepCounts:
-    """Loop lengths of a run spec with ``n_train``, ``batch_size`` and ``epochs`` fields
-    (``TrainSpec`` and ``heads.selective_train.SelectiveSpec``): the last batch of an epoch may
-    be partial, so an epoch takes ``ceil(n_train / batch_size)`` steps."""
+@jax.tree_util.register_static  # a leafless pytree, so vmap(in_axes=None) and jit pass it through
+@dataclass(frozen=True, kw_only=True)
+class TrainSpec:
+    """Static description of a run: it fixes the program, so it keys the jit cache."""
+
+    head: HeadSpec  # the family and its static options (``heads.family``)
+    in_dim: int  # feature dimension D
+    epochs: int  # passes over the train split
+    batch_size: int  # examples per step
+    n_train: int  # number of training rows (sets the steps per epoch)
+    # Resolved training precision (heads.optim.resolve_precision): "float32", or "bfloat16" =
+    # bfloat16 GEMM inputs and activations, bfloat16 Adam first moment, float32 master weights,
+    # second moment and EMA. Evaluation on val is always float32.
+    precision: str = "float32"
+    ema_every: int = 1  # weight-EMA period in optimizer steps (heads.optim.ema_block_update)
+    optimizer: str = "adamw"  # adamw | sgd (momentum 0.9), both with decoupled weight decay
+    sam: str = "none"  # none | sam | asam | fsam (heads.sam): two gradients per step
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.head, HeadSpec):
+            raise ValueError(f"TrainSpec.head must be a HeadSpec, got {self.head!r}")
+        self.head.check()
+        if self.precision not in ("float32", "bfloat16"):
+            raise ValueError(
+                f"TrainSpec.precision must be float32|bfloat16 (resolve 'auto' with "
+                f"heads.optim.resolve_precision), got {self.precision!r}"
+            )
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"TrainSpec.optimizer must be one of {OPTIMIZERS}")
+        if self.sam not in SAM_MODES:
+            raise ValueError(f"TrainSpec.sam must be one of {SAM_MODES}, got {self.sam!r}")
+        for name in ("ema_every", "in_dim", "epochs", "batch_size", "n_train"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainSpec.{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def kind(self) -> str:
+        return self.head.kind
 
     @property
     def steps_per_epoch(self) -> int:
+        """The last batch of an epoch may be partial: ``ceil(n_train / batch_size)`` steps."""
         return math.ceil(self.n_train / self.batch_size)
 
     @property
     def total_steps(self) -> int:
         return self.epochs * self.steps_per_epoch
 
-
-@jax.tree_util.register_static  # a leafless pytree, so vmap(in_axes=None) and jit pass it through
-@dataclass(frozen=True, kw_only=True)
-class TrainSpec(StepCounts):
-    """Static description of a run: it fixes shapes and loop lengths, so it keys the jit cache."""
-
-    kind: str  # "mlp" | "linear"
-    hidden: int = 768  # MLP hidden width
-    in_dim: int  # feature dimension D
-    epochs: int  # passes over the train split
-    batch_size: int  # examples per step
-    n_train: int  # number of training rows (sets the steps per epoch)
-    # Whether any config of this program uses dropout. Static so that runs without dropout do
-    # not draw a (B, hidden) Bernoulli mask every step: on a 64-head GPU sweep that RNG work was
-    # ~13% of the step, on CPU more than half of it. With False, HParams.dropout is ignored.
-    dropout: bool = False
-    # Resolved training precision (heads.optim.resolve_precision): "float32", or "bfloat16" =
-    # bfloat16 GEMM inputs and activations, bfloat16 Adam first moment, float32 master weights,
-    # second moment and EMA. Evaluation on val is always float32.
-    precision: str = "float32"
-    ema_every: int = 1  # weight-EMA period in optimizer steps (heads.optim.ema_block_update)
-
-    def __post_init__(self) -> None:
-        if self.kind not in model.KINDS:
-            raise ValueError(f"kind must be one of {model.KINDS}, got {self.kind!r}")
-        if self.precision not in ("float32", "bfloat16"):
-            raise ValueError(
-                f"TrainSpec.precision must be float32|bfloat16 (resolve 'auto' with "
-                f"heads.optim.resolve_precision), got {self.precision!r}"
-            )
-        if self.ema_every < 1:
-            raise ValueError(f"TrainSpec.ema_every must be >= 1, got {self.ema_every}")
-        for name in ("hidden", "in_dim", "epochs", "batch_size", "n_train"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"TrainSpec.{name} must be >= 1, got {getattr(self, name)}")
-
-    @classmethod
-    def from_config(
-        cls, head: HeadConfig, optim: OptimConfig, *, in_dim: int, n_train: int
-    ) -> TrainSpec:
-        """Static part of a run from the config tree plus the data's shape."""
-        return cls(
-            kind=head.kind,
-            hidden=head.hidden,
-            in_dim=in_dim,
-            epochs=optim.epochs,
-            batch_size=optim.batch_size,
-            n_train=n_train,
-            dropout=head.dropout > 0,
-            precision=resolve_precision(optim.precision),
-            ema_every=optim.ema_every,
-        )
+    @property
+    def compute_dtype(self) -> Any:
+        return jnp.bfloat16 if self.precision == "bfloat16" else jnp.float32
 
 
 def split_seed(seed: jax.Array | int) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -1,16 +1,16 @@
-"""Hyperparameter sweeps: a grid of head configs trained by vmapped, device-sharded programs.
+"""Hyperparameter sweeps: a group of head configs trained by vmapped, device-sharded programs.
 
-A config is a flat dict over ``SWEEPABLE`` (the fields of ``heads.train.HParams``: continuous
-hyperparameters and the seed) and ``STRUCTURAL`` (``kind``, ``hidden``, ``feature``). Configs that
-share their structural values form a group: one ``TrainSpec`` (static shapes), hence one set of
-compiled programs (``heads.programs``: the pieces of ``heads.train.fit``, compiled concurrently),
-in which the group's ``HParams`` ride a leading config axis under ``jax.vmap`` (DOMAIN.md §4.3).
-That axis is split over every visible device with
-``jax.shard_map`` on a one-axis ``Mesh``: the stacked hyperparameters are placed with
-``NamedSharding(mesh, P("config"))``, the features are replicated (``P()``), and each device
-trains its slice of configs on its own copy of the data with no communication. The axis is padded
-to a multiple of the device count (and of the chunk size) by repeating the last config, and the
-padding is dropped from the results, so one group compiles exactly once.
+A group is the configs that share one ``TrainSpec`` (static shapes and choices: family, widths,
+precision, SAM mode, ...), hence one set of compiled programs (``heads.programs``: the pieces of
+``heads.train.fit``, compiled concurrently), in which the group's stacked ``HParams`` (every traced
+value: learning rate, seed, SAM radius, the family's own such as dropout or the selective loss's
+lambda) ride a leading config axis under ``jax.vmap`` (DOMAIN.md §4.3). Building the groups from a
+grid over the config tree is the orchestration's job (``stage1.grid``). That axis is split over
+every visible device with ``jax.shard_map`` on a one-axis ``Mesh``: the stacked hyperparameters are
+placed with ``NamedSharding(mesh, P("config"))``, the features are replicated (``P()``), and each
+device trains its slice of configs on its own copy of the data with no communication. The axis is
+padded to a multiple of the device count (and of the chunk size) by repeating the last config, and
+the padding is dropped from the results, so one group compiles exactly once.
 
 Selection metrics, all on the val split: the AUROC of the best epoch's weights (``fit``'s own
 selection rule) and, optionally, the exit rate ``mean(s < t)`` at an FNR constraint ``alpha``
@@ -23,9 +23,8 @@ is fitted on calib by ``stage1 train``.
 from __future__ import annotations
 
 import functools
-import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -35,145 +34,25 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from calibrate.thresholds import certified_rank
-from heads import model, programs
+from heads import families, programs
 from heads.programs import AXIS
 from heads.ridge import ridge_sweep
-from heads.train import VAL_CHUNK, HParams, TrainSpec
+from heads.spec import HParams, TrainSpec
+from heads.train import VAL_CHUNK
 
 __all__ = [
     "AXIS",
     "GroupResult",
     "RidgeResult",
-    "STRUCTURAL",
-    "SWEEPABLE",
     "auto_chunk",
     "config_mesh",
     "exit_rank",
     "exit_rates",
-    "expand_grid",
-    "group_configs",
-    "group_spec",
     "run_group",
     "run_ridge",
-    "stack_hparams",
 ]
 
-SWEEPABLE: tuple[str, ...] = HParams._fields  # lr, weight_decay, ..., dropout, seed
-STRUCTURAL: tuple[str, ...] = ("kind", "hidden", "feature")
 _EVAL_BATCH = 8  # configs whose val activations are alive at once in the exit-rate pass
-
-
-# ---------------------------------------------------------------------------------------------
-# Grid expansion and grouping
-
-
-def _normalise(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Canonical form: a linear head has no hidden layer, so hidden and dropout do not apply."""
-    cfg = dict(cfg)
-    cfg["seed"] = int(cfg["seed"])
-    for k in SWEEPABLE:
-        if k != "seed":
-            cfg[k] = float(cfg[k])
-    if cfg["kind"] == "linear":
-        cfg["hidden"] = None
-        cfg["dropout"] = 0.0
-    else:
-        cfg["hidden"] = int(cfg["hidden"])
-    return cfg
-
-
-def expand_grid(base: Mapping[str, Any], axes: Mapping[str, Sequence[Any]]) -> list[dict]:
-    """Cartesian product of the grid ``axes`` over the ``base`` config.
-
-    Args:
-        base: a value for every name in ``SWEEPABLE + STRUCTURAL``.
-        axes: name -> values to sweep (insertion order; the last axis varies fastest).
-
-    Returns:
-        Normalised config dicts in product order, duplicates removed (first kept): linear
-        heads ignore ``hidden`` and ``dropout``, so a grid over them yields one linear config.
-
-    Raises:
-        ValueError: an unknown name, a missing base value, or an empty axis.
-    """
-    names = SWEEPABLE + STRUCTURAL
-    missing = [n for n in names if n not in base]
-    if missing:
-        raise ValueError(f"base config lacks {', '.join(missing)}")
-    for name, values in axes.items():
-        if name not in names:
-            raise ValueError(f"unknown sweep axis {name!r}; sweepable: {', '.join(names)}")
-        if len(values) == 0:
-            raise ValueError(f"sweep axis {name!r} has no values")
-    out, seen = [], set()
-    for combo in itertools.product(*axes.values()):
-        cfg = _normalise({**base, **dict(zip(axes, combo, strict=True))})
-        key = tuple(cfg[n] for n in names)
-        if key not in seen:
-            seen.add(key)
-            out.append(cfg)
-    return out
-
-
-def group_configs(configs: Sequence[Mapping[str, Any]]) -> dict[tuple, list[int]]:
-    """Indices of ``configs`` per structural group ``(kind, hidden, feature)``, first-seen order."""
-    groups: dict[tuple, list[int]] = {}
-    for i, c in enumerate(configs):
-        groups.setdefault(tuple(c[n] for n in STRUCTURAL), []).append(i)
-    return groups
-
-
-def group_spec(
-    key: tuple,
-    *,
-    in_dim: int,
-    epochs: int,
-    batch_size: int,
-    n_train: int,
-    hidden: int = 768,
-    dropout: bool = False,
-    precision: str = "float32",
-    ema_every: int = 1,
-) -> TrainSpec:
-    """The static ``TrainSpec`` of a group; ``hidden`` fills in for linear heads (unused).
-
-    ``dropout`` must be True when any config of the group has a dropout rate > 0 (otherwise the
-    compiled program skips dropout altogether; ``run_group`` checks this). ``precision`` (a
-    resolved ``heads.optim.resolve_precision`` value) and ``ema_every`` pass through to
-    ``TrainSpec``.
-    """
-    kind, width, _ = key
-    return TrainSpec(
-        kind=kind,
-        hidden=width if width is not None else hidden,
-        in_dim=in_dim,
-        epochs=epochs,
-        batch_size=batch_size,
-        n_train=n_train,
-        dropout=dropout and kind == "mlp",
-        precision=precision,
-        ema_every=ema_every,
-    )
-
-
-def stack_hparams(configs: Sequence[Mapping[str, Any]], auto_pos_weight: float) -> HParams:
-    """Stacked ``HParams`` (leading config axis) of ``configs``, as host numpy arrays.
-
-    ``pos_weight < 0`` is the config tree's "balance the classes" sentinel; it becomes
-    ``auto_pos_weight`` (``heads.losses.resolve_pos_weight(-1, y_train)``).
-    """
-    if not configs:
-        raise ValueError("stack_hparams needs at least one config")
-    cols = {}
-    for name in SWEEPABLE:
-        vals = [c[name] for c in configs]
-        if name == "seed":
-            cols[name] = np.asarray(vals, np.int32)
-        elif name == "pos_weight":
-            cols[name] = np.asarray([auto_pos_weight if v < 0 else v for v in vals], np.float32)
-        else:
-            cols[name] = np.asarray(vals, np.float32)
-    return HParams(**cols)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,9 +93,7 @@ class GroupResult(NamedTuple):
     val_auroc: np.ndarray  # (C,) AUROC of the selected weights (NaN if best_epoch == -1)
     val_loss: np.ndarray  # (C,) plain val CE of the selected weights
     val_exit_rate: np.ndarray | None  # (C,) val exit rate at the FNR constraint, for ranking
-    val_auroc_curve: np.ndarray  # (C, epochs)
-    val_loss_curve: np.ndarray  # (C, epochs)
-    train_loss_curve: np.ndarray  # (C, epochs)
+    curves: dict[str, np.ndarray]  # name -> (C, epochs): heads.train.curve_names(spec)
     params: Any  # stacked selected weights (only when keep_params), else None
 
 
@@ -230,15 +107,19 @@ def auto_chunk(spec: TrainSpec, n_val: int, mesh: Mesh, budget_bytes: int | None
     """Configs per compiled call so that one call's per-config state fits ``budget_bytes``.
 
     Per config and device, float32: the val activations of the per-epoch evaluation
-    (``min(n_val, VAL_CHUNK) * (hidden + 2)``; ``fit`` scores val in chunks), a minibatch's
-    gathered rows and activations (``batch * (D + 3 * hidden)``), and about eight copies of the
-    parameters (weights, Adam moments, EMA, best, gradients, update). Default budget: half of the
-    first device's memory where the runtime reports it, else 8 GiB. A rough bound, not a promise.
+    (``min(n_val, VAL_CHUNK) * width``; ``fit`` scores val in chunks), a minibatch's gathered
+    rows and activations (``batch * (D + 3 * width)``), and about eight copies of the parameters
+    (weights, optimizer moments, EMA, best, gradients, update), where ``width`` is the sum of
+    the head's layer widths (read off the family's initial parameters, so it holds for every
+    family). Default budget: half of the first device's memory where the runtime reports it,
+    else 8 GiB. A rough bound, not a promise.
     """
-    h = spec.hidden if spec.kind == "mlp" else 0
-    n_params = (spec.in_dim + 1) * (h or 2) + ((h + 1) * 2 if h else 0)
+    shapes = jax.eval_shape(lambda: families.of(spec).init(spec, jax.random.key(0)))
+    leaves = jax.tree.leaves(shapes)
+    n_params = sum(math.prod(a.shape) for a in leaves)
+    width = sum(a.shape[-1] for a in leaves if a.ndim == 2)
     per_cfg = 4 * (
-        min(n_val, VAL_CHUNK) * (h + 2) + spec.batch_size * (spec.in_dim + 3 * h) + 8 * n_params
+        min(n_val, VAL_CHUNK) * width + spec.batch_size * (spec.in_dim + 3 * width) + 8 * n_params
     )
     if budget_bytes is None:
         stats = mesh.devices.flat[0].memory_stats() or {}
@@ -251,16 +132,18 @@ def auto_chunk(spec: TrainSpec, n_val: int, mesh: Mesh, budget_bytes: int | None
 def _group_programs(spec: TrainSpec, mesh: Mesh, n_cfg: int, shapes: tuple, k_exit: int):
     """The group's programs (``heads.programs``), compiled concurrently; cached per signature.
 
-    With ``k_exit > 0`` a fifth program re-scores val with the selected weights, a few configs
-    at a time so an MLP's (configs, n_val, hidden) activations never all live at once.
+    With ``k_exit > 0`` a fifth program re-scores val with the selected weights (the family's
+    ``"logit"`` output), a few configs at a time so the (configs, n_val, width) activations never
+    all live at once.
     """
+    fam = families.of(spec)
     av = programs.avals(spec, mesh, n_cfg, [jax.ShapeDtypeStruct(s, d) for s, d in shapes])
     jobs = programs.training_jobs(spec, mesh, av)
     if k_exit > 0:
 
         def local(params, x_val, y_val):
             margins = jax.lax.map(
-                lambda p: model.logit_margin(model.apply(p, x_val)), params, batch_size=_EVAL_BATCH
+                lambda p: fam.outputs(spec.head, p, x_val)["logit"], params, batch_size=_EVAL_BATCH
             )
             return exit_rates(margins, y_val, k_exit)
 
@@ -286,7 +169,7 @@ def run_group(
 
     Args:
         spec: the group's static ``TrainSpec``.
-        hp: stacked ``HParams`` with a leading config axis of size C (``stack_hparams``).
+        hp: stacked ``HParams`` with a leading config axis of size C (``heads.spec.stack``).
         x_train, y_train, x_val, y_val: as ``heads.train.fit`` (numpy or jax arrays, uploaded
             once and replicated on every device of the mesh; ``fit`` widens them to float32).
         alpha: FNR constraint of the val exit-rate metric; None skips that metric.
@@ -299,8 +182,8 @@ def run_group(
         ``GroupResult``; config i equals ``heads.train.fit(spec, hp[i], ...)`` up to float
         round-off (it is the same program, batched).
     """
-    if not spec.dropout and bool(np.any(np.asarray(hp.dropout) > 0)):
-        raise ValueError("configs with dropout > 0 need group_spec(..., dropout=True)")
+    hp = jax.tree.map(np.asarray, hp)
+    families.of(spec).check_hparams(spec.head, hp.head)
     mesh = config_mesh() if mesh is None else mesh
     hp = jax.tree.map(np.asarray, hp)
     n_cfg = int(hp.lr.shape[0])
@@ -317,12 +200,7 @@ def run_group(
         hp_chunk = jax.device_put(jax.tree.map(lambda a, idx=idx: a[idx], hp), by_config)
         n_real = min(per_call, n_cfg - start)
         tracker = programs.run(progs, spec, hp_chunk, data, mesh)
-        out = {
-            "best_epoch": tracker.best.epoch,
-            "val_auroc": tracker.val_auroc,
-            "val_loss": tracker.val_loss,
-            "train_loss": tracker.train_loss,
-        }
+        out = {"best_epoch": tracker.best.epoch, "curves": tracker.curves}
         if k_exit > 0:
             out["val_exit_rate"] = progs["exit"].result()(tracker.best.params, data[2], data[3])
         if keep_params:
@@ -333,15 +211,17 @@ def run_group(
     best = out["best_epoch"].astype(np.int64)
     rows = np.arange(n_cfg)
     safe = np.maximum(best, 0)
-    auc = np.where(best >= 0, out["val_auroc"][rows, safe], np.nan)
+    curves = out["curves"]
+
+    def at_best(name):
+        return np.where(best >= 0, curves[name][rows, safe], np.nan).astype(np.float64)
+
     return GroupResult(
         best_epoch=best,
-        val_auroc=auc.astype(np.float64),
-        val_loss=np.where(best >= 0, out["val_loss"][rows, safe], np.nan).astype(np.float64),
+        val_auroc=at_best("val_auroc"),
+        val_loss=at_best("val_loss"),
         val_exit_rate=out.get("val_exit_rate"),
-        val_auroc_curve=out["val_auroc"],
-        val_loss_curve=out["val_loss"],
-        train_loss_curve=out["train_loss"],
+        curves=curves,
         params=out.get("params"),
     )
 

@@ -1,13 +1,16 @@
-"""One jitted training run of a head on device-resident features, vmappable over configurations.
+"""One jitted training run of any head family on device-resident features, vmappable over configs.
 
-``fit(spec, hp, x_train, y_train, x_val, y_val)`` is the whole run — init, every epoch of AdamW
-steps with weight EMA, per-epoch validation and best-epoch selection — as a single ``jax.jit``
-program: ``lax.scan`` over epochs around ``lax.scan`` over minibatches. Everything that may differ
-between configurations of a sweep (seed, lr, weight decay, warm-up fraction, label smoothing,
-positive weight, EMA decay, dropout) lives in ``HParams``, a pytree of scalar arrays, so
-``jax.vmap(fit, in_axes=(None, 0, None, None, None, None))`` trains a whole grid in one compiled
-program over one copy of the features (DOMAIN.md §4.3); ``fit_many`` is that, jitted. Shapes and
-loop lengths live in the static, hashable ``TrainSpec``.
+``fit(spec, hp, x_train, y_train, x_val, y_val)`` is the whole run — init, every epoch of
+optimizer steps with weight EMA, per-epoch validation and best-epoch selection — as a single
+``jax.jit`` program: ``lax.scan`` over epochs around ``lax.scan`` over minibatches. The head
+family (``spec.head``, ``heads.families``) supplies the module, the loss, the val statistics and
+its extra state; this file is the same for the linear probe, the MLP and the selective net.
+Everything that may differ between configurations of a sweep (seed, lr, weight decay, warm-up,
+label smoothing, positive weight, EMA decay, SAM radius, F-SAM sigma/lambda and the family's
+own values such as dropout or the selective loss's lambda) lives in ``HParams``, a pytree of
+scalar arrays, so ``jax.vmap(fit, in_axes=(None, 0, None, None, None, None))`` trains a whole
+grid in one compiled program over one copy of the features (DOMAIN.md §4.3); ``fit_many`` is
+that, jitted. Shapes, loop lengths and choices live in the static, hashable ``TrainSpec``.
 
 The run is built from four pure pieces — ``prepare`` (cast and chunk the features), ``init_run``,
 ``train_epoch`` and ``score_epoch`` — which ``fit`` composes into one program and
@@ -23,13 +26,13 @@ bfloat16 inputs (float32 accumulation) and Adam's first moment is bfloat16, whil
 weights, second moment, EMA and the val evaluation stay float32; the weight EMA is refreshed every
 ``ema_every`` steps with the decay raised to that power (``heads.optim.ema_block_update``). On a
 64-head GPU sweep both cut the per-step memory traffic that bounds the run (docs/benchmarks.md).
-The minibatch step itself (logits, loss, gradients, AdamW; for the MLP head a hand-written VJP
-with Pallas kernels on GPUs) is ``heads.step.make_step``.
+The minibatch step itself is ``heads.step.make_step``; the optimizer is AdamW or SGDW with a
+warm-up cosine schedule (``heads.optim``), SAM-wrapped when ``spec.sam`` asks (``heads.sam``).
 
 Selection: after each epoch the evaluated weights (EMA if ``ema_decay > 0``, else raw) are scored
-on val by AUROC of the margin ``z1 - z0`` (``calibrate.metrics.auroc``) and by the plain mean CE,
-and the best epoch is kept by ``heads.selection`` (highest AUROC; ties go to the lower val CE,
-then to the earlier epoch; a NaN AUROC ranks below every number).
+on val by the family (``Family.evaluate``) and the best epoch is kept by ``heads.selection`` on
+the family's two ``selection`` statistics (for every family today: highest AUROC of the
+classifier's margin, ties to the lower val CE, then to the earlier epoch; NaN ranks last).
 """
 
 from __future__ import annotations
@@ -40,18 +43,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from calibrate.metrics import auroc
-from heads import losses, model, optim, selection, step
-from heads.checkpoint import load_params, save_params  # re-exported
-from heads.predict import predict_logit_margin, predict_proba  # re-exported
-from heads.spec import (  # re-exported: the run's description
-    HParams,
-    TrainSpec,
-    epoch_batches,
-    optim_fields,
-    split_seed,
-    stack,
-)
+from heads import families, optim, sam, selection
+from heads.spec import HParams, TrainSpec, epoch_batches, split_seed, stack
+from heads.step import TrainState, make_step
 
 __all__ = [
     "Data",
@@ -59,32 +53,37 @@ __all__ = [
     "HParams",
     "Tracker",
     "TrainSpec",
-    "epoch_batches",
+    "TrainState",
     "fit",
     "fit_many",
     "init_run",
+    "optimizer",
     "prepare",
     "result",
     "score_epoch",
-    "load_params",
-    "optim_fields",
-    "predict_logit_margin",
-    "predict_proba",
-    "save_params",
-    "split_seed",
     "stack",
     "train_epoch",
 ]
 
 
 class FitResult(NamedTuple):
-    """Output of ``fit`` (each field gains a leading config axis under ``fit_many``)."""
+    """Output of ``fit`` (each array gains a leading config axis under ``fit_many``)."""
 
     params: dict  # selected weights (EMA if ema_decay > 0, else raw) of the best epoch
     best_epoch: jax.Array  # int32, 0-based; -1 only if no epoch had a finite score
-    val_auroc: jax.Array  # (epochs,) AUROC of the evaluated weights after each epoch
-    train_loss: jax.Array  # (epochs,) mean minibatch training loss (weighted, smoothed)
-    val_loss: jax.Array  # (epochs,) plain mean CE on val
+    curves: dict  # name -> (epochs,): train_loss, the family's val statistics and step logs
+
+    @property
+    def val_auroc(self) -> jax.Array:
+        return self.curves["val_auroc"]
+
+    @property
+    def val_loss(self) -> jax.Array:
+        return self.curves["val_loss"]
+
+    @property
+    def train_loss(self) -> jax.Array:
+        return self.curves["train_loss"]
 
 
 def _check_inputs(spec: TrainSpec, hp: HParams, x_train, y_train, x_val, y_val) -> None:
@@ -96,8 +95,11 @@ def _check_inputs(spec: TrainSpec, hp: HParams, x_train, y_train, x_val, y_val) 
         )
     if x_val.ndim != 2 or x_val.shape[1] != spec.in_dim or y_val.shape != (x_val.shape[0],):
         raise ValueError(f"val arrays {x_val.shape}, {y_val.shape} do not match in_dim")
-    if any(jnp.ndim(v) != 0 for v in hp):
+    if any(jnp.ndim(v) != 0 for v in jax.tree.leaves(hp)):
         raise ValueError("fit takes scalar HParams; use fit_many for a stacked config axis")
+    missing = set(families.of(spec).hparam_names) - set(hp.head)
+    if missing:
+        raise ValueError(f"HParams.head lacks {sorted(missing)} for a {spec.kind} head")
 
 
 # Validation rows per forward chunk: bounds the hidden activations of the per-epoch evaluation to
@@ -123,14 +125,17 @@ class Tracker(NamedTuple):
     """Per-epoch curves and the running best epoch (``heads.selection``)."""
 
     best: selection.Best
-    val_auroc: jax.Array  # (epochs,)
-    val_loss: jax.Array  # (epochs,)
-    train_loss: jax.Array  # (epochs,)
+    curves: dict  # name -> (epochs,), NaN until the epoch is done
+
+
+def curve_names(spec: TrainSpec) -> tuple[str, ...]:
+    """Every per-epoch curve of a run: train_loss, the family's val statistics and step logs."""
+    fam = families.of(spec)
+    return ("train_loss", *fam.val_curves(spec), *fam.step_logs)
 
 
 def prepare(spec: TrainSpec, x_train, y_train, x_val, y_val) -> Data:
     """Cast the features once: mixed precision gathers half the bytes at every step."""
-    cdt = _compute_dtype(spec)
     x_val = jnp.asarray(x_val, jnp.float32)
     n_val = x_val.shape[0]
     chunk = min(VAL_CHUNK, max(n_val, 1))
@@ -139,88 +144,95 @@ def prepare(spec: TrainSpec, x_train, y_train, x_val, y_val) -> Data:
         n_chunks, chunk, spec.in_dim
     )
     return Data(
-        jnp.asarray(x_train, cdt),
+        jnp.asarray(x_train, spec.compute_dtype),
         jnp.asarray(y_train).astype(jnp.int32),
         x_val_chunks,
         jnp.asarray(y_val).astype(jnp.int32),
     )
 
 
-def init_run(spec: TrainSpec, hp: HParams) -> tuple[tuple, Tracker]:
-    """Initial training state ``(params, copy, opt_state, ema, t)`` and an empty ``Tracker``."""
-    k_init, _, _ = split_seed(hp.seed)
-    params0 = model.init(k_init, spec.kind, spec.in_dim, spec.hidden)
-    state = (
-        params0,
-        step.weight_copy(spec, _compute_dtype(spec))(params0),
-        _optimizer(spec, hp, params0).init(params0),
-        params0,
-        jnp.zeros((), jnp.int32),
-    )
-    nan = jnp.full((spec.epochs,), jnp.nan, jnp.float32)
-    return state, Tracker(selection.init_best(params0), nan, nan, nan)
-
-
-def train_epoch(spec: TrainSpec, hp: HParams, state: tuple, epoch, x_train, y_train):
-    """One epoch of AdamW steps with the weight EMA: ``(state, evaluated weights, mean loss)``."""
-    _, k_shuffle, k_drop = split_seed(hp.seed)
-    tx = _optimizer(spec, hp, state[0])
-    train_step, _ = step.make_step(spec, hp, tx, x_train, y_train, k_drop, _compute_dtype(spec))
-    # Unroll the step loop by 2 on GPUs: the loop's bookkeeping kernels (~25 us an iteration)
-    # were ~8 % of a 64-head H100 step; on CPU a step is milliseconds and unrolling only costs
-    # compile time.
-    unroll = 2 if jax.default_backend() == "gpu" else 1
-
-    def ema_fn(st, block):  # t counts the steps taken, so the block's last step is t - 1
-        params, copy, opt_state, ema, t = st
-        ema = optim.ema_block_update(ema, params, t - 1, block, hp.ema_decay)
-        return params, copy, opt_state, ema, t
-
-    batches = epoch_batches(k_shuffle, epoch, spec.n_train, spec.batch_size)
-    state, step_losses = optim.scan_with_ema(
-        train_step, state, batches, spec.ema_every, ema_fn, unroll
-    )
-    params, _, _, ema, _ = state
-    evald = selection.evaluated_weights(params, ema, hp.ema_decay)
-    return state, evald, jnp.mean(step_losses)
-
-
-def score_epoch(
-    spec: TrainSpec, hp: HParams, tracker: Tracker, evald, train_loss, epoch, x_val_chunks, y_val
-) -> Tracker:
-    """Score an epoch's evaluated weights on val (AUROC, CE) and update the running best."""
-    logits = jax.lax.map(lambda xc: model.apply(evald, xc), x_val_chunks)
-    logits = logits.reshape(-1, model.N_CLASSES)[: y_val.shape[0]]
-    auc = auroc(model.logit_margin(logits), y_val)
-    vloss = losses.mean_ce(logits, y_val)
-    return Tracker(
-        selection.update_best(tracker.best, evald, auc, vloss, epoch),
-        tracker.val_auroc.at[epoch].set(auc),
-        tracker.val_loss.at[epoch].set(vloss),
-        tracker.train_loss.at[epoch].set(train_loss),
-    )
-
-
-def result(tracker: Tracker) -> FitResult:
-    """The ``FitResult`` of a finished run."""
-    b = tracker.best
-    return FitResult(b.params, b.epoch, tracker.val_auroc, tracker.train_loss, tracker.val_loss)
-
-
-def _compute_dtype(spec: TrainSpec):
-    return jnp.bfloat16 if spec.precision == "bfloat16" else jnp.float32
-
-
-def _optimizer(spec: TrainSpec, hp: HParams, params):
-    """The run's AdamW (``heads.optim.make_optimizer``); only ``params``' structure is read."""
-    return optim.make_optimizer(
+def optimizer(spec: TrainSpec, hp: HParams, params):
+    """The run's optimizer: AdamW/SGDW + warm-up cosine (``heads.optim.make_optimizer``),
+    wrapped by ``heads.sam.wrap`` when ``spec.sam`` asks. Only ``params``' structure is read."""
+    base = optim.make_optimizer(
         hp.lr,
         hp.weight_decay,
         hp.warmup_frac,
         spec.total_steps,
         mask=optim.decay_mask(params),
         mu_dtype=jnp.bfloat16 if spec.precision == "bfloat16" else None,
+        name=spec.optimizer,
     )
+    if spec.sam == "none":
+        return base
+    return sam.wrap(base, spec.sam, rho=hp.sam_rho, sigma=hp.fsam_sigma, lam=hp.fsam_lambda)
+
+
+def init_run(spec: TrainSpec, hp: HParams) -> tuple[TrainState, Tracker]:
+    """Initial ``TrainState`` and an empty ``Tracker``."""
+    fam = families.of(spec)
+    k_init, _, _ = split_seed(hp.seed)
+    params0 = fam.init(spec, k_init)
+    state = TrainState(
+        params=params0,
+        copy=fam.weight_copy(spec, params0),
+        opt_state=optimizer(spec, hp, params0).init(params0),
+        ema=params0,
+        step=jnp.zeros((), jnp.int32),
+        extra=fam.init_extra(spec),
+    )
+    nan = jnp.full((spec.epochs,), jnp.nan, jnp.float32)
+    curves = dict.fromkeys(curve_names(spec), nan)
+    return state, Tracker(selection.init_best(params0), curves)
+
+
+_REDUCE = {"mean": jnp.mean, "last": lambda a: a[-1], "max": jnp.max}
+
+
+def train_epoch(spec: TrainSpec, hp: HParams, state: TrainState, epoch, x_train, y_train):
+    """One epoch of optimizer steps with the weight EMA.
+
+    Returns:
+        ``(state, evaluated weights, logs)``: logs are the epoch's ``train_loss`` (mean over its
+        steps) and the family's step logs, each reduced as the family declares.
+    """
+    fam = families.of(spec)
+    _, k_shuffle, k_drop = split_seed(hp.seed)
+    tx = optimizer(spec, hp, state.params)
+    train_step = make_step(spec, hp, fam, tx, x_train, y_train, k_drop)
+    # Unroll the step loop by 2 on GPUs: the loop's bookkeeping kernels (~25 us an iteration)
+    # were ~8 % of a 64-head H100 step; on CPU a step is milliseconds and unrolling only costs
+    # compile time.
+    unroll = 2 if jax.default_backend() == "gpu" else 1
+
+    def ema_fn(st: TrainState, block):  # st.step counts the steps taken: the block's last is -1
+        return st._replace(
+            ema=optim.ema_block_update(st.ema, st.params, st.step - 1, block, hp.ema_decay)
+        )
+
+    batches = epoch_batches(k_shuffle, epoch, spec.n_train, spec.batch_size)
+    state, logs = optim.scan_with_ema(train_step, state, batches, spec.ema_every, ema_fn, unroll)
+    reduce = {"train_loss": "mean", **fam.step_logs}
+    logs = {k: _REDUCE[reduce[k]](v) for k, v in logs.items()}
+    evald = selection.evaluated_weights(state.params, state.ema, hp.ema_decay)
+    return state, evald, logs
+
+
+def score_epoch(
+    spec: TrainSpec, hp: HParams, tracker: Tracker, evald, logs, epoch, x_val_chunks, y_val
+) -> Tracker:
+    """Score an epoch's evaluated weights on val and update the running best."""
+    fam = families.of(spec)
+    stats = fam.evaluate(spec, hp, evald, x_val_chunks, y_val) | logs
+    score, tie = fam.selection
+    best = selection.update_best(tracker.best, evald, stats[score], stats[tie], epoch)
+    curves = {k: v.at[epoch].set(stats[k]) for k, v in tracker.curves.items()}
+    return Tracker(best, curves)
+
+
+def result(tracker: Tracker) -> FitResult:
+    """The ``FitResult`` of a finished run."""
+    return FitResult(tracker.best.params, tracker.best.epoch, tracker.curves)
 
 
 def _fit(spec: TrainSpec, hp: HParams, x_train, y_train, x_val, y_val) -> FitResult:
@@ -229,8 +241,8 @@ def _fit(spec: TrainSpec, hp: HParams, x_train, y_train, x_val, y_val) -> FitRes
 
     def epoch(carry, e):
         state, tracker = carry
-        state, evald, loss = train_epoch(spec, hp, state, e, data.x_train, data.y_train)
-        tracker = score_epoch(spec, hp, tracker, evald, loss, e, data.x_val_chunks, data.y_val)
+        state, evald, logs = train_epoch(spec, hp, state, e, data.x_train, data.y_train)
+        tracker = score_epoch(spec, hp, tracker, evald, logs, e, data.x_val_chunks, data.y_val)
         return (state, tracker), None
 
     (_, tracker), _ = jax.lax.scan(
@@ -244,9 +256,9 @@ def fit(spec: TrainSpec, hp: HParams, x_train, y_train, x_val, y_val) -> FitResu
     """Train one head; the whole run is one compiled program (see the module docstring).
 
     Args:
-        spec: static shapes and loop lengths.
+        spec: static shapes, loop lengths, family and choices.
         hp: scalar hyperparameters (traced, so changing them does not recompile).
-        x_train: ``(n_train, in_dim)`` features (any float dtype; computed in float32).
+        x_train: ``(n_train, in_dim)`` features (any float dtype; cast to the compute dtype).
         y_train: ``(n_train,)`` labels in {0, 1} (drop unknown ``-1`` rows before calling).
         x_val: ``(n_val, in_dim)`` features for per-epoch selection.
         y_val: ``(n_val,)`` labels in {0, 1}.
@@ -261,5 +273,5 @@ fit_many = jax.jit(jax.vmap(_fit, in_axes=(None, 0, None, None, None, None)), st
 fit_many.__doc__ = """``jit(vmap(fit))``: train one head per row of a stacked ``HParams``.
 
 Same arguments as ``fit`` but ``hp`` has a leading config axis (``stack([...])``); the features
-are shared, not copied per config. Every ``FitResult`` field gains that leading axis.
+are shared, not copied per config. Every ``FitResult`` array gains that leading axis.
 """

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from stage1 import __version__, xla_flags
+from stage1 import __version__, compile_cache, xla_flags
 
 
 class _Parser(argparse.ArgumentParser):
@@ -93,20 +93,14 @@ def _cmd_features(args) -> int:
 
 def _cmd_train(args) -> int:
     from stage1.config import override
-    from stage1.pipeline import print_summary, run_training
+    from stage1.run import print_summary, run_training
 
     cfg = _config_from_args(args)
     if args.alpha is not None:
         cfg = override(cfg, [f"risk.alpha={args.alpha}"])
     cfg = cfg.validate()
-    if cfg.selective.enabled:
-        from stage1.phase2 import print_summary as print_phase2
-        from stage1.phase2 import run_phase2
-
-        print_phase2(run_phase2(cfg, Path(args.cache), Path(args.out)))
-        return 0
-    summary = run_training(cfg, Path(args.cache), Path(args.out))
-    print_summary(summary)
+    compile_cache.enable(args.compile_cache)
+    print_summary(run_training(cfg, Path(args.cache), Path(args.out)))
     return 0
 
 
@@ -201,15 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train",
         help="train a head on the cache, fit thresholds, evaluate",
-        description="Train the head of a phase preset on the train split (model "
-        "selection on val), fit the FNR-certified exit threshold on "
-        "calib only, evaluate on test, and write config.json, "
-        "thresholds.json, metrics.json, head.safetensors and "
-        "predictions.npz into --out. Phase 2 (--phase 2) trains the 3-head selective "
-        "net instead, calibrates f (Dirichlet) and the gate (Platt) on val, fits SCRC-I "
-        "(gate and softmax response) and the gate-free two-sided policy on calib, and "
-        "writes gateparams.json, scrcparams.json, calibration.json, metrics.json, "
-        "selective.safetensors and predictions.npz.",
+        description="Train the head family of a preset on the train split (model "
+        "selection on val), fit its calibration on val and its exit policy on calib only, "
+        "evaluate on test, and write config.json, metrics.json, head.safetensors, "
+        "predictions.npz and the policy's records into --out. Phase 1: MLP head and the "
+        "FNR-certified exit threshold (thresholds.json). Phase 2: the 3-head selective net, "
+        "Dirichlet (f) and Platt (gate) calibration, SCRC-I for the gate and the softmax "
+        "response and the gate-free two-sided policy (calibration.json, gateparams.json, "
+        "scrcparams.json). Phase 4: phase 2 trained with F-SAM.",
     )
     p.add_argument("--cache", required=True, help="HDF5 feature cache from `stage1 features`")
     p.add_argument("--out", required=True, help="run directory to write")
@@ -219,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="target false-negative rate of exits (shortcut for --set risk.alpha=)",
     )
+    compile_cache.add_argument(p)
     _add_config_args(p)
     p.set_defaults(func=_cmd_train)
 

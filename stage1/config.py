@@ -50,43 +50,64 @@ class BackboneConfig:
     model_kwargs: str = "{}"  # JSON of extra timm kwargs (tests: tiny depth/width)
 
 
+def swept(default: Any, how: str = "traced") -> Any:
+    """A field ``stage1 sweep`` may grid over: ``traced`` values ride the vmapped config axis of
+    one compiled program (they are ``heads.spec.HParams`` entries); ``static`` ones change the
+    program, so each value is its own compiled group. Marked here once: the grid names, the
+    hyperparameters handed to the heads and the tests all read this metadata."""
+    if how not in ("traced", "static"):
+        raise ValueError(f"sweep kind must be traced|static, got {how!r}")
+    return field(default=default, metadata={"sweep": how})
+
+
+HEAD_KINDS: tuple[str, ...] = ("linear", "mlp", "selective")  # = heads.families (tested)
+
+
 @dataclass(frozen=True)
 class HeadConfig:
-    kind: str = "mlp"  # mlp (D -> hidden -> 2) | linear (D -> 2)
-    hidden: int = 768  # MLP hidden width
-    feature: str = "cls"  # cache variant the head reads
-    dropout: float = 0.0  # dropout rate on the hidden layer
+    kind: str = swept("mlp", "static")  # mlp (D -> hidden -> 2) | linear (D -> 2) | selective
+    hidden: int = swept(768, "static")  # MLP hidden width
+    feature: str = swept("cls", "static")  # cache variant the head reads ("a+b" concatenates)
+    dropout: float = swept(0.0)  # dropout rate on the MLP hidden layer
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = 1e-3  # peak AdamW learning rate
-    weight_decay: float = 1e-4  # decoupled AdamW weight decay
-    warmup_frac: float = 0.05  # linear warm-up as a fraction of all steps
+    lr: float = swept(1e-3)  # peak learning rate
+    weight_decay: float = swept(1e-4)  # decoupled weight decay (kernels only)
+    warmup_frac: float = swept(0.05)  # linear warm-up as a fraction of all steps
     epochs: int = 40  # passes over the train split
-    batch_size: int = 256  # examples per step
-    label_smoothing: float = 0.0  # symmetric label smoothing of the CE targets
-    pos_weight: float = -1.0  # weight of the positive class in the CE; -1 = n_neg / n_pos
-    ema_decay: float = 0.99  # weight EMA (with (1+t)/(10+t) warm-up); 0 disables
-    ema_every: int = 4  # EMA every k steps with decay**k (same time constant); both phases
-    # auto = bfloat16 GEMMs + bfloat16 Adam first moment on GPU/TPU (float32 master weights,
-    # second moment and EMA), float32 on CPU | float32 | bfloat16. Phase-1 heads and sweeps.
+    batch_size: int = 256  # examples per step (capped at the train size)
+    label_smoothing: float = swept(0.0)  # symmetric label smoothing of the CE targets
+    pos_weight: float = swept(-1.0)  # weight of the positive class in the CE; -1 = automatic
+    ema_decay: float = swept(0.99)  # weight EMA (with (1+t)/(10+t) warm-up); 0 disables
+    ema_every: int = 4  # EMA every k steps with decay**k (same time constant)
+    # auto = bfloat16 GEMMs + bfloat16 first moment on GPU/TPU (float32 master weights,
+    # second moment and EMA), float32 on CPU | float32 | bfloat16.
     precision: str = "auto"
-    seed: int = 0  # PRNG seed for init, shuffling and dropout
+    optimizer: str = swept("adamw", "static")  # adamw | sgd (momentum 0.9, decoupled decay)
+    # Sharpness-aware updates (phase 4, heads.sam): none | sam | asam | fsam. Two gradient
+    # evaluations per step; optax.contrib.sam in opaque mode around the optimizer above.
+    sam: str = swept("none", "static")
+    sam_rho: float = swept(0.05)  # perturbation radius rho (SAM paper default 0.05)
+    fsam_sigma: float = swept(1.0)  # F-SAM: weight of the gradient EMA removed from the direction
+    fsam_lambda: float = swept(0.9)  # F-SAM: decay of that gradient EMA (official default 0.9)
+    seed: int = swept(0)  # PRNG seed for init, shuffling and dropout
 
 
 @dataclass(frozen=True)
 class SelectiveConfig:
-    enabled: bool = False  # train the 3-head selective net (classifier f, gate g, auxiliary h)
-    trunk_hidden: int = 512  # width of the small shared trainable trunk
-    target_coverage: float = 0.8  # c of the selective loss's coverage penalty
-    lam: float = 32.0  # lambda: weight of the coverage penalty max(0, c - coverage)^2
-    alpha_mix: float = 0.5  # weight of the selective loss; 1 - alpha_mix on the auxiliary head
-    loss_form: str = "paper"  # paper (risk / empirical coverage) | code (official: no division)
-    risk_loss: str = "lagrangian"  # lagrangian (FNR constraint) | weighted (class-weighted CE)
-    fnr_target: float = 0.01  # alpha' of the training-time FNR constraint (< risk.alpha)
-    multiplier_lr: float = 0.05  # step size of the Lagrange multiplier (proxy-Lagrangian)
-    surrogate_temp: float = 1.0  # temperature of the smooth FNR surrogate
+    """Options of the ``selective`` head (head.kind=selective): SelectiveNet's f, g and h."""
+
+    trunk_hidden: int = swept(512, "static")  # width of the small shared trainable trunk
+    target_coverage: float = swept(0.8)  # c of the selective loss's coverage penalty
+    lam: float = swept(32.0)  # lambda: weight of the coverage penalty max(0, c - coverage)^2
+    alpha_mix: float = swept(0.5)  # weight of the selective loss; 1 - alpha_mix on the aux head
+    loss_form: str = swept("paper", "static")  # paper (risk / coverage) | code (no division)
+    risk_loss: str = swept("lagrangian", "static")  # lagrangian (FNR constraint) | weighted
+    fnr_target: float = swept(0.01)  # alpha' of the training-time FNR constraint (< risk.alpha)
+    multiplier_lr: float = swept(0.05)  # step size of the Lagrange multiplier (proxy-Lagrangian)
+    surrogate_temp: float = swept(1.0)  # temperature of the smooth FNR surrogate
 
 
 @dataclass(frozen=True)
@@ -124,8 +145,10 @@ class Config:
         _check(self.backbone.dtype in ("float16", "float32"), "backbone.dtype: float16|float32")
         _check(self.backbone.views in ("clean", "validator"), "backbone.views: clean|validator")
         _check(
-            self.head.kind in ("mlp", "linear"), f"head.kind must be mlp|linear: {self.head.kind}"
+            self.head.kind in HEAD_KINDS,
+            f"head.kind must be one of {'|'.join(HEAD_KINDS)}, got {self.head.kind!r}",
         )
+        _check(self.head.hidden >= 1, "head.hidden must be >= 1")
         _check(self.optim.epochs >= 1 and self.optim.batch_size >= 1, "epochs, batch_size >= 1")
         _check(0.0 <= self.optim.ema_decay < 1.0, "optim.ema_decay must be in [0, 1)")
         _check(self.optim.ema_every >= 1, "optim.ema_every must be >= 1")
@@ -134,6 +157,17 @@ class Config:
             "optim.precision must be auto|float32|bfloat16",
         )
         _check(0.0 <= self.head.dropout < 1.0, "head.dropout must be in [0, 1)")
+        o = self.optim
+        _check(o.lr > 0 and o.weight_decay >= 0, "optim.lr must be > 0, weight_decay >= 0")
+        _check(0.0 <= o.warmup_frac <= 1.0, "optim.warmup_frac must be in [0, 1]")
+        _check(0.0 <= o.label_smoothing < 1.0, "optim.label_smoothing must be in [0, 1)")
+        _check(o.pos_weight > 0 or o.pos_weight == -1, "optim.pos_weight must be > 0 or -1")
+        _check(0 <= o.seed < 2**31, "optim.seed must be in [0, 2**31)")
+        _check(o.optimizer in ("adamw", "sgd"), "optim.optimizer must be adamw|sgd")
+        _check(o.sam in ("none", "sam", "asam", "fsam"), "optim.sam must be none|sam|asam|fsam")
+        _check(o.sam_rho >= 0, f"optim.sam_rho must be >= 0, got {o.sam_rho}")
+        _check(o.fsam_sigma >= 0, f"optim.fsam_sigma must be >= 0, got {o.fsam_sigma}")
+        _check(0.0 <= o.fsam_lambda < 1.0, "optim.fsam_lambda must be in [0, 1)")
         _check(0.0 < self.risk.beta < 1.0, f"risk.beta must be in (0, 1), got {self.risk.beta}")
         _check(0.0 < self.risk.target_coverage < 1.0, "risk.target_coverage must be in (0, 1)")
         _check(self.risk.scrc_risk in ("fnr", "error"), "risk.scrc_risk must be fnr|error")
@@ -145,6 +179,9 @@ class Config:
         )
         _check(0.0 < sel.target_coverage <= 1.0, "selective.target_coverage must be in (0, 1]")
         _check(0.0 <= sel.alpha_mix <= 1.0, "selective.alpha_mix must be in [0, 1]")
+        _check(sel.trunk_hidden >= 1, "selective.trunk_hidden must be >= 1")
+        _check(sel.lam >= 0 and sel.multiplier_lr >= 0, "selective.lam, multiplier_lr >= 0")
+        _check(sel.surrogate_temp > 0, "selective.surrogate_temp must be > 0")
         return self
 
 
@@ -191,6 +228,20 @@ def _coerce(value: str, tp: Any, where: str) -> Any:
 
 def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
+
+
+def sweep_fields(how: str | None = None) -> dict[str, tuple[str, str]]:
+    """Short name -> (section, field) of every field marked with ``swept`` (of kind ``how``, or
+    both). Short names are the field names, unique across sections (a test checks)."""
+    out = {}
+    for section, tp in _field_types(Config).items():
+        if not dataclasses.is_dataclass(tp):
+            continue
+        for f in dataclasses.fields(tp):
+            mark = f.metadata.get("sweep")
+            if mark and (how is None or mark == how):
+                out[f.name] = (section, f.name)
+    return out
 
 
 def override(cfg: Config, assignments: list[str] | tuple[str, ...]) -> Config:

@@ -1,95 +1,93 @@
-"""Grid specs of `stage1 sweep` and the flat view of the config tree they address.
+"""Grid specs of `stage1 sweep`, and the flat view of the config tree they address.
 
 Grid specs: ``name=a:b:logN`` (N log-spaced values from a to b), ``name=a:b:linN`` (evenly
-spaced) or ``name=v1,v2,...``. Names are the short names of ``FIELDS``: the continuous
-hyperparameters and the seed (``heads.sweep.SWEEPABLE``, traced, one compiled program) and the
-structural ``kind``, ``hidden`` and ``feature`` (one compiled program per combination). Every
-value is type- and range-checked here, so a typo fails before anything is loaded or compiled.
+spaced) or ``name=v1,v2,...``. Names are the fields marked ``swept`` in ``stage1.config`` — by
+short name (``lr``, ``lam``, ``sam_rho``) or config path (``optim.lr``, ``selective.lam``):
+``traced`` ones ride the vmapped config axis of one compiled program, ``static`` ones
+(``kind``, ``hidden``, ``feature``, ``sam``, ``trunk_hidden``, ...) split the grid into groups
+compiled separately. Every value is parsed with its field's type and checked by the config
+tree's own ``validate`` (the rules live in one place), so a typo fails before anything is
+loaded or compiled.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import itertools
 import re
+import typing
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from stage1.config import Config
+from stage1.config import Config, ConfigError, sweep_fields
 
-# name -> (section, field) of the config tree. The first eight are HParams fields.
-FIELDS: dict[str, tuple[str, str]] = {
-    "lr": ("optim", "lr"),
-    "weight_decay": ("optim", "weight_decay"),
-    "warmup_frac": ("optim", "warmup_frac"),
-    "label_smoothing": ("optim", "label_smoothing"),
-    "pos_weight": ("optim", "pos_weight"),
-    "ema_decay": ("optim", "ema_decay"),
-    "dropout": ("head", "dropout"),
-    "seed": ("optim", "seed"),
-    "kind": ("head", "kind"),
-    "hidden": ("head", "hidden"),
-    "feature": ("head", "feature"),
-}
-STRUCTURAL = ("kind", "hidden", "feature")
+FIELDS: dict[str, tuple[str, str]] = sweep_fields()  # short name -> (section, field)
+TRACED: tuple[str, ...] = tuple(sweep_fields("traced"))
+STATIC: tuple[str, ...] = tuple(sweep_fields("static"))
 RANGE_SPEC = re.compile(r"^\s*([^:]+):([^:]+):(log|lin)(\d+)\s*$")
+
+__all__ = [
+    "FIELDS",
+    "STATIC",
+    "TRACED",
+    "GridError",
+    "config_from_flat",
+    "expand_grid",
+    "flat_config",
+    "parse_grid",
+    "parse_values",
+]
 
 
 class GridError(ValueError):
     """A --grid spec is malformed or names something that cannot be swept."""
 
 
-# ---------------------------------------------------------------------------------------------
-# Grid parsing
+def _type(name: str) -> type:
+    section, field = FIELDS[name]
+    sec_type = typing.get_type_hints(Config)[section]
+    return typing.get_type_hints(sec_type)[field]
 
 
-def _check_value(name: str, v: Any) -> Any:
-    """Type and range of one grid value (the config tree's rules, checked up front)."""
+def _check_value(name: str, v: Any, base: Config) -> Any:
+    """Parse to the field's type and check with the config tree's rules."""
+    tp = _type(name)
     bad = f"grid {name}={v!r}"
-    if name in ("kind", "feature"):
-        if name == "kind" and v not in ("mlp", "linear"):
-            raise GridError(f"{bad}: kind must be mlp or linear")
-        if name == "feature" and (not v or any(not p for p in v.split("+"))):
+    try:
+        if tp is int:
+            if not float(v).is_integer():
+                raise GridError(f"{bad}: {name} must be an integer")
+            v = int(float(v))
+        elif tp is float:
+            v = float(v)
+        else:
+            v = str(v)
+            if not v:
+                raise GridError(f"{bad}: empty value")
+    except ValueError as e:
+        if isinstance(e, GridError):
+            raise
+        raise GridError(f"{bad}: {name} expects {tp.__name__}") from None
+    if name == "feature":
+        if any(not p for p in v.split("+")):
             raise GridError(f"{bad}: empty feature variant name")
         return v
-    if name in ("seed", "hidden"):
-        if not float(v).is_integer():
-            raise GridError(f"{bad}: {name} must be an integer")
-        v = int(v)
-        lo, hi = (0, 2**31 - 1) if name == "seed" else (1, 2**20)
-        if not lo <= v <= hi:
-            raise GridError(f"{bad}: {name} must be in [{lo}, {hi}]")
-        return v
-    v = float(v)
-    ok = {
-        "lr": v > 0,
-        "weight_decay": v >= 0,
-        "warmup_frac": 0 <= v <= 1,
-        "label_smoothing": 0 <= v < 1,
-        "pos_weight": v > 0 or v == -1,
-        "ema_decay": 0 <= v < 1,
-        "dropout": 0 <= v < 1,
-    }[name]
-    if not (ok and math.isfinite(v)):
-        rule = {
-            "lr": "> 0",
-            "weight_decay": ">= 0",
-            "warmup_frac": "in [0, 1]",
-            "label_smoothing": "in [0, 1)",
-            "pos_weight": "> 0, or -1 for n_neg/n_pos",
-            "ema_decay": "in [0, 1)",
-            "dropout": "in [0, 1)",
-        }[name]
-        raise GridError(f"{bad}: {name} must be {rule}")
+    try:
+        config_from_flat(base, {name: v})
+    except ConfigError as e:
+        raise GridError(f"{bad}: {e}") from None
     return v
 
 
-def parse_values(name: str, spec: str) -> list:
+def parse_values(name: str, spec: str, base: Config | None = None) -> list:
     """Values of one axis from ``a:b:logN``, ``a:b:linN`` or ``v1,v2,...``."""
+    base = Config() if base is None else base
+    numeric = _type(name) in (int, float)
     m = RANGE_SPEC.match(spec)
     if m:
-        if name in ("kind", "feature"):
+        if not numeric:
             raise GridError(f"grid {name}={spec}: a range needs a numeric name")
         try:
             a, b = float(m.group(1)), float(m.group(2))
@@ -111,22 +109,23 @@ def parse_values(name: str, spec: str) -> list:
         raw = [p.strip() for p in spec.split(",")]
         if any(p == "" for p in raw):
             raise GridError(f"grid {name}={spec}: empty value in the list")
-        if name not in ("kind", "feature"):
+        if numeric:
             try:
                 raw = [float(p) for p in raw]
             except ValueError:
                 raise GridError(f"grid {name}={spec}: values must be numbers") from None
-    vals = [_check_value(name, v) for v in raw]
+    vals = [_check_value(name, v, base) for v in raw]
     if len(set(vals)) != len(vals):
         raise GridError(f"grid {name}={spec}: repeated values")
     return vals
 
 
-def parse_grid(specs: list[str] | tuple[str, ...]) -> dict[str, list]:
+def parse_grid(specs: Sequence[str], base: Config | None = None) -> dict[str, list]:
     """``["lr=1e-4:1e-2:log8", "seed=0,1,2"]`` -> ``{"lr": [...], "seed": [0, 1, 2]}``.
 
     Names are the short ones (``lr``, ``kind``, ...) or their config paths (``optim.lr``,
-    ``head.kind``). Raises GridError (a ValueError) with a one-line message.
+    ``head.kind``); values are checked against ``base`` (default ``Config()``). Raises
+    GridError (a ValueError) with a one-line message.
     """
     paths = {f"{s}.{f}": name for name, (s, f) in FIELDS.items()}
     grid: dict[str, list] = {}
@@ -137,32 +136,38 @@ def parse_grid(specs: list[str] | tuple[str, ...]) -> dict[str, list]:
         name = paths.get(key, key)
         if name not in FIELDS:
             raise GridError(
-                f"unknown grid name {key!r}; sweepable: {', '.join(list(FIELDS)[:8])}"
-                f"; structural: {', '.join(STRUCTURAL)}"
+                f"unknown grid name {key!r}; traced: {', '.join(TRACED)}"
+                f"; static: {', '.join(STATIC)}"
             )
         if name in grid:
             raise GridError(f"grid name {name!r} given twice")
-        grid[name] = parse_values(name, spec)
+        grid[name] = parse_values(name, spec, base)
     return grid
 
 
-# ---------------------------------------------------------------------------------------------
-# Config tree <-> flat sweep configs
+def expand_grid(base: Config, grid: Mapping[str, Sequence[Any]]) -> list[Config]:
+    """The config tree of every point of the grid's Cartesian product (the last axis varies
+    fastest), each validated. Points that train the same head are deduplicated by the caller
+    (``stage1.sweep``), which knows the data's shapes."""
+    return [
+        config_from_flat(base, dict(zip(grid, combo, strict=True)))
+        for combo in itertools.product(*grid.values())
+    ]
 
 
 def flat_config(cfg: Config) -> dict[str, Any]:
-    """The sweepable and structural values of a config tree, by short name."""
+    """Every swept value of a config tree, by short name."""
     return {name: getattr(getattr(cfg, s), f) for name, (s, f) in FIELDS.items()}
 
 
-def config_from_flat(cfg: Config, flat: dict[str, Any]) -> Config:
-    """``cfg`` with the fields of ``flat`` replaced (linear heads keep ``cfg``'s hidden)."""
-    for section in ("head", "optim"):
-        kw = {
-            f: flat[n]
-            for n, (s, f) in FIELDS.items()
-            if s == section and n in flat and flat[n] is not None
-        }
+def config_from_flat(cfg: Config, flat: Mapping[str, Any]) -> Config:
+    """``cfg`` with the swept fields of ``flat`` replaced (None values are left alone)."""
+    updates: dict[str, dict[str, Any]] = {}
+    for name, value in flat.items():
+        if name in FIELDS and value is not None:
+            section, field = FIELDS[name]
+            updates.setdefault(section, {})[field] = value
+    for section, kw in updates.items():
         cfg = dataclasses.replace(
             cfg, **{section: dataclasses.replace(getattr(cfg, section), **kw)}
         )

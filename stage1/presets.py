@@ -46,10 +46,9 @@ def phase2() -> Config:
     """
     return Config(
         preset="phase2",
-        head=HeadConfig(kind="mlp", hidden=768, feature="cls"),
+        head=HeadConfig(kind="selective", feature="cls"),
         optim=OptimConfig(lr=1e-3, weight_decay=1e-4, epochs=60, batch_size=1024, ema_decay=0.99),
         selective=SelectiveConfig(
-            enabled=True,
             trunk_hidden=512,
             target_coverage=0.8,
             lam=32.0,
@@ -66,8 +65,23 @@ def phase2() -> Config:
     )
 
 
-PRESETS: dict[str, Callable[[], Config]] = {"phase1": phase1, "phase2": phase2}
-PHASES: dict[int, str] = {1: "phase1", 2: "phase2"}
+def phase4() -> Config:
+    """F-SAM on the heads: phase 2's selective net trained with friendly sharpness-aware
+    minimisation (Li et al., CVPR 2024; heads.sam): AdamW around the F-SAM perturbation with
+    rho = 0.05, sigma = 1, lambda = 0.9 (the official defaults), same calibration and risk
+    control as phase 2. Twice the gradient work per step."""
+    base = phase2()
+    return dataclasses.replace(
+        base,
+        preset="phase4",
+        optim=dataclasses.replace(
+            base.optim, sam="fsam", sam_rho=0.05, fsam_sigma=1.0, fsam_lambda=0.9
+        ),
+    )
+
+
+PRESETS: dict[str, Callable[[], Config]] = {"phase1": phase1, "phase2": phase2, "phase4": phase4}
+PHASES: dict[int, str] = {1: "phase1", 2: "phase2", 4: "phase4"}
 
 
 def load_preset(name_or_path: str) -> Config:

@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from calibrate.challenge import challenge_block
 from stage1 import plots
 from stage1.artifacts import atomic_write_bytes, read_json, write_json
-from calibrate.challenge import challenge_block
 from stage1.document import to_html, to_markdown
 
 SPLITS = ("train", "val", "calib", "test")

@@ -33,31 +33,31 @@ import numpy as np
 
 from stage1.artifacts import atomic_write_bytes, write_json
 from stage1.cache import CacheError
-from stage1.config import Config, ConfigError, to_dict
+from stage1.config import Config, to_dict
 from stage1.grid import (  # noqa: F401  (re-exported: stage1.sweep.parse_grid etc.)
     FIELDS,
-    STRUCTURAL,
+    STATIC,
+    TRACED,
     GridError,
     config_from_flat,
+    expand_grid,
     flat_config,
     parse_grid,
     parse_values,
 )
+from stage1.run import specs
 
 METRICS = {"auroc": "val_auroc", "exit_rate": "val_exit_rate"}
-COLUMNS = (
-    "rank",
-    "kind",
-    "feature",
-    "hidden",
-    *list(FIELDS)[:8],
-    "l2",
-    "val_auroc",
-    "val_exit_rate",
-    "val_loss",
-    "best_epoch",
-    "config_id",
-)
+HEAD_COLUMNS = ("rank", "kind", "feature")
+RESULT_COLUMNS = ("l2", "val_auroc", "val_exit_rate", "val_loss", "best_epoch", "config_id")
+
+
+def columns(grid: dict[str, list]) -> tuple[str, ...]:
+    """Leaderboard columns: the head, every swept name, the results."""
+    swept = [n for n in grid if n not in HEAD_COLUMNS]
+    return (*HEAD_COLUMNS, *swept, *RESULT_COLUMNS)
+
+
 EXIT_NOTE = (
     "val_exit_rate: exit rate at FNR <= alpha with the empirical threshold fitted on "
     "val itself; optimistic and without guarantee, for ranking only"
@@ -70,7 +70,7 @@ EXIT_NOTE = (
 
 def load_feature(cache_path: Path, feature: str, memo: dict) -> tuple[Any, Any]:
     """(train, val) ``SplitData`` of a variant or a ``+``-joined concatenation of variants."""
-    from stage1.pipeline import load_splits
+    from stage1.run import load_splits
 
     parts = []
     for name in feature.split("+"):
@@ -156,14 +156,8 @@ def run_sweep(
     from tqdm import tqdm
 
     from heads import sweep as hs
-    from heads.losses import resolve_pos_weight
-    from heads.optim import resolve_precision
+    from heads.spec import stack
 
-    if cfg.selective.enabled:
-        raise ConfigError(
-            f"preset {cfg.preset!r} trains the selective net; stage1 sweep sweeps "
-            "the phase-1 heads (set selective.enabled=false)"
-        )
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     key_metric = METRICS[metric]
@@ -171,18 +165,31 @@ def run_sweep(
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     t0 = time.perf_counter()
-    configs = hs.expand_grid(flat_config(cfg), grid)
-    for c in configs:
-        config_from_flat(cfg, c)  # every config must be a valid tree before anything trains
-    groups = hs.group_configs(configs)
-    features = list(dict.fromkeys(k[2] for k in groups))
+    cols = columns(grid)
+    points = expand_grid(cfg, grid)  # every point is a validated tree before anything trains
+    features = list(dict.fromkeys(c.head.feature for c in points))
     mesh = hs.config_mesh()
     memo: dict = {}
     data = {f: load_feature(Path(cache_path), f, memo) for f in features}
     tr0 = data[features[0]][0]
-    auto_pw = resolve_pos_weight(-1.0, tr0.y)
+
+    # Group the points by compiled program (feature + static spec), dropping exact duplicates
+    # (e.g. a linear head over a grid of MLP widths): same spec and same traced values.
+    groups: dict[tuple, list[int]] = {}
+    seen: set = set()
+    keep: list[int] = []
+    for i, c in enumerate(points):
+        tr = data[c.head.feature][0]
+        spec = specs.train_spec(c, in_dim=tr.x.shape[1], n_train=len(tr.y), dropout=False)
+        hp = specs.hparams(c, specs.resolve_pos_weight(c, tr.y))
+        ident = (c.head.feature, spec, tuple(np.asarray(v).item() for v in jax.tree.leaves(hp)))
+        if ident in seen:
+            continue
+        seen.add(ident)
+        keep.append(i)
+        groups.setdefault((c.head.feature, spec), []).append(i)
     print(
-        f"sweep: {len(configs)} configs in {len(groups)} groups on {mesh.size} "
+        f"sweep: {len(keep)} configs in {len(groups)} groups on {mesh.size} "
         f"{jax.devices()[0].platform} device(s); train {len(tr0.y)}, "
         f"val {len(data[features[0]][1].y)} rows",
         flush=True,
@@ -208,7 +215,7 @@ def run_sweep(
                 "val_exit_rate": [_num(v) for v in r.val_exit_rate],
             }
             ridge_rows.append(
-                dict.fromkeys(COLUMNS)
+                dict.fromkeys(cols)
                 | {
                     "kind": "ridge",
                     "feature": f,
@@ -218,37 +225,24 @@ def run_sweep(
                 }
             )
             bar.update(1)
-    for key, idx in groups.items():
+    for (feature, _), idx in groups.items():
         tg = time.perf_counter()
-        tr, va = data[key[2]]
-        sub = [configs[i] for i in idx]
-        spec = hs.group_spec(
-            key,
+        tr, va = data[feature]
+        sub = [points[i] for i in idx]
+        spec = specs.train_spec(
+            sub[0],
             in_dim=tr.x.shape[1],
-            epochs=cfg.optim.epochs,
-            batch_size=cfg.optim.batch_size,
             n_train=len(tr.y),
-            hidden=cfg.head.hidden,
-            dropout=any(c["dropout"] > 0 for c in sub),
-            precision=resolve_precision(cfg.optim.precision),
-            ema_every=cfg.optim.ema_every,
+            dropout=any(c.head.dropout > 0 for c in sub),
         )
+        hps = stack([specs.hparams(c, specs.resolve_pos_weight(c, tr.y)) for c in sub])
         n_chunk = chunk or hs.auto_chunk(spec, len(va.y), mesh)
-        res = hs.run_group(
-            spec,
-            hs.stack_hparams(sub, auto_pw),
-            tr.x,
-            tr.y,
-            va.x,
-            va.y,
-            alpha=alpha,
-            mesh=mesh,
-            chunk=n_chunk,
-        )
+        res = hs.run_group(spec, hps, tr.x, tr.y, va.x, va.y, alpha=alpha, mesh=mesh, chunk=n_chunk)
         for j, i in enumerate(idx):
+            flat = flat_config(points[i])
             rows.append(
-                dict.fromkeys(COLUMNS)
-                | configs[i]
+                dict.fromkeys(cols)
+                | {k: flat[k] for k in cols if k in flat}
                 | {
                     "val_auroc": _num(res.val_auroc[j]),
                     "val_exit_rate": _num(res.val_exit_rate[j]),
@@ -259,9 +253,11 @@ def run_sweep(
             )
         group_info.append(
             {
-                "kind": key[0],
-                "hidden": key[1],
-                "feature": key[2],
+                "kind": spec.kind,
+                "feature": feature,
+                "head": {k: v for k, v in dataclasses.asdict(spec.head).items()},
+                "sam": spec.sam,
+                "optimizer": spec.optimizer,
                 "n_configs": len(idx),
                 "seconds": round(time.perf_counter() - tg, 3),
             }
@@ -275,7 +271,7 @@ def run_sweep(
     ridge_rows.sort(key=lambda r: -(r[key_metric] if r[key_metric] is not None else -math.inf))
     all_rows = ridge_rows + ranked
     best = ranked[0] if ranked else None
-    best_cfg = config_from_flat(cfg, best) if best else None
+    best_cfg = points[best["config_id"]] if best else None
     seconds = time.perf_counter() - t0
     payload = {
         "format_version": 1,
@@ -289,12 +285,12 @@ def run_sweep(
         "batch_size": cfg.optim.batch_size,
         "n_train": int(len(tr0.y)),
         "n_val": int(len(data[features[0]][1].y)),
-        "auto_pos_weight": float(auto_pw),
         "devices": int(mesh.size),
         "platform": jax.devices()[0].platform,
         "seconds": round(seconds, 3),
         "grid": grid,
-        "n_configs": len(configs),
+        "columns": list(cols),
+        "n_configs": len(keep),
         "groups": group_info,
         "ridge": ridge_info or None,
         "best_config_id": best["config_id"] if best else None,
@@ -311,27 +307,17 @@ def write_leaderboard(out: Path, payload: dict[str, Any]) -> None:
     out = Path(out)
     write_json(out / "leaderboard.json", payload, schema="leaderboard")
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    cols = payload["columns"]
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
     w.writeheader()
     for r in payload["rows"]:
-        w.writerow({k: ("" if r[k] is None else r[k]) for k in COLUMNS})
+        w.writerow({k: ("" if r[k] is None else r[k]) for k in cols})
     atomic_write_bytes(out / "leaderboard.csv", buf.getvalue().encode())
 
 
 def format_table(rows: list[dict[str, Any]], grid: dict[str, list], top: int = 10) -> str:
     """The ridge rows and the ``top`` trained rows as a fixed-width text table."""
-    swept = [n for n in FIELDS if n in grid and n not in ("kind", "feature", "hidden")] or ["lr"]
-    cols = [
-        "rank",
-        "kind",
-        "feature",
-        "hidden",
-        *swept,
-        "l2",
-        "val_auroc",
-        "val_exit_rate",
-        "best_epoch",
-    ]
+    cols = [c for c in columns(grid) if c not in ("val_loss", "config_id")]
 
     def fmt(v):
         if v is None:

@@ -1,0 +1,96 @@
+"""The labelled rows a run trains, selects, calibrates and evaluates on, read from the cache.
+
+Data discipline (METHODS.md §3.4): the head is fitted on ``train``; the epoch and EMA choice and
+the post-hoc calibrators are made on ``val``; the exit policy is fitted on ``calib`` only; ``test``
+is touched once for the reported metrics. The calib ids are asserted disjoint from train, val and
+test before anything is fitted, so exchangeability of the conformal step cannot silently break.
+
+Challenge conditions: a cache extracted with ``--views validator`` also holds, for every test
+image, the four views StreetVision validators send (cache views 1-4 = augmentation levels 0-3).
+``load_cache`` returns them separately; they never enter fitting, selection or the policy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from stage1.cache import CacheError, open_cache
+
+__all__ = ["SplitData", "ViewData", "check_disjoint", "load_cache", "load_splits"]
+
+
+@dataclass
+class SplitData:
+    x: np.ndarray
+    y: np.ndarray
+    ids: np.ndarray
+    domains: np.ndarray
+
+
+@dataclass
+class ViewData(SplitData):
+    level: np.ndarray  # validator augmentation level 0-3 of each row (cache view - 1)
+
+
+def load_splits(cache_path: Path, variant: str) -> tuple[dict[str, SplitData], dict]:
+    """Labelled rows of every split (train may hold several views; the others view 0 only).
+
+    Train takes every cached view *of train images* (augmented copies, if a cache ever holds
+    them, are meant to be trained on). Views share their image's split, so the validator views
+    of test images (``feature_extract.extract.VIEW_SPLITS``) can never reach train; val, calib
+    and test use the clean view 0 only, so selection and the threshold are those of a clean
+    cache.
+    """
+    splits, meta, _ = load_cache(cache_path, variant)
+    return splits, meta
+
+
+def load_cache(
+    cache_path: Path, variant: str
+) -> tuple[dict[str, SplitData], dict, ViewData | None]:
+    """``load_splits`` plus the labelled validator views of the test split (None if absent)."""
+    cache = open_cache(cache_path)
+    # "a+b" concatenates variants column-wise (DINOv3's linear eval uses CLS + patch mean).
+    names = variant.split("+")
+    missing = [v for v in names if v not in cache.variants]
+    if missing:
+        raise CacheError(
+            f"{cache_path} has no feature variant {missing[0]!r} "
+            f"(has {', '.join(cache.variants)}); set head.feature"
+        )
+    x_all = np.concatenate([cache.features(v) for v in names], axis=1)
+    out = {}
+    for split in ("train", "val", "calib", "test"):
+        m = cache.mask(split, view=None if split == "train" else 0) & (cache.labels >= 0)
+        out[split] = SplitData(
+            x_all[m], cache.labels[m].astype(np.int32), cache.ids[m], cache.domain[m]
+        )
+    m = cache.mask("test", view=None) & (cache.view > 0) & (cache.labels >= 0)
+    views = None
+    if m.any():
+        views = ViewData(
+            x_all[m],
+            cache.labels[m].astype(np.int32),
+            cache.ids[m],
+            cache.domain[m],
+            (cache.view[m] - 1).astype(np.int8),
+        )
+    check_disjoint(out)
+    for split, d in out.items():
+        if len(d.y) == 0:
+            raise CacheError(f"{cache_path}: split {split!r} is empty; adjust data.fractions")
+        if split in ("train", "val") and len(np.unique(d.y)) < 2:
+            raise CacheError(f"{cache_path}: split {split!r} holds only one class")
+    return out, cache.metadata, views
+
+
+def check_disjoint(splits: dict[str, SplitData]) -> None:
+    """Calibration must share no image with model fitting or selection (by id)."""
+    calib = set(splits["calib"].ids.tolist())
+    for other in ("train", "val", "test"):
+        both = calib & set(splits[other].ids.tolist())
+        if both:
+            raise CacheError(f"calib and {other} share {len(both)} ids (e.g. {sorted(both)[0]!r})")
