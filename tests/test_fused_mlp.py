@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import scipy.special
 
+import heads_helpers as hh
 from heads import fused_mlp, mlp_kernels, model
 
 
 def _head(d=24, h=48, seed=0):
-    return model.init(jax.random.key(seed), "mlp", d, h)
+    return hh.init(jax.random.key(seed), "mlp", d, h)
 
 
 def _data(b=32, d=24, h=48, seed=1):
@@ -72,7 +73,7 @@ def test_logits_and_gradients_match_autodiff(impl, dropout):
     assert z.dtype == jnp.float32
     np.testing.assert_allclose(z, _reference(params, x, keep), rtol=1e-5, atol=1e-5)
     if not dropout:
-        np.testing.assert_allclose(z, model.apply(params, x), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(z, hh.apply(params, x), rtol=1e-5, atol=1e-5)
     got = jax.grad(loss(lambda p: _fused(p, x, keep, impl)))(params)
     want = jax.grad(loss(lambda p: _reference(p, x, keep)))(params)
     for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
@@ -104,7 +105,7 @@ def test_bfloat16_copy_gets_bfloat16_gradient_close_to_float32(impl):
 
 
 def test_vmap_over_configs_equals_each_config():
-    ps = jax.vmap(lambda k: model.init(k, "mlp", 24, 48))(jax.random.split(jax.random.key(3), 3))
+    ps = jax.vmap(lambda k: hh.init(k, "mlp", 24, 48))(jax.random.split(jax.random.key(3), 3))
     x, keep = _data()
 
     def loss(p):

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+import heads_helpers as hh
 from heads import sweep as hs
 from heads.train import HParams, TrainSpec, fit
 from stage1 import sweep as ss
@@ -68,7 +69,7 @@ import jax, jax.numpy as jnp, numpy as np
 from heads import model
 from heads.train import epoch_batches, split_seed
 k_init, k_shuffle, k_drop = split_seed(jnp.int32(7))
-p = jax.jit(lambda k: model.init(k, "mlp", 64, 32))(k_init)
+p = jax.jit(lambda k: hh.init(k, "mlp", 64, 32))(k_init)
 idx, _ = jax.jit(lambda k: epoch_batches(k, 3, 10000, 512))(k_shuffle)
 drop = jax.jit(lambda k: jax.random.bernoulli(k, 0.9, (512, 32)))(k_drop)
 w = np.asarray(p["hidden"]["kernel"])

@@ -9,21 +9,15 @@ import optax
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from heads import losses, model, optim, selection, train
-from heads.train import (
-    HParams,
-    TrainSpec,
-    epoch_batches,
-    fit,
-    fit_many,
-    load_params,
-    predict_logit_margin,
-    predict_proba,
-    save_params,
-    split_seed,
-    stack,
-)
-from stage1.config import HeadConfig, OptimConfig
+import heads_helpers as hh
+from heads import families, losses, model, optim, selection, train
+from heads.checkpoint import load_params, save_params
+from heads.classifier import LinearSpec, MLPSpec
+from heads.predict import predict, predict_proba
+from heads.spec import OPTIM_HPARAMS, HParams, TrainSpec, epoch_batches, split_seed, stack
+from heads.train import fit, fit_many
+from stage1.config import Config, ConfigError, HeadConfig, OptimConfig
+from stage1.run import specs
 
 D = 32
 
@@ -48,14 +42,19 @@ def data():
 
 
 SPEC = TrainSpec(
-    kind="mlp", hidden=64, in_dim=D, epochs=5, batch_size=128, n_train=2000, dropout=True
+    head=MLPSpec(hidden=64, dropout=True), in_dim=D, epochs=5, batch_size=128, n_train=2000
 )
+
+
+def _mlp(hidden, dropout=False, **kw):
+    return TrainSpec(head=MLPSpec(hidden=hidden, dropout=dropout), in_dim=D, **kw)
 
 
 def _hp(pos_weight=1.0, dropout=0.0, **optim_kw):
     """Scalar HParams from OptimConfig defaults overridden by ``optim_kw``."""
-    optim_cfg = dataclasses.replace(OptimConfig(), **optim_kw)
-    return HParams.from_config(optim_cfg, HeadConfig(dropout=dropout), pos_weight)
+    o = dataclasses.replace(OptimConfig(), **optim_kw)
+    values = {f: getattr(o, f) for f in OPTIM_HPARAMS} | {"pos_weight": pos_weight}
+    return HParams.create(head={"dropout": dropout}, **values)
 
 
 def _assert_tree_close(a, b, rtol=1e-5, atol=1e-6):
@@ -70,19 +69,21 @@ def test_learns_separable_blobs_and_reports_its_own_auroc(data):
     assert r.val_auroc[best] > 0.95
     assert r.train_loss[-1] < r.train_loss[0]
     # The recorded AUROC is that of the returned weights (sklearn oracle on our predictions).
-    p = predict_proba(r.params, np.asarray(xv), "mlp")
+    p = predict_proba(r.params, np.asarray(xv), SPEC.head)
     assert roc_auc_score(np.asarray(yv), p) == pytest.approx(float(r.val_auroc[best]), abs=1e-6)
     # Chunked inference (padded last chunk) and the margin agree with the one-shot forward pass.
     np.testing.assert_allclose(predict_proba(r.params, np.asarray(xv), batch_size=37), p, rtol=1e-6)
-    margin = predict_logit_margin(r.params, np.asarray(xv).astype(np.float16))
+    margin = predict(r.params, np.asarray(xv).astype(np.float16))["logit"]
     np.testing.assert_allclose(
         margin,
-        model.logit_margin(model.apply(r.params, np.asarray(xv).astype(np.float16))),
+        model.logit_margin(hh.apply(r.params, np.asarray(xv).astype(np.float16))),
         rtol=1e-5,
         atol=1e-5,
     )
-    with pytest.raises(ValueError, match="not 'linear'"):
-        predict_proba(r.params, np.asarray(xv), "linear")
+    with pytest.raises(ValueError, match="not a linear head"):
+        predict_proba(
+            r.params, np.asarray(xv), families.get("linear").head_spec_from_params(r.params)
+        )
 
 
 def test_determinism_seeds_and_no_recompile(data):
@@ -129,7 +130,7 @@ def test_best_epoch_selection_on_an_overfitting_run():
     rng = np.random.default_rng(1)
     x, y = _blobs(200, 1.0, rng, flip=0.2)  # noisy labels, tiny train set: val AUROC peaks early
     xv, yv = _blobs(400, 1.0, rng)
-    spec = TrainSpec(kind="mlp", hidden=64, in_dim=D, epochs=12, batch_size=32, n_train=200)
+    spec = _mlp(64, epochs=12, batch_size=32, n_train=200)
     hps = stack(
         [
             _hp(lr=lr, seed=s, ema_decay=0.0, warmup_frac=0.0, weight_decay=0.0)
@@ -183,16 +184,7 @@ def test_fit_equals_python_loop_oracle_with_padding_dropout_and_ema(monkeypatch,
     rng = np.random.default_rng(2)
     x, y = _blobs(30, 2.0, rng)
     xv, yv = _blobs(40, 2.0, rng)
-    spec = TrainSpec(
-        kind="mlp",
-        hidden=8,
-        in_dim=D,
-        epochs=3,
-        batch_size=8,
-        n_train=30,
-        dropout=True,
-        ema_every=ema_every,
-    )
+    spec = _mlp(8, dropout=True, epochs=3, batch_size=8, n_train=30, ema_every=ema_every)
     hp = _hp(
         seed=3,
         lr=1e-2,
@@ -206,7 +198,7 @@ def test_fit_equals_python_loop_oracle_with_padding_dropout_and_ema(monkeypatch,
     r = fit(spec, hp, x, y, xv, yv)
 
     k_init, k_shuffle, k_drop = split_seed(3)
-    params = model.init(k_init, "mlp", D, 8)
+    params = hh.init(k_init, "mlp", D, 8)
     tx = optim.make_optimizer(
         hp.lr, hp.weight_decay, hp.warmup_frac, spec.total_steps, mask=optim.decay_mask(params)
     )
@@ -215,7 +207,7 @@ def test_fit_equals_python_loop_oracle_with_padding_dropout_and_ema(monkeypatch,
     train_loss, unmasked_loss = [], []
 
     def batch_loss(p, xb, yb, mb, key):
-        z = model.apply(p, xb, dropout_rate=0.25, key=key)
+        z = hh.apply(p, xb, dropout_rate=0.25, key=key)
         return losses.weighted_ce(z, yb, pos_weight=2.0, label_smoothing=0.1, mask=mb)
 
     @jax.jit  # one step of the loop, jitted only to keep the test fast; the loop stays in Python
@@ -232,7 +224,7 @@ def test_fit_equals_python_loop_oracle_with_padding_dropout_and_ema(monkeypatch,
         return jax.tree.map(lambda e, p: d * e + (1 - d) * p, ema, params)
 
     batches = jax.jit(epoch_batches, static_argnums=(2, 3))
-    val_logits = jax.jit(lambda p: model.apply(p, xv))
+    val_logits = jax.jit(lambda p: hh.apply(p, xv))
     for e in range(spec.epochs):
         idx, mask = batches(k_shuffle, e, 30, 8)
         batch_losses, since_ema = [], 0
@@ -264,38 +256,44 @@ def test_fit_equals_python_loop_oracle_with_padding_dropout_and_ema(monkeypatch,
 
 def test_linear_kind_and_checkpoint_round_trip(data, tmp_path):
     x, y, xv, yv = data
-    spec = dataclasses.replace(SPEC, kind="linear", epochs=3)
+    spec = dataclasses.replace(SPEC, head=LinearSpec(), epochs=3)
     r = fit(spec, _hp(lr=1e-2), x, y, xv, yv)
     assert r.val_auroc[int(r.best_epoch)] > 0.95
     path = save_params(tmp_path / "head.safetensors", r.params, {"kind": "linear"})
     loaded, meta = load_params(path)
     assert meta == {"kind": "linear"}
-    np.testing.assert_array_equal(predict_proba(loaded, xv, "linear"), predict_proba(r.params, xv))
+    np.testing.assert_array_equal(
+        predict_proba(loaded, xv, LinearSpec()), predict_proba(r.params, xv)
+    )
 
 
 def test_config_plumbing_and_input_errors(data):
     x, y, xv, yv = data
-    hp = HParams.from_config(OptimConfig(seed=5, ema_decay=0.0), HeadConfig(dropout=0.1), 2.5)
-    assert hp.seed.dtype == jnp.int32 and int(hp.seed) == 5
-    assert all(v.dtype == jnp.float32 and v.shape == () for v in hp[:-1])
-    assert float(hp.pos_weight) == 2.5 and float(hp.dropout) == pytest.approx(0.1)
+    cfg = Config(optim=OptimConfig(seed=5, ema_decay=0.0), head=HeadConfig(dropout=0.1))
+    hp = specs.hparams(cfg, 2.5)
+    assert hp.seed.dtype == np.int32 and int(hp.seed) == 5
+    assert all(v.dtype == np.float32 and v.shape == () for v in hp[:-2])
+    assert float(hp.pos_weight) == 2.5 and float(hp.head["dropout"]) == pytest.approx(0.1)
+    assert set(hp.head) == {"dropout"}
     assert stack([hp, hp]).lr.shape == (2,)
-    spec = TrainSpec.from_config(
-        HeadConfig(), OptimConfig(epochs=3, batch_size=256), in_dim=384, n_train=1000
-    )
-    assert (spec.steps_per_epoch, spec.total_steps, spec.hidden) == (4, 12, 768)
+    cfg = Config(optim=OptimConfig(epochs=3, batch_size=256))
+    spec = specs.train_spec(cfg, in_dim=384, n_train=1000)
+    assert (spec.steps_per_epoch, spec.total_steps, spec.head.hidden) == (4, 12, 768)
     assert hash(spec) == hash(dataclasses.replace(spec))
+    assert specs.train_spec(cfg, in_dim=4, n_train=100).batch_size == 100  # capped at n_train
 
-    with pytest.raises(ValueError, match="needs the training labels"):
-        HParams.from_config(OptimConfig(pos_weight=-1.0), HeadConfig())
-    with pytest.raises(ValueError, match="kind"):
-        TrainSpec(kind="cnn", in_dim=4, epochs=1, batch_size=1, n_train=1)
+    with pytest.raises(ValueError, match="resolved"):
+        HParams.create(**{f: 0.0 for f in OPTIM_HPARAMS} | {"pos_weight": -1.0})
+    with pytest.raises(ConfigError, match="head.kind"):
+        Config(head=HeadConfig(kind="cnn")).validate()
     with pytest.raises(ValueError, match="batch_size"):
-        TrainSpec(kind="mlp", in_dim=4, epochs=1, batch_size=0, n_train=1)
+        _mlp(8, epochs=1, batch_size=0, n_train=1)
     with pytest.raises(ValueError, match="do not match"):
         fit(SPEC, _hp(), x[:100], y[:100], xv, yv)
     with pytest.raises(ValueError, match="fit_many"):
         fit(SPEC, stack([_hp(), _hp()]), x, y, xv, yv)
+    with pytest.raises(ValueError, match="lacks"):
+        fit(SPEC, _hp()._replace(head={}), x, y, xv, yv)
 
 
 def test_static_dropout_flag_compiles_dropout_out():
@@ -303,16 +301,14 @@ def test_static_dropout_flag_compiles_dropout_out():
     rng = np.random.default_rng(7)
     x, y = _blobs(300, 2.0, rng)
     xv, yv = _blobs(100, 2.0, rng)
-    off = TrainSpec(kind="mlp", hidden=16, in_dim=D, epochs=2, batch_size=64, n_train=300)
-    on = dataclasses.replace(off, dropout=True)
+    off = _mlp(16, epochs=2, batch_size=64, n_train=300)
+    on = dataclasses.replace(off, head=MLPSpec(hidden=16, dropout=True))
     r0 = fit(off, _hp(dropout=0.0), x, y, xv, yv)
     r_ignored = fit(off, _hp(dropout=0.5), x, y, xv, yv)
     r_on = fit(on, _hp(dropout=0.5), x, y, xv, yv)
     np.testing.assert_array_equal(r0.train_loss, r_ignored.train_loss)
     assert not np.allclose(r0.train_loss, r_on.train_loss)
-    assert TrainSpec.from_config(
-        HeadConfig(dropout=0.1), OptimConfig(), in_dim=4, n_train=8
-    ).dropout
+    assert specs.train_spec(Config(head=HeadConfig(dropout=0.1)), in_dim=4, n_train=8).head.dropout
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,7 +323,7 @@ def test_bfloat16_training_matches_float32_and_vmaps(data):
     one (same program, batched).
     """
     x, y, xv, yv = data
-    f32 = dataclasses.replace(SPEC, dropout=False, epochs=3)
+    f32 = dataclasses.replace(SPEC, head=MLPSpec(hidden=64), epochs=3)
     bf16 = dataclasses.replace(f32, precision="bfloat16")
     hps = [_hp(seed=0, lr=3e-3), _hp(seed=1, lr=1e-3, weight_decay=1e-2)]
     r32 = fit(f32, hps[0], x, y, xv, yv)
@@ -345,14 +341,14 @@ def test_bfloat16_training_matches_float32_and_vmaps(data):
 
 def test_bfloat16_apply_and_first_moment():
     rng = np.random.default_rng(0)
-    params = model.init(jax.random.key(1), "mlp", D, 16)
+    params = hh.init(jax.random.key(1), "mlp", D, 16)
     x = jnp.asarray(rng.normal(size=(64, D)), jnp.float32)
-    z32 = model.apply(params, x)
-    z16 = model.apply(params, x, dtype=jnp.bfloat16)
+    z32 = hh.apply(params, x)
+    z16 = hh.apply(params, x, dtype=jnp.bfloat16)
     assert z16.dtype == jnp.float32
     np.testing.assert_allclose(z16, z32, rtol=0.05, atol=0.05)  # bf16 has 8 significant bits
     assert not np.array_equal(z16, z32)
-    g = jax.grad(lambda p: jnp.sum(model.apply(p, x, dtype=jnp.bfloat16) ** 2))(params)
+    g = jax.grad(lambda p: jnp.sum(hh.apply(p, x, dtype=jnp.bfloat16) ** 2))(params)
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(g))
     # The first moment in bfloat16 is optax.adamw(mu_dtype=bfloat16), update for update.
     tx = optim.make_optimizer(1e-2, 0.01, 0.0, 10, mu_dtype=jnp.bfloat16)
@@ -373,14 +369,15 @@ def test_precision_resolution_and_spec_checks():
     with pytest.raises(ValueError, match="precision"):
         optim.resolve_precision("fp8")
     with pytest.raises(ValueError, match="resolve 'auto'"):
-        TrainSpec(kind="mlp", in_dim=4, epochs=1, batch_size=1, n_train=1, precision="auto")
+        _mlp(8, epochs=1, batch_size=1, n_train=1, precision="auto")
     with pytest.raises(ValueError, match="ema_every"):
-        TrainSpec(kind="mlp", in_dim=4, epochs=1, batch_size=1, n_train=1, ema_every=0)
-    spec = TrainSpec.from_config(
-        HeadConfig(), OptimConfig(ema_every=5, precision="bfloat16"), in_dim=4, n_train=8
-    )
+        _mlp(8, epochs=1, batch_size=1, n_train=1, ema_every=0)
+    with pytest.raises(ValueError, match="sam"):
+        _mlp(8, epochs=1, batch_size=1, n_train=1, sam="gsam")
+    cfg = Config(optim=OptimConfig(ema_every=5, precision="bfloat16"))
+    spec = specs.train_spec(cfg, in_dim=4, n_train=8)
     assert (spec.ema_every, spec.precision) == (5, "bfloat16")
-    on_cpu = TrainSpec.from_config(HeadConfig(), OptimConfig(), in_dim=4, n_train=8)
+    on_cpu = specs.train_spec(Config(), in_dim=4, n_train=8)
     assert on_cpu.precision == optim.resolve_precision("auto")
 
 
