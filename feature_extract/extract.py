@@ -20,7 +20,7 @@ StreetVision augmentation level 0-3 (view = level + 1; same id, label, split and
 rendered by ``feature_extract.validator_views`` (224 px, JPEG q75, then resized to
 ``image_size`` like any image) and deterministic per (id, level, ``view_seed``). Only ``test``
 gets them: they measure the challenge score under validator conditions
-(``stage1.pipeline``); train/val/calib stay clean, so the fitted head, the epoch choice and the
+(``stage1.run.data``); train/val/calib stay clean, so the fitted head, the epoch choice and the
 conformal threshold are exactly those of a clean cache, and no augmented copy of a test image
 can reach training (views share their sample's split).
 """
@@ -36,7 +36,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,13 +47,9 @@ import torch
 from feature_extract.backbone import build_backbone
 from feature_extract.preprocess import CorruptImageError, decode, normalize, to_uint8
 from feature_extract.validator_views import LEVELS, validator_view
-from stage1.cache import CacheError, create_cache, open_cache, write_rows
-from stage1.config import SPLITS, BackboneConfig
-from stage1.manifest import Sample, read_bytes
 
 log = logging.getLogger(__name__)
 VARIANTS: dict[str, int] = {"cls": 1, "patch_mean": 1, "cls_last4": 4}  # name -> dim / D
-_SPLIT_CODE = {s: i for i, s in enumerate(SPLITS)}
 _RESUME_KEYS = (
     "backbone",
     "weights_sha256",
@@ -135,7 +131,7 @@ def embed(
     return {v: out[v] for v in variants}
 
 
-def view_rows(samples: Sequence[Sample], views: str = "clean") -> tuple[np.ndarray, np.ndarray]:
+def view_rows(samples: Sequence[Any], views: str = "clean") -> tuple[np.ndarray, np.ndarray]:
     """The cache's row table: ``(sample index, view code)`` per row.
 
     Rows ``0..N-1`` are the clean images in sample order; with ``views="validator"`` each
@@ -160,8 +156,8 @@ class _ImageDataset(torch.utils.data.Dataset):
     views of a test image share one decode.
     """
 
-    def __init__(self, samples, rows, size, row_sample, row_view, view_seed):
-        self.samples, self.rows, self.size = samples, rows, size
+    def __init__(self, samples, read, rows, size, row_sample, row_view, view_seed):
+        self.samples, self.read, self.rows, self.size = samples, read, rows, size
         self.row_sample, self.row_view, self.view_seed = row_sample, row_view, view_seed
         self._last: tuple[int, Any] = (-1, None)
 
@@ -171,7 +167,7 @@ class _ImageDataset(torch.utils.data.Dataset):
     def _decoded(self, k: int):
         if self._last[0] != k:
             self._last = (-1, None)  # a failed decode is retried, never cached
-            self._last = (k, decode(read_bytes(self.samples[k])))
+            self._last = (k, decode(self.read(self.samples[k])))
         return self._last[1]
 
     def __getitem__(self, i: int):
@@ -196,21 +192,31 @@ def _collate(items):
 
 
 def extract(
-    samples: list[Sample],
+    samples: Sequence[Any],
     out_path: str | os.PathLike,
-    cfg: BackboneConfig,
+    cfg: Any,
     *,
+    store: Any,
+    read: Callable[[Any], bytes],
     progress: bool = True,
     limit_batches: int | None = None,
     view_seed: int = 0,
 ) -> ExtractReport:
     """Extract (or resume) the feature cache ``out_path`` for ``samples`` with backbone ``cfg``.
 
+    This room imports nothing from the orchestration room: the owner of the cache format and
+    the image reader are passed in (``stage1.features`` passes ``stage1.cache`` and
+    ``stage1.manifest.read_bytes``), so the HDF5 layout is written by one module only.
+
     Args:
-        samples: one image each; ids must be unique.
+        samples: one image each (objects with ``id``, ``label``, ``split``, ``domain``); ids
+            must be unique.
         out_path: HDF5 cache; created if absent, else resumed after a compatibility check.
-        cfg: backbone name/weights/kwargs, image size, batch size, workers, variants, views,
-            dtype, device.
+        cfg: the backbone section of the config (name/weights/kwargs, image size, batch size,
+            workers, variants, views, dtype, device).
+        store: the cache format's owner: ``create_cache``, ``open_cache``, ``write_rows``,
+            ``mark_skipped``, ``split_codes`` and ``CacheError`` (``stage1.cache``).
+        read: ``read(sample) -> bytes`` of the encoded image (``stage1.manifest.read_bytes``).
         progress: show a tqdm bar and print a one-line summary.
         limit_batches: stop after this many batches (tests, smoke runs); resume later.
         view_seed: seed of the validator views (``views="validator"``); recorded in the
@@ -242,9 +248,9 @@ def extract(
     row_sample, row_view = view_rows(samples, cfg.views)
     meta = _metadata(cfg, info, dims, view_seed)
     if out_path.exists():
-        done = _check_resume(out_path, samples, meta, model_kwargs, row_sample, row_view)
+        done = _check_resume(store, out_path, samples, meta, model_kwargs, row_sample, row_view)
     else:
-        create_cache(
+        store.create_cache(
             out_path,
             ids=[samples[k].id for k in row_sample],
             labels=[samples[k].label for k in row_sample],
@@ -261,7 +267,7 @@ def extract(
     # Group each sample's rows (clean + views) so one decode serves them all.
     pending = pending[np.lexsort((row_view[pending], row_sample[pending]))]
     loader = torch.utils.data.DataLoader(
-        _ImageDataset(samples, pending, cfg.image_size, row_sample, row_view, view_seed),
+        _ImageDataset(samples, read, pending, cfg.image_size, row_sample, row_view, view_seed),
         batch_size=cfg.batch_size,
         shuffle=False,
         num_workers=cfg.num_workers,
@@ -292,10 +298,10 @@ def extract(
                 with torch.inference_mode(), autocast:
                     x = normalize(x.to(device, non_blocking=True), info["mean"], info["std"])
                     feats = embed(model, x, variants)
-                write_rows(out_path, rows, {k: v.cpu().numpy() for k, v in feats.items()})
+                store.write_rows(out_path, rows, {k: v.cpu().numpy() for k, v in feats.items()})
                 report.n_done += len(rows)
             if bad_rows:
-                entries = _mark_skipped(out_path, bad_rows, samples, row_sample, dims)
+                entries = _mark_skipped(store, out_path, bad_rows, samples, row_sample, dims)
                 report.skipped += entries
                 report.n_skipped += len(entries)
             bar.update(len(rows) + len(bad_rows))
@@ -312,12 +318,15 @@ def extract(
     return report
 
 
-def _metadata(
-    cfg: BackboneConfig, info: dict[str, Any], dims: dict[str, int], view_seed: int
-) -> dict[str, Any]:
+def _metadata(cfg: Any, info: dict[str, Any], dims: dict[str, int], view_seed: int) -> dict:
+    import importlib.metadata
+
     import timm
 
-    import stage1
+    try:
+        version = importlib.metadata.version("stage1")
+    except importlib.metadata.PackageNotFoundError:  # a source checkout that is not installed
+        version = "unknown"
 
     meta: dict[str, Any] = {
         "format_version": 1,
@@ -330,7 +339,7 @@ def _metadata(
         "mean": info["mean"],
         "std": info["std"],
         "library_version": (
-            f"stage1 {stage1.__version__}; torch {torch.__version__}; timm {timm.__version__}"
+            f"stage1 {version}; torch {torch.__version__}; timm {timm.__version__}"
         ),
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "extraction_config": json.loads(json.dumps(dataclasses.asdict(cfg))),
@@ -352,8 +361,9 @@ def _metadata(
 
 
 def _check_resume(
+    store: Any,
     path: Path,
-    samples: list[Sample],
+    samples: Sequence[Any],
     meta: dict[str, Any],
     model_kwargs,
     row_sample: np.ndarray,
@@ -361,7 +371,7 @@ def _check_resume(
 ) -> np.ndarray:
     """Refuse a cache made by another backbone/preprocessing/views/sample list; return its done
     mask."""
-    cache = open_cache(path, require_complete=False)
+    cache = store.open_cache(path, require_complete=False)
     old = dict(cache.metadata)
     if old.get("views") == "0 = clean image":  # caches written before views were configurable
         old["views"] = "clean"
@@ -371,7 +381,7 @@ def _check_resume(
         diff.append("model_kwargs")
     if diff:
         was = ", ".join(f"{k}={old.get(k)!r}" for k in diff if k != "model_kwargs")
-        raise CacheError(
+        raise store.CacheError(
             f"cache {path} was made with {was or 'other model_kwargs'} (differs in "
             f"{', '.join(diff)}); delete it or choose another --out"
         )
@@ -379,7 +389,7 @@ def _check_resume(
     if same_rows:
         skipped = {e.get("id") for e in old.get("skipped", [])}
         ids = np.asarray([samples[k].id for k in row_sample], dtype=object)
-        split = np.asarray([_SPLIT_CODE.get(samples[k].split, -1) for k in row_sample])
+        split = store.split_codes([samples[k].split for k in row_sample])
         labels = np.asarray([samples[k].label for k in row_sample])
         was_skipped = np.asarray([i in skipped for i in ids], dtype=bool)
         same_rows = bool(
@@ -389,35 +399,19 @@ def _check_resume(
             and ((cache.labels == labels) | was_skipped).all()
         )
     if not same_rows:
-        raise CacheError(
+        raise store.CacheError(
             f"cache {path} was made with another sample list (ids, splits or labels "
             "differ); delete it or choose another --out"
         )
     return cache.done
 
 
-def _mark_skipped(path: Path, bad_rows, samples, row_sample, dims) -> list[dict[str, Any]]:
-    """Rows of unreadable images: label -1, zero features, done; each image listed once in the
-    metadata. Returns the entries new to the metadata."""
-    import h5py
-
-    from schemas import validate
-
+def _mark_skipped(store, path: Path, bad_rows, samples, row_sample, dims) -> list[dict]:
+    """Rows of unreadable images (``store.mark_skipped``: label -1, zero features, done); each
+    image listed once in the metadata. Returns the entries new to the metadata."""
     rows = np.asarray(sorted(r for r, _ in bad_rows), dtype=np.int64)
     entries: dict[str, dict[str, Any]] = {}
     for r, why in sorted(bad_rows):
         s = samples[row_sample[r]]
         entries.setdefault(s.id, {"id": s.id, "label": s.label, "reason": why})
-    with h5py.File(path, "r+") as f:
-        meta = json.loads(f.attrs["metadata"])
-        known = {e["id"] for e in meta.get("skipped", [])}
-        new = [e for i, e in entries.items() if i not in known]
-        meta["skipped"] = meta.get("skipped", []) + new
-        validate(meta, "feature_cache")
-        f.attrs["metadata"] = json.dumps(meta)
-        f["labels"][rows] = -1
-        for name, d in dims.items():
-            f["features"][name][rows] = np.zeros((len(rows), d), dtype=np.float32)
-        f["done"][rows] = True  # last: a crash before this re-tries the rows on resume
-        f.flush()
-    return new
+    return store.mark_skipped(path, rows, list(entries.values()), dims)

@@ -122,6 +122,35 @@ def write_rows(path: str | os.PathLike, rows: np.ndarray, features: Mapping[str,
         f.flush()
 
 
+def mark_skipped(
+    path: str | os.PathLike,
+    rows: np.ndarray,
+    entries: Sequence[Mapping[str, Any]],
+    dims: Mapping[str, int],
+) -> list[dict[str, Any]]:
+    """Rows of unreadable images: label -1, zero features, done; ``entries`` (one per image:
+    id, label, reason) are added to the metadata's ``skipped`` list unless already there.
+
+    Returns the entries new to the metadata. ``done`` is set last, so a crash before it re-tries
+    the rows on resume.
+    """
+    h5py = _h5()
+    rows = np.sort(np.asarray(rows, dtype=np.int64))
+    with h5py.File(path, "r+") as f:
+        meta = json.loads(f.attrs["metadata"])
+        known = {e["id"] for e in meta.get("skipped", [])}
+        new = [dict(e) for e in entries if e["id"] not in known]
+        meta["skipped"] = meta.get("skipped", []) + new
+        validate(meta, "feature_cache")
+        f.attrs["metadata"] = json.dumps(meta)
+        f["labels"][rows] = -1
+        for name, d in dims.items():
+            f["features"][name][rows] = np.zeros((len(rows), int(d)), dtype=np.float32)
+        f["done"][rows] = True
+        f.flush()
+    return new
+
+
 def synthetic_metadata(**overrides: Any) -> dict[str, Any]:
     """Schema-valid cache metadata for features that come from no backbone (tests, benchmarks).
 

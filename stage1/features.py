@@ -26,7 +26,8 @@ def resolve_source(cfg: Config, out: Path, demo_dir: str | None = None) -> str:
 
 def run_features(cfg: Config, out: Path, demo_dir: str | None = None):
     """Build the manifest of ``cfg.data`` and extract (or resume) the cache at ``out``."""
-    from stage1.manifest import load_manifest, summarize
+    from stage1 import cache
+    from stage1.manifest import load_manifest, read_bytes, summarize
 
     source = resolve_source(cfg, out, demo_dir)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=source))
@@ -36,7 +37,9 @@ def run_features(cfg: Config, out: Path, demo_dir: str | None = None):
 
     from feature_extract.extract import extract
 
-    report = extract(samples, out, cfg.backbone, progress=True)
+    # The PyTorch room imports nothing from stage1: the cache format's owner and the image
+    # reader are handed to it.
+    report = extract(samples, out, cfg.backbone, store=cache, read=read_bytes, progress=True)
     return report
 
 

@@ -150,7 +150,7 @@ def test_bad_split_name(tmp_path):
 
 
 def test_pipeline_loads_concatenated_variants(tmp_path):
-    from stage1.pipeline import load_splits
+    from stage1.run import load_splits
 
     rng = np.random.default_rng(1)
     n = 40

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, matthews_corrcoef
 
-from schemas import SchemaError, validate
-from stage1.artifacts import read_json
-from stage1.cache import synthetic_metadata, write_cache
 from calibrate.challenge import (
     challenge_block,
     challenge_bootstrap,
     challenge_metrics,
     decisions,
 )
+from schemas import SchemaError, validate
+from stage1.artifacts import read_json
+from stage1.cache import synthetic_metadata, write_cache
 from stage1.config import Config, HeadConfig, OptimConfig
 
 
@@ -192,7 +192,7 @@ def _views_cache(path, with_views=True):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from stage1.pipeline import run_training
+    from stage1.run import run_training
 
     base = tmp_path_factory.mktemp("challenge")
     cfg = Config(
@@ -209,7 +209,7 @@ def trained(tmp_path_factory):
 
 
 def test_run_scores_every_validator_level(trained):
-    from stage1.pipeline import load_cache, load_splits
+    from stage1.run import load_cache, load_splits
 
     _, out, n_test = trained[True]
     z = np.load(out / "predictions.npz")

@@ -79,3 +79,87 @@ def test_presets(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         load_preset(str(bad))
+
+
+# ---------------------------------------------------------------------------------------------
+# Config rules live once: the JSON schema and the heads' hyperparameters are checked against the
+# dataclasses, so neither can drift from them.
+
+_JSON_TYPES = {int: {"integer"}, float: {"number"}, str: {"string"}, bool: {"boolean"}}
+
+
+def _schema_types(prop: dict) -> set[str]:
+    if "enum" in prop:
+        return {type(v).__name__.replace("str", "string") for v in prop["enum"]}
+    t = prop.get("type")
+    return set(t) if isinstance(t, list) else {t}
+
+
+def test_config_schema_matches_the_dataclasses_field_for_field():
+    import typing
+
+    from schemas import load_schema
+
+    schema = load_schema("config")
+    hints = typing.get_type_hints(Config)
+    assert set(schema["properties"]) == set(hints)
+    for section, tp in hints.items():
+        prop = schema["properties"][section]
+        if not dataclasses.is_dataclass(tp):
+            assert _schema_types(prop) == {"string"}
+            continue
+        fields = typing.get_type_hints(tp)
+        assert set(prop["properties"]) == set(fields), section
+        assert prop.get("additionalProperties") is False, section
+        for name, ftp in fields.items():
+            p = prop["properties"][name]
+            want = _JSON_TYPES.get(ftp, {"array"})
+            got = _schema_types(p)
+            # an integer is also a JSON number; enums list their values' type
+            assert got == want or (want == {"number"} and got <= {"number", "integer"}), (
+                f"{section}.{name}: schema {got}, dataclass {ftp}"
+            )
+    # Every default tree validates, including every preset.
+    from stage1.presets import PRESETS
+
+    for make in PRESETS.values():
+        validate(to_dict(make()), "config")
+
+
+def test_validate_and_schema_agree_on_enumerated_choices():
+    from schemas import SchemaError, load_schema
+
+    schema = load_schema("config")
+    for section, prop in schema["properties"].items():
+        for name, p in prop.get("properties", {}).items():
+            for value in p.get("enum", []):  # every schema value is a valid config value ...
+                override(Config(), [f"{section}.{name}={value}"]).validate()
+            if "enum" in p:  # ... and a value outside the enum is refused by both
+                bad = override(Config(), [f"{section}.{name}=not-a-choice"])
+                with pytest.raises(ConfigError):
+                    bad.validate()
+                with pytest.raises(SchemaError):
+                    validate(to_dict(bad), "config")
+
+
+def test_head_kinds_and_family_hyperparameters_come_from_the_marked_fields():
+    from heads import families
+    from heads.spec import OPTIM_HPARAMS
+    from stage1.config import HEAD_KINDS, sweep_fields
+
+    assert set(HEAD_KINDS) == set(families.FAMILIES)
+    traced, static = sweep_fields("traced"), sweep_fields("static")
+    assert not set(traced) & set(static)
+    assert set(OPTIM_HPARAMS) <= set(traced)  # every optimizer value is marked traced
+    for fam in families.FAMILIES.values():
+        assert set(fam.hparam_names) <= set(traced), fam.kind
+    # and nothing is marked traced that no trainer reads
+    used = set(OPTIM_HPARAMS).union(*(f.hparam_names for f in families.FAMILIES.values()))
+    assert set(traced) == used
+
+
+def test_phase_presets_are_data_over_the_same_tree():
+    p2, p4 = load_preset("2"), load_preset("4")
+    assert p2.head.kind == p4.head.kind == "selective"
+    assert (p2.optim.sam, p4.optim.sam) == ("none", "fsam")
+    assert dataclasses.replace(p4, preset="phase2", optim=p2.optim) == p2  # only SAM differs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -16,13 +17,15 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+import stage1.cache
 from feature_extract.backbone import RandomInitWarning, build_backbone
-from feature_extract.extract import embed, extract, pick_device
+from feature_extract.extract import embed, pick_device
+from feature_extract.extract import extract as _extract
 from feature_extract.preprocess import CorruptImageError, decode, load_tensor, to_tensor
 from schemas import validate
 from stage1.cache import CacheError, open_cache
 from stage1.config import SPLITS, BackboneConfig
-from stage1.manifest import Sample
+from stage1.manifest import Sample, read_bytes
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 KW = {"depth": 4, "embed_dim": 64, "num_heads": 2}  # depth 4: enough blocks for cls_last4
@@ -35,6 +38,9 @@ BASE = BackboneConfig(
     variants=("cls", "patch_mean", "cls_last4"),
     model_kwargs=json.dumps(KW),
 )
+
+# stage1.features hands the cache format's owner and the image reader to the PyTorch room.
+extract = functools.partial(_extract, store=stage1.cache, read=read_bytes)
 
 
 @pytest.fixture(scope="module")

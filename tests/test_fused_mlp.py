@@ -5,14 +5,14 @@ explicit dropout multiplier), ``scipy.special.erf``, and the XLA path for the Pa
 in Pallas interpret mode here; compiled on a GPU in the gpu-marked test at the end).
 """
 
+import heads_helpers as hh
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.special
 
-import heads_helpers as hh
-from heads import fused_mlp, mlp_kernels, model
+from heads import fused_mlp, mlp_kernels
 
 
 def _head(d=24, h=48, seed=0):

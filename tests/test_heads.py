@@ -3,6 +3,7 @@ schedules, optax.adamw, optax.incremental_update, safetensors."""
 
 import os
 
+import heads_helpers as hh
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +13,6 @@ from safetensors.numpy import load_file
 from scipy.special import erf
 from sklearn.metrics import log_loss
 
-import heads_helpers as hh
 from heads import checkpoint, families, losses, model, optim
 from heads.classifier import LinearSpec, MLPSpec
 from heads.spec import TrainSpec

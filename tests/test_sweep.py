@@ -15,14 +15,17 @@ import numpy as np
 import pytest
 
 from heads import sweep as hs
-from heads.train import HParams, TrainSpec, fit, predict_logit_margin
+from heads.classifier import LinearSpec, MLPSpec
+from heads.predict import predict
+from heads.spec import TrainSpec, stack
+from heads.train import fit
 from schemas import SchemaError, validate
 from stage1 import sweep as ss
 from stage1.artifacts import read_json
 from stage1.cache import CacheError, synthetic_metadata, write_cache
-from stage1.config import ConfigError, override
-from stage1.pipeline import load_splits
+from stage1.config import override
 from stage1.presets import load_preset
+from stage1.run import load_splits, specs
 from stage1.sweep_cli import add_sweep_parser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,8 +87,12 @@ def test_log_lin_and_list_specs():
         ("seed=0.5,1", "seed must be an integer"),
         ("seed=-1", r"seed must be in \[0"),
         ("dropout=0,1", r"dropout must be in \[0, 1\)"),
-        ("pos_weight=0", "pos_weight must be > 0, or -1"),
-        ("kind=mlp,cnn", "kind must be mlp or linear"),
+        ("pos_weight=0", "pos_weight must be > 0 or -1"),
+        ("kind=mlp,cnn", "head.kind must be one of linear\\|mlp\\|selective"),
+        ("sam=none,gsam", "optim.sam must be none"),
+        ("sam_rho=-0.1", "sam_rho must be >= 0"),
+        ("selective.alpha_mix=2", r"alpha_mix must be in \[0, 1\]"),
+        ("precision=bfloat16", "unknown grid name 'precision'"),
         ("feature=cls+", "empty feature variant"),
         ("kind=1:2:lin2", "a range needs a numeric name"),
         ("seed=1,1", "repeated values"),
@@ -97,49 +104,58 @@ def test_bad_specs_raise_one_line_value_errors(spec, match):
     assert isinstance(e.value, ValueError) and "\n" not in str(e.value)
 
 
-def test_selective_presets_are_refused(tmp_path):
-    with pytest.raises(ConfigError, match="selective"):
-        ss.run_sweep(load_preset("phase2"), tmp_path / "none.h5", tmp_path, {})
-
-
 def test_duplicate_names_are_refused_even_through_aliases():
     with pytest.raises(ss.GridError, match="given twice"):
         ss.parse_grid(["lr=1e-3", "optim.lr=1e-2"])
 
 
 # ---------------------------------------------------------------------------------------------
-# Expansion and grouping
+# Expansion
 
 
-def test_expand_grid_order_groups_and_linear_dedup():
-    base = ss.flat_config(load_preset("phase1"))
-    grid = {
-        "kind": ["mlp", "linear"],
-        "hidden": [16, 32],
-        "dropout": [0.0, 0.1],
-        "lr": [1e-3, 1e-2],
-    }
-    cfgs = hs.expand_grid(base, grid)
-    # mlp: 2 hidden x 2 dropout x 2 lr = 8; linear ignores hidden and dropout: 2 lr.
-    assert len(cfgs) == 10
-    assert [c["lr"] for c in cfgs[:2]] == [1e-3, 1e-2]  # the last axis varies fastest
-    assert all(c["hidden"] is None and c["dropout"] == 0.0 for c in cfgs if c["kind"] == "linear")
-    groups = hs.group_configs(cfgs)
-    assert list(groups) == [("mlp", 16, "cls"), ("mlp", 32, "cls"), ("linear", None, "cls")]
-    assert sorted(i for idx in groups.values() for i in idx) == list(range(10))
-    spec = hs.group_spec(("linear", None, "cls"), in_dim=5, epochs=1, batch_size=4, n_train=9)
-    assert spec.kind == "linear" and spec.in_dim == 5
-    with pytest.raises(ValueError, match="unknown sweep axis"):
-        hs.expand_grid(base, {"momentum": [0.9]})
+def test_every_swept_field_is_a_grid_name_by_short_name_and_path():
+    from stage1.config import sweep_fields
+
+    assert set(ss.FIELDS) == set(sweep_fields()) and len(ss.FIELDS) == len(set(ss.FIELDS))
+    for name, (section, field) in ss.FIELDS.items():
+        assert ss.parse_grid([f"{section}.{field}={ss.flat_config(load_preset('phase2'))[name]}"])
+    assert set(ss.TRACED) >= {"lr", "sam_rho", "fsam_sigma", "lam", "target_coverage", "dropout"}
+    assert set(ss.STATIC) >= {"kind", "hidden", "feature", "sam", "trunk_hidden"}
 
 
-def test_stack_hparams_resolves_the_auto_pos_weight_and_keeps_seeds_exact():
-    base = ss.flat_config(load_preset("phase1"))  # pos_weight = -1 (n_neg / n_pos)
-    cfgs = hs.expand_grid(base, {"pos_weight": [-1.0, 2.0], "seed": [2**31 - 1]})
-    hp = hs.stack_hparams(cfgs, auto_pos_weight=3.5)
+def test_expand_grid_order_and_validation():
+    base = load_preset("phase1")
+    grid = {"kind": ["mlp", "linear"], "hidden": [16, 32], "lr": [1e-3, 1e-2]}
+    cfgs = ss.expand_grid(base, grid)
+    assert len(cfgs) == 8  # duplicates (a linear head over two widths) are dropped later
+    assert [c.optim.lr for c in cfgs[:2]] == [1e-3, 1e-2]  # the last axis varies fastest
+    assert [c.head.kind for c in cfgs] == ["mlp"] * 4 + ["linear"] * 4
+    # A linear head's spec and hyperparameters ignore hidden: the sweep sees one config per lr.
+    lin = [c for c in cfgs if c.head.kind == "linear"]
+    assert specs.train_spec(lin[0], in_dim=4, n_train=8) == specs.train_spec(
+        lin[2], in_dim=4, n_train=8
+    )
+    assert isinstance(specs.head_spec(lin[0]), LinearSpec)
+    assert specs.head_spec(cfgs[0]) == MLPSpec(hidden=16)
+
+
+def test_hparams_resolve_the_auto_pos_weight_and_keep_seeds_exact():
+    base = load_preset("phase1")  # pos_weight = -1 (n_neg / n_pos)
+    y = np.array([0] * 7 + [1] * 2)
+    cfgs = ss.expand_grid(base, {"pos_weight": [-1.0, 2.0], "seed": [2**31 - 1]})
+    hp = stack([specs.hparams(c, specs.resolve_pos_weight(c, y)) for c in cfgs])
     np.testing.assert_allclose(hp.pos_weight, [3.5, 2.0])
     assert hp.seed.dtype == np.int32 and int(hp.seed[0]) == 2**31 - 1
-    assert hp.lr.dtype == np.float32 and set(hp._fields) == set(hs.SWEEPABLE)
+    assert hp.lr.dtype == np.float32 and set(hp.head) == {"dropout"}
+    sel = specs.hparams(load_preset("phase2"), 1.0)
+    assert set(sel.head) == {
+        "target_coverage",
+        "lam",
+        "alpha_mix",
+        "fnr_target",
+        "multiplier_lr",
+        "surrogate_temp",
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,12 +260,11 @@ def test_best_config_loads_as_a_preset_and_reproduces_the_winner(swept, cache):
     splits, _ = load_splits(cache, "cls")
     tr, va = splits["train"], splits["val"]
     pw = (len(tr.y) - tr.y.sum()) / tr.y.sum()
-    assert lb["auto_pos_weight"] == pytest.approx(pw)
     last = next(r for r in lb["rows"] if r["config_id"] == 11)
     for row in (win, last):
         c = ss.config_from_flat(cfg, row)
-        spec = TrainSpec.from_config(c.head, c.optim, in_dim=D, n_train=len(tr.y))
-        one = fit(spec, HParams.from_config(c.optim, c.head, pw), tr.x, tr.y, va.x, va.y)
+        spec = specs.train_spec(c, in_dim=D, n_train=len(tr.y))
+        one = fit(spec, specs.hparams(c, pw), tr.x, tr.y, va.x, va.y)
         assert int(one.best_epoch) == row["best_epoch"]
         assert float(one.val_auroc[row["best_epoch"]]) == pytest.approx(row["val_auroc"], abs=1e-6)
 
@@ -257,26 +272,24 @@ def test_best_config_loads_as_a_preset_and_reproduces_the_winner(swept, cache):
 _SHARDED = """
 import sys, numpy as np, jax
 from heads import sweep as hs
+from heads.spec import stack
 from stage1 import sweep as ss
-from stage1.config import ConfigError, override
-from stage1.pipeline import load_splits
+from stage1.config import override
+from stage1.run import load_splits, specs
 from stage1.presets import load_preset
-from stage1.sweep_cli import add_sweep_parser
 assert len(jax.devices()) == 2, jax.devices()
 cfg = override(load_preset("phase1"), sys.argv[3:])
-cfgs = hs.expand_grid(ss.flat_config(cfg), ss.parse_grid(["lr=3e-3:3e-2:log5"]))  # 5 -> pad 6
+cfgs = ss.expand_grid(cfg, ss.parse_grid(["lr=3e-3:3e-2:log5"]))  # 5 -> pad 6
 splits, _ = load_splits(sys.argv[1], "cls")
 tr, va = splits["train"], splits["val"]
-spec = hs.group_spec(("mlp", 16, "cls"), in_dim=tr.x.shape[1], epochs=cfg.optim.epochs,
-                     batch_size=cfg.optim.batch_size, n_train=len(tr.y),
-                     ema_every=cfg.optim.ema_every)
+spec = specs.train_spec(cfg, in_dim=tr.x.shape[1], n_train=len(tr.y))
 mesh = hs.config_mesh()
-r = hs.run_group(spec, hs.stack_hparams(cfgs, 2.0), tr.x, tr.y, va.x, va.y, alpha=0.1,
-                 mesh=mesh, keep_params=True)
-np.savez(sys.argv[2], devices=mesh.size, best_epoch=r.best_epoch, curve=r.val_auroc_curve,
-         train_loss=r.train_loss_curve, exit=r.val_exit_rate,
+r = hs.run_group(spec, stack([specs.hparams(c, 2.0) for c in cfgs]), tr.x, tr.y, va.x, va.y,
+                 alpha=0.1, mesh=mesh, keep_params=True)
+np.savez(sys.argv[2], devices=mesh.size, best_epoch=r.best_epoch, curve=r.curves["val_auroc"],
+         train_loss=r.curves["train_loss"], exit=r.val_exit_rate,
          kernel=r.params["hidden"]["kernel"], out=r.params["out"]["kernel"],
-         lr=[c["lr"] for c in cfgs])
+         lr=[c.optim.lr for c in cfgs])
 """
 
 
@@ -302,11 +315,11 @@ def test_sharded_sweep_over_two_devices_equals_lone_fits(cache, tmp_path):
     cfg = override(load_preset("phase1"), SETS)
     splits, _ = load_splits(cache, "cls")
     tr, va = splits["train"], splits["val"]
-    spec = TrainSpec.from_config(cfg.head, cfg.optim, in_dim=D, n_train=len(tr.y))
+    spec = specs.train_spec(cfg, in_dim=D, n_train=len(tr.y))
     k = hs.exit_rank(va.y, 0.1)
     for i in (0, 2, 4):  # first device, second device, the config next to the padding
-        optim = dataclasses.replace(cfg.optim, lr=float(got["lr"][i]))
-        one = fit(spec, HParams.from_config(optim, cfg.head, 2.0), tr.x, tr.y, va.x, va.y)
+        c = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=float(got["lr"][i])))
+        one = fit(spec, specs.hparams(c, 2.0), tr.x, tr.y, va.x, va.y)
         np.testing.assert_allclose(got["curve"][i], one.val_auroc, rtol=1e-5)
         np.testing.assert_allclose(got["train_loss"][i], one.train_loss, rtol=1e-5)
         for name, layer in (("kernel", "hidden"), ("out", "out")):
@@ -314,7 +327,7 @@ def test_sharded_sweep_over_two_devices_equals_lone_fits(cache, tmp_path):
                 got[name][i], one.params[layer]["kernel"], rtol=1e-5, atol=1e-6
             )
         assert int(got["best_epoch"][i]) == int(one.best_epoch)
-        s = predict_logit_margin(one.params, va.x)  # exit rate of the lone fit's weights
+        s = predict(one.params, va.x)["logit"]  # exit rate of the lone fit's weights
         rate = np.asarray(hs.exit_rates(jnp.asarray(s[None]), jnp.asarray(va.y), k))[0]
         assert float(got["exit"][i]) == pytest.approx(float(rate), abs=1e-6)
     assert not np.allclose(got["kernel"][0], got["kernel"][1])  # configs really differ
@@ -322,8 +335,9 @@ def test_sharded_sweep_over_two_devices_equals_lone_fits(cache, tmp_path):
 
 def test_auto_chunk_fits_the_budget():
     mesh = hs.config_mesh()
-    mlp = TrainSpec(kind="mlp", hidden=768, in_dim=768, epochs=1, batch_size=512, n_train=10)
-    lin = TrainSpec(kind="linear", in_dim=768, epochs=1, batch_size=512, n_train=10)
+    shape = dict(in_dim=768, epochs=1, batch_size=512, n_train=10)
+    mlp = TrainSpec(head=MLPSpec(hidden=768), **shape)
+    lin = TrainSpec(head=LinearSpec(), **shape)
     # Tens of MB per MLP config of the phase-1 shape, about 2 MB per linear one.
     assert 100 * mesh.size <= hs.auto_chunk(mlp, 32768, mesh, budget_bytes=8 * 2**30) <= 400
     assert hs.auto_chunk(lin, 32768, mesh, budget_bytes=8 * 2**30) > 4000 * mesh.size
@@ -347,3 +361,50 @@ def test_rank_rows_by_exit_rate_with_tie_breaks_and_missing_last():
     assert [r["rank"] for r in ranked] == [1, 2, 3, 4, 5]
     by_auc = ss.rank_rows(rows, "val_auroc")
     assert [r["config_id"] for r in by_auc] == [3, 1, 0, 4, 2]
+
+
+# ---------------------------------------------------------------------------------------------
+# Every family and the SAM updates sweep through the same path
+
+
+def test_selective_net_sweeps_over_its_loss_hyperparameters(cache, tmp_path):
+    """`stage1 sweep --preset phase2 --grid selective.lam=8,32 --grid target_coverage=...`: one
+    vmapped group; each row equals a lone fit of its config (the stage1 train path)."""
+    cfg = override(load_preset("phase2"), SETS + ["selective.trunk_hidden=16"])
+    grid = ss.parse_grid(["selective.lam=8,32", "target_coverage=0.6,0.8"], cfg)
+    res = ss.run_sweep(cfg, cache, tmp_path, grid, ridge=False, progress=False)
+    lb = read_json(tmp_path / "leaderboard.json", schema="leaderboard")
+    assert lb["n_configs"] == 4 and len(lb["groups"]) == 1
+    assert lb["groups"][0]["kind"] == "selective" and lb["columns"][3:5] == [
+        "lam",
+        "target_coverage",
+    ]
+    splits, _ = load_splits(cache, "cls")
+    tr, va = splits["train"], splits["val"]
+    for row in res.rows:
+        c = ss.config_from_flat(cfg, row)
+        assert (c.selective.lam, c.selective.target_coverage) == (
+            row["lam"],
+            row["target_coverage"],
+        )
+        one = fit(specs.train_spec(c, in_dim=D, n_train=len(tr.y)), specs.hparams(c, 1.0), tr.x,
+                  tr.y, va.x, va.y)  # fmt: skip
+        assert float(one.val_auroc[row["best_epoch"]]) == pytest.approx(row["val_auroc"], abs=1e-5)
+    assert load_preset(str(tmp_path / "best_config.json")).head.kind == "selective"
+
+
+def test_a_sam_rho_sweep_at_rho_zero_is_plain_adamw(cache, tmp_path):
+    cfg = override(load_preset("phase1"), SETS + ["optim.sam=sam"])
+    grid = ss.parse_grid(["sam_rho=0,0.05,0.5"], cfg)
+    res = ss.run_sweep(cfg, cache, tmp_path, grid, ridge=False, progress=False)
+    by_rho = {r["sam_rho"]: r for r in res.rows}
+    splits, _ = load_splits(cache, "cls")
+    tr, va = splits["train"], splits["val"]
+    plain = override(load_preset("phase1"), SETS)
+    pw = specs.resolve_pos_weight(plain, tr.y)
+    one = fit(specs.train_spec(plain, in_dim=D, n_train=len(tr.y)), specs.hparams(plain, pw),
+              tr.x, tr.y, va.x, va.y)  # fmt: skip
+    row = by_rho[0.0]
+    assert float(one.val_auroc[row["best_epoch"]]) == pytest.approx(row["val_auroc"], abs=1e-6)
+    assert float(one.val_loss[row["best_epoch"]]) == pytest.approx(row["val_loss"], rel=1e-5)
+    assert by_rho[0.5]["val_loss"] != pytest.approx(row["val_loss"], rel=1e-4)  # rho acts

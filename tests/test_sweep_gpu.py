@@ -7,7 +7,6 @@ import jax
 import numpy as np
 import pytest
 
-import heads_helpers as hh
 from heads import sweep as hs
 from heads.train import HParams, TrainSpec, fit
 from stage1 import sweep as ss

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import heads_helpers as hh
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +10,6 @@ import optax
 import pytest
 from sklearn.metrics import roc_auc_score
 
-import heads_helpers as hh
 from heads import families, losses, model, optim, selection, train
 from heads.checkpoint import load_params, save_params
 from heads.classifier import LinearSpec, MLPSpec
