@@ -61,7 +61,7 @@ def _config_from_args(args) -> object:
 
 
 def _cmd_demo_data(args) -> int:
-    from stage1.demo_data import generate
+    from stage1.demo.synthetic import generate
 
     out = generate(args.out, n=args.n, seed=args.seed, workers=args.workers)
     print(f"demo data ready in {out}")
@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.set_defaults(func=_cmd_report)
 
-    from stage1.sweep_cli import add_sweep_parser
+    from stage1.sweep.cli import add_sweep_parser
 
     add_sweep_parser(sub)
     return parser

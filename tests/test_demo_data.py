@@ -16,7 +16,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from stage1.config import DataConfig
-from stage1.demo_data import generate, plan, render
+from stage1.demo.synthetic import generate, plan, render
 from stage1.manifest import load_manifest
 
 N = 40
@@ -204,5 +204,5 @@ def test_random_init_vit_features_learn_the_task(tmp_path):
 def test_bad_n_and_import_hygiene(tmp_path):
     with pytest.raises(ValueError, match="n >= 2"):
         generate(tmp_path / "f", n=1)
-    code = "import sys, stage1.demo_data; assert not {'torch', 'jax'} & set(sys.modules)"
+    code = "import sys, stage1.demo.synthetic; assert not {'torch', 'jax'} & set(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)

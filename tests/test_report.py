@@ -18,9 +18,16 @@ from sklearn.metrics import (
 
 from calibrate import metrics as M
 from schemas import validate
-from stage1 import plots
 from stage1.artifacts import read_json, write_json
-from stage1.report import BIASED, ReportError, build_report, load_run, update_metrics_json
+from stage1.report import (
+    BIASED,
+    ReportError,
+    build_report,
+    load_run,
+    plots,
+    run_kind,
+    update_metrics_json,
+)
 
 FIGURES = ("reliability", "risk_coverage", "roc", "pr", "histograms")
 HEADLINE = (
@@ -267,6 +274,35 @@ def test_report_without_domains_notes_the_skip(tmp_path):
     )
 
 
+def test_a_threshold_run_keeps_its_report_whatever_lies_beside_it(tmp_path):
+    """Dispatch is by artifact: thresholds.json means the threshold report, even next to a
+    scrcparams.json — such a directory was reported before selective reports existed, and
+    must not be refused or reported differently now."""
+    run = tmp_path / "run"
+    make_run(run)
+    assert run_kind(run) == "threshold"
+    stray = {
+        "fitted_on": "calib",
+        "n_calib": 300,
+        "n_calib_positives": 90,
+        "alpha": 0.02,
+        "delta": 0.05,
+        "target_coverage": 0.5,
+        "risk": "fnr",
+        "candidates": {
+            c: {"feasible": False, "reason": "too few calibration positives"}
+            for c in ("gate", "softmax_response")
+        },
+        "chosen": None,
+        "two_sided": {"feasible": False, "reason": "too few calibration positives"},
+    }
+    write_json(run / "scrcparams.json", stray, schema="scrcparams")
+    assert run_kind(run) == "threshold"
+    md = build_report(run, n_bootstrap=200)["markdown"].read_text()
+    assert "## Exit threshold" in md and "## Exit policies" not in md
+    assert isinstance(read_json(run / "metrics.json", schema="metrics")["threshold"], float)
+
+
 def test_missing_artifacts_raise_one_line_errors(tmp_path):
     with pytest.raises(ReportError, match="not found"):
         build_report(tmp_path / "nope")
@@ -335,5 +371,9 @@ def test_figures_render_for_degenerate_inputs():
         plots.pr_figure(p, y, np.nextafter(1.0, 2.0)),
         plots.histogram_figure(p, 1 - y, np.nextafter(1.0, 2.0)),
         plots.histogram_figure(p, y, 0.0),
+        # A run without a single exit threshold (a selective-policy run) draws none.
+        plots.roc_figure(p, 1 - y, None),
+        plots.pr_figure(p, 1 - y, None),
+        plots.histogram_figure(p, 1 - y, None),
     ):
         assert plots.to_png(fig, dpi=20)[:4] == b"\x89PNG"

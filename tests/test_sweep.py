@@ -26,7 +26,7 @@ from stage1.cache import CacheError, synthetic_metadata, write_cache
 from stage1.config import override
 from stage1.presets import load_preset
 from stage1.run import load_splits, specs
-from stage1.sweep_cli import add_sweep_parser
+from stage1.sweep.cli import add_sweep_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 D = 8

@@ -209,7 +209,7 @@ def risk_coverage_figure(probs, labels, threshold: float, alpha: float | None = 
     fig = Figure(figsize=(11.0, 4.3), layout="constrained")
     ax, axe = fig.subplots(1, 2)
 
-    ax.plot(*_thin(cov, risk), color=NEG, lw=1.6, label="selective error")
+    ax.plot(*thin(cov, risk), color=NEG, lw=1.6, label="selective error")
     ax.axhline(
         err.mean(), ls="--", color=GREY, lw=1, label=f"error at full coverage {err.mean():.3f}"
     )
@@ -244,12 +244,12 @@ def risk_coverage_figure(probs, labels, threshold: float, alpha: float | None = 
         ylabel="selective error (p ≥ 0.5 rule)",
         title="Risk–coverage, confidence = max(p, 1 − p)",
     )
-    _legend_below(ax)
+    legend_below(ax)
     ax.grid(alpha=0.25)
 
     rate, fnr, foms, _ = exit_curve(p, y)
-    axe.plot(*_thin(rate, fnr), color=POS, lw=1.6, label="FNR (exited positives / positives)")
-    axe.plot(*_thin(rate, foms), color=NEG, lw=1.6, label="positives among exits")
+    axe.plot(*thin(rate, fnr), color=POS, lw=1.6, label="FNR (exited positives / positives)")
+    axe.plot(*thin(rate, foms), color=NEG, lw=1.6, label="positives among exits")
     if alpha is not None:
         axe.axhline(alpha, ls="--", color=GREY, lw=1, label=f"α = {alpha:g}")
     op_rate = float(np.mean(p < threshold))
@@ -272,19 +272,19 @@ def risk_coverage_figure(probs, labels, threshold: float, alpha: float | None = 
         ylabel="rate",
         title="Cascade: exit as negative iff p < t (test)",
     )
-    _legend_below(axe)
+    legend_below(axe)
     axe.grid(alpha=0.25)
     return fig
 
 
-def _legend_below(ax, ncols: int = 2) -> None:
+def legend_below(ax, ncols: int = 2) -> None:
     """Legend under the axes: never hides a curve, whatever its shape."""
     ax.legend(
         fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=ncols, frameon=False
     )
 
 
-def _thin(x: np.ndarray, y: np.ndarray, max_points: int = 4000):
+def thin(x: np.ndarray, y: np.ndarray, max_points: int = 4000):
     """Every k-th point (ends kept) of a long curve: a figure a few hundred pixels wide cannot
     show more, and rendering and legend placement stay fast for large test splits."""
     if len(x) <= max_points:
@@ -297,17 +297,20 @@ def _op_marker(ax, x, y, label):
     ax.plot(x, y, "o", color=OP, ms=7, label=label, zorder=5)
 
 
-def roc_figure(probs, labels, threshold: float, auroc: float | None = None) -> Figure:
-    """ROC curve with the exit threshold (positive iff p >= t) and the 0.5 rule marked."""
+def roc_figure(probs, labels, threshold: float | None, auroc: float | None = None) -> Figure:
+    """ROC curve with the exit threshold (positive iff p >= t; None: a run without one) and
+    the 0.5 rule marked."""
     p, y = np.asarray(probs, float), np.asarray(labels)
     fpr, tpr, _ = roc_points(p, y)
     fig = Figure(figsize=(5.2, 5.0), layout="constrained")
     ax = fig.subplots()
     name = "ROC" if auroc is None else f"ROC (AUROC {auroc:.4f})"
-    ax.plot(*_thin(fpr, tpr), color=NEG, lw=1.6, label=name)
+    ax.plot(*thin(fpr, tpr), color=NEG, lw=1.6, label=name)
     ax.plot([0, 1], [0, 1], ls="--", color=GREY, lw=1, label="chance")
     n_pos, n_neg = max(int((y == 1).sum()), 1), max(int((y == 0).sum()), 1)
-    marks = ((threshold, "o", f"exit threshold t = {threshold:.3g}"), (0.5, "s", "p ≥ 0.5"))
+    marks = [(0.5, "s", "p ≥ 0.5")]
+    if threshold is not None:
+        marks.insert(0, (threshold, "o", f"exit threshold t = {threshold:.3g}"))
     for t, mk, lab in marks:
         x, yy = np.sum((p >= t) & (y == 0)) / n_neg, np.sum((p >= t) & (y == 1)) / n_pos
         ax.plot(
@@ -324,15 +327,15 @@ def roc_figure(probs, labels, threshold: float, auroc: float | None = None) -> F
         ylim=(0, 1.01),
         xlabel="false positive rate",
         ylabel="true positive rate",
-        title="ROC, test (positive = not exited)",
+        title="ROC, test" + (" (positive = not exited)" if threshold is not None else ""),
     )
     ax.legend(fontsize=8, loc="lower right", frameon=False)
     ax.grid(alpha=0.25)
     return fig
 
 
-def pr_figure(probs, labels, threshold: float, auprc: float | None = None) -> Figure:
-    """Precision-recall curve with the prevalence baseline and the exit threshold marked."""
+def pr_figure(probs, labels, threshold: float | None, auprc: float | None = None) -> Figure:
+    """Precision-recall curve with the prevalence baseline and the exit threshold (if any)."""
     p, y = np.asarray(probs, float), np.asarray(labels)
     rec, prec = pr_points(p, y)
     fig = Figure(figsize=(5.2, 5.0), layout="constrained")
@@ -340,13 +343,15 @@ def pr_figure(probs, labels, threshold: float, auprc: float | None = None) -> Fi
     name = "PR" if auprc is None else f"PR (AUPRC {auprc:.4f})"
     # steps-pre: precision P_k holds on (R_{k-1}, R_k], so the area under the drawn curve is
     # the average precision sum_k (R_k - R_{k-1}) P_k.
-    ax.plot(*_thin(rec, prec), color=POS, lw=1.6, drawstyle="steps-pre", label=name)
+    ax.plot(*thin(rec, prec), color=POS, lw=1.6, drawstyle="steps-pre", label=name)
     prev = float(np.mean(y == 1))
     ax.axhline(prev, ls="--", color=GREY, lw=1, label=f"prevalence {prev:.3f}")
-    keep = p >= threshold
-    r_op = np.sum(keep & (y == 1)) / max(int((y == 1).sum()), 1)
-    p_op = np.sum(keep & (y == 1)) / max(int(keep.sum()), 1)
-    _op_marker(ax, r_op, p_op, f"t = {threshold:.3g}: recall {r_op:.3f}, precision {p_op:.3f}")
+    if threshold is not None:
+        keep = p >= threshold
+        r_op = np.sum(keep & (y == 1)) / max(int((y == 1).sum()), 1)
+        p_op = np.sum(keep & (y == 1)) / max(int(keep.sum()), 1)
+        label = f"t = {threshold:.3g}: recall {r_op:.3f}, precision {p_op:.3f}"
+        _op_marker(ax, r_op, p_op, label)
     ax.set(
         xlim=(0, 1.01),
         ylim=(0, 1.02),
@@ -354,13 +359,15 @@ def pr_figure(probs, labels, threshold: float, auprc: float | None = None) -> Fi
         ylabel="precision",
         title="Precision–recall, test",
     )
-    _legend_below(ax, ncols=1)
+    legend_below(ax, ncols=1)
     ax.grid(alpha=0.25)
     return fig
 
 
-def histogram_figure(probs, labels, threshold: float, log_y: bool = True, bins: int = 50) -> Figure:
-    """Per-class histograms of P(roadwork) with the exit threshold and 0.5 marked.
+def histogram_figure(
+    probs, labels, threshold: float | None, log_y: bool = True, bins: int = 50
+) -> Figure:
+    """Per-class histograms of P(roadwork) with the exit threshold (if any) and 0.5 marked.
 
     Left on a linear p axis; right on a logit axis, where saturated scores and the small exit
     thresholds that a low α produces (often t << 0.05) are resolved.
@@ -370,7 +377,8 @@ def histogram_figure(probs, labels, threshold: float, log_y: bool = True, bins: 
     axes = fig.subplots(1, 2)
     eps = 1e-6
     q = np.clip(p, eps, 1 - eps)
-    tq = float(np.clip(threshold, eps, 1 - eps))  # t may be 0 or just above 1 (exit all)
+    # t may be 0 or just above 1 (exit all); without one, 0.5 alone bounds the logit axis.
+    tq = float(np.clip(0.5 if threshold is None else threshold, eps, 1 - eps))
     lo, hi = _logit(min(q.min(), tq, 0.5)), _logit(max(q.max(), tq, 0.5))
     logit_edges = 1 / (1 + np.exp(-np.linspace(lo - 0.1, hi + 0.1, bins + 1)))
     for ax, edges, x, scale in (
@@ -386,12 +394,13 @@ def histogram_figure(probs, labels, threshold: float, log_y: bool = True, bins: 
             )
             ax.stairs(counts, edges, color=color, lw=1.2)
             peak = max(peak, counts.max(initial=0))
-        ax.axvline(
-            threshold if scale == "linear" else tq,
-            color=OP,
-            lw=1.5,
-            label=f"exit threshold t = {threshold:.3g}",
-        )
+        if threshold is not None:
+            ax.axvline(
+                threshold if scale == "linear" else tq,
+                color=OP,
+                lw=1.5,
+                label=f"exit threshold t = {threshold:.3g}",
+            )
         ax.axvline(0.5, color="black", lw=1, ls=":", label="p = 0.5")
         ax.set_xscale(scale)
         if log_y:
@@ -409,7 +418,8 @@ def histogram_figure(probs, labels, threshold: float, log_y: bool = True, bins: 
             ax.set_xlim(edges[0], edges[-1])
         ax.grid(alpha=0.25)
     axes[0].legend(fontsize=8, loc="upper center", frameon=False, ncols=2)
-    fig.suptitle("Score distribution by class, test (exit as negative iff p < t)", fontsize=11)
+    rule = "" if threshold is None else " (exit as negative iff p < t)"
+    fig.suptitle(f"Score distribution by class, test{rule}", fontsize=11)
     return fig
 
 

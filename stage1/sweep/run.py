@@ -34,18 +34,8 @@ import numpy as np
 from stage1.artifacts import atomic_write_bytes, write_json
 from stage1.cache import CacheError
 from stage1.config import Config, to_dict
-from stage1.grid import (  # noqa: F401  (re-exported: stage1.sweep.parse_grid etc.)
-    FIELDS,
-    STATIC,
-    TRACED,
-    GridError,
-    config_from_flat,
-    expand_grid,
-    flat_config,
-    parse_grid,
-    parse_values,
-)
 from stage1.run import specs
+from stage1.sweep.grid import expand_grid, flat_config
 
 METRICS = {"auroc": "val_auroc", "exit_rate": "val_exit_rate"}
 HEAD_COLUMNS = ("rank", "kind", "feature")

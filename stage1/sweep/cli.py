@@ -1,4 +1,4 @@
-"""The `stage1 sweep` command line: arguments, compile cache, printing (library: stage1.sweep)."""
+"""The `stage1 sweep` command line: arguments, compile cache, printing (library: ``run``)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 
 from stage1 import compile_cache
 from stage1.config import ConfigError, override
-from stage1.grid import RANGE_SPEC, STATIC, TRACED, GridError, parse_grid
-from stage1.sweep import EXIT_NOTE, METRICS, format_table, run_sweep
+from stage1.sweep.grid import RANGE_SPEC, STATIC, TRACED, GridError, parse_grid
+from stage1.sweep.run import EXIT_NOTE, METRICS, format_table, run_sweep
 
 
 def add_sweep_parser(subparsers) -> argparse.ArgumentParser:

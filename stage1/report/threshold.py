@@ -11,6 +11,9 @@ back into ``metrics.json`` and renders PNG figures, ``report.md`` (images linked
 (``calibrate.challenge``): the clean images always, and each validator augmentation level when the
 run's cache was extracted with ``--views validator`` (``test_views_*`` in predictions.npz), with
 intervals from a bootstrap over images (all views of an image resampled together).
+
+This module reports threshold runs (``thresholds.json``); ``build_report`` hands a run that
+certified exit policies instead (``scrcparams.json``) to ``stage1.report.selective``.
 """
 
 from __future__ import annotations
@@ -18,39 +21,58 @@ from __future__ import annotations
 import csv
 import functools
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from calibrate.challenge import challenge_block
-from stage1 import plots
-from stage1.artifacts import atomic_write_bytes, read_json, write_json
-from stage1.document import to_html, to_markdown
+from stage1.artifacts import read_json, write_json
+from stage1.report import plots
+from stage1.report.common import (
+    N_BINS,
+    SPLITS,
+    ReportError,
+    challenge_blocks,
+    challenge_card,
+    check_resamples,
+    ci,
+    fmt,
+    num,
+    run_subtitle,
+    write_report,
+)
 
-SPLITS = ("train", "val", "calib", "test")
-N_BINS = 15  # reliability diagram and ECE: 15 uniform bins [a, b) (METHODS.md §6.3)
 LEADERBOARD_ROWS = 20
-
-
-class ReportError(ValueError):
-    """The run directory cannot be reported on (missing or inconsistent artifacts)."""
 
 
 # ---------------------------------------------------------------------------------------------
 # inputs
 
 
-def load_run(run_dir: Path) -> dict[str, Any]:
-    """Predictions per split plus the run's JSON artifacts; raises ReportError when absent."""
+def run_kind(run_dir: Path) -> str:
+    """Which report a run directory gets, from its artifacts alone (never from a head kind).
+
+    ``"threshold"``: the run certified one exit threshold (``thresholds.json``) — this module.
+    ``"selective"``: the run certified exit policies (``scrcparams.json``, no thresholds.json) —
+    ``stage1.report.selective``. A directory holding both keeps the threshold report, as it
+    always did, so no run that was reported before is refused or reported differently now.
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ReportError(f"run directory {run_dir} not found")
-    if (run_dir / "scrcparams.json").is_file() and not (run_dir / "thresholds.json").is_file():
+    has_scrc = (run_dir / "scrcparams.json").is_file()
+    return "selective" if has_scrc and not (run_dir / "thresholds.json").is_file() else "threshold"
+
+
+def load_run(run_dir: Path) -> dict[str, Any]:
+    """Predictions per split plus the run's JSON artifacts of a threshold run; raises
+    ReportError when absent."""
+    run_dir = Path(run_dir)
+    if run_kind(run_dir) != "threshold":
         raise ReportError(
-            f"{run_dir} is a phase-2 run; the report covers phase-1 runs (its test metrics "
-            "and SCRC-I policies are in metrics.json and scrcparams.json)"
+            f"{run_dir} is a selective-policy run (scrcparams.json); load it with "
+            "stage1.report.selective.load_selective_run"
         )
     for name in ("predictions.npz", "metrics.json", "thresholds.json"):
         if not (run_dir / name).is_file():
@@ -182,11 +204,6 @@ def _t32(t: float) -> np.float32:
     return np.nextafter(t32, np.float32(np.inf)) if float(t32) < t else t32
 
 
-def _num(v) -> float | None:
-    v = float(v)
-    return v if np.isfinite(v) else None
-
-
 def headline_metrics(p, y, t: float, n_resamples: int, seed: int = 0) -> dict[str, dict]:
     """Point estimate and stratified percentile-bootstrap 95 % interval of each headline metric.
 
@@ -214,9 +231,9 @@ def headline_metrics(p, y, t: float, n_resamples: int, seed: int = 0) -> dict[st
         k: {
             "label": label,
             "definition": d,
-            "value": _num(r.point[k]),
-            "low": _num(r.low[k]),
-            "high": _num(r.high[k]),
+            "value": num(r.point[k]),
+            "low": num(r.low[k]),
+            "high": num(r.high[k]),
         }
         for k, (label, d) in HEADLINE.items()
     }
@@ -254,7 +271,7 @@ def subset_metrics(p, y, t: float, masks: np.ndarray) -> list[dict[str, float | 
     for i, m in enumerate(masks):
         n_pos = int(y[m].sum())
         row = {"n": int(m.sum()), "positives": n_pos}
-        row |= {k: _num(v[i]) for k, v in vals.items()}
+        row |= {k: num(v[i]) for k, v in vals.items()}
         if n_pos == 0:  # an absent class leaves no AUROC/FNR; summary returns NaN or 0
             row["auroc"] = row["auprc"] = row["fnr"] = None
         if n_pos == row["n"]:
@@ -293,18 +310,6 @@ def update_metrics_json(
 # ("table", header, rows) ("kv", rows) ("figure", name, caption, wide) ("pre", summary, text)
 
 
-def _fmt(v, digits: int = 4) -> str:
-    """Table number: fixed 4 decimals, 3 significant digits below 1e-3, '—' for missing."""
-    if v is None or isinstance(v, str):
-        return "—" if v is None else v
-    if isinstance(v, (bool, np.bool_, int, np.integer)):
-        return str(v if isinstance(v, (bool, np.bool_)) else int(v))
-    v = float(v)
-    if not np.isfinite(v):
-        return "—"
-    return f"{v:.{digits}f}" if v == 0 or abs(v) >= 1e-3 else f"{v:.3g}"
-
-
 def _fmt_cell(s: str) -> str:
     """A leaderboard cell: numbers to 4 significant digits, anything else verbatim."""
     try:
@@ -316,10 +321,6 @@ def _fmt_cell(s: str) -> str:
             return s
 
 
-def _ci(h: dict) -> str:
-    return f"[{_fmt(h['low'])}, {_fmt(h['high'])}]"
-
-
 def _blocks(
     run: dict,
     head: dict,
@@ -328,21 +329,14 @@ def _blocks(
     split_rows: list,
     domain_rows: list | None,
     challenge: dict,
-) -> tuple[str, list]:
+) -> list:
     m, th, cfg = run["metrics"], run["thresholds"], run["config"] or {}
     ex = th["exit_negative"]
     t, alpha, delta = ex["threshold"], ex["alpha"], ex.get("delta")
-    title = f"stage1 report — {run['dir'].resolve().name}"
-    sub = [f"preset {cfg.get('preset', '?')}"]
-    if isinstance(cfg.get("head"), dict):
-        sub.append(f"head {cfg['head'].get('kind')} on {cfg['head'].get('feature')}")
-    if isinstance(cfg.get("backbone"), dict):
-        bb = cfg["backbone"]
-        sub.append(f"backbone {bb.get('name')} (weights {bb.get('weights')})")
-    sub += [
-        f"test n = {m['n']}, positives = {m['n_positives']}",
-        time.strftime("generated %Y-%m-%d %H:%M"),
-    ]
+    hd = cfg.get("head")
+    sub = run_subtitle(
+        cfg, m, f"head {hd.get('kind')} on {hd.get('feature')}" if isinstance(hd, dict) else None
+    )
 
     fnr, exits = head["fnr"], head["exit_rate"]
     above = fnr["value"] is not None and fnr["value"] > alpha
@@ -352,16 +346,16 @@ def _blocks(
         else f"{'ABOVE' if above else 'within'} α = {alpha:g}"
     )
     B: list = [
-        ("p", " · ".join(sub)),
+        ("p", sub),
         ("h2", "Summary"),
         (
             "cards",
             [
-                ("test AUROC", _fmt(head["auroc"]["value"]), _ci(head["auroc"]), False),
-                ("exit rate (p < t)", _fmt(exits["value"]), _ci(exits), False),
-                ("test FNR at t", _fmt(fnr["value"]), verdict, above),
-                ("ECE", _fmt(head["ece"]["value"]), _ci(head["ece"]), False),
-                _challenge_card(challenge),
+                ("test AUROC", fmt(head["auroc"]["value"]), ci(head["auroc"]), False),
+                ("exit rate (p < t)", fmt(exits["value"]), ci(exits), False),
+                ("test FNR at t", fmt(fnr["value"]), verdict, above),
+                ("ECE", fmt(head["ece"]["value"]), ci(head["ece"]), False),
+                challenge_card(challenge),
             ],
         ),
     ]
@@ -371,7 +365,7 @@ def _blocks(
         (
             "table",
             ["metric", "value", "95% CI", "definition"],
-            [[h["label"], _fmt(h["value"]), _ci(h), h["definition"]] for h in head.values()],
+            [[h["label"], fmt(h["value"]), ci(h), h["definition"]] for h in head.values()],
         ),
         (
             "note",
@@ -398,10 +392,10 @@ def _blocks(
                 ],
                 [
                     "calib FNR / exit rate",
-                    f"{_fmt(ex.get('calib_fnr'))} / {_fmt(ex.get('calib_exit_rate'))}",
+                    f"{fmt(ex.get('calib_fnr'))} / {fmt(ex.get('calib_exit_rate'))}",
                 ],
-                ["test FNR", f"{_fmt(fnr['value'])} {_ci(fnr)} — {verdict}"],
-                ["test exit rate", f"{_fmt(exits['value'])} {_ci(exits)}"],
+                ["test FNR", f"{fmt(fnr['value'])} {ci(fnr)} — {verdict}"],
+                ["test exit rate", f"{fmt(exits['value'])} {ci(exits)}"],
             ],
         ),
         (
@@ -412,7 +406,7 @@ def _blocks(
         ),
     ]
 
-    B += _challenge_blocks(challenge)
+    B += challenge_blocks(challenge)
 
     B.append(("h2", "Figures"))
     B += [("figure", *f) for f in figures]
@@ -421,13 +415,13 @@ def _blocks(
     keys = ["n", "positives", "auroc", "accuracy", "fnr", "fpr", "exit_rate"]
     B += [
         ("h2", "Per split"),
-        ("table", ["split", *cols], [[s, *(_fmt(r[k]) for k in keys)] for s, r in split_rows]),
+        ("table", ["split", *cols], [[s, *(fmt(r[k]) for k in keys)] for s, r in split_rows]),
         ("note", "Point estimates; train holds every cached view, the other splits view 0."),
         ("h2", "Per domain (test)"),
     ]
     if domain_rows:
         B.append(
-            ("table", ["domain", *cols], [[d, *(_fmt(r[k]) for k in keys)] for d, r in domain_rows])
+            ("table", ["domain", *cols], [[d, *(fmt(r[k]) for k in keys)] for d, r in domain_rows])
         )
     else:
         B.append(("note", "No per-domain breakdown: predictions.npz has no test_domains array."))
@@ -443,79 +437,9 @@ def _blocks(
     info = {f"val {k}": v for k, v in (m.get("val") or {}).items()}
     info |= {k: v for k, v in (m.get("training") or {}).items() if not isinstance(v, list)}
     if info:
-        B += [("h2", "Training"), ("kv", [[k, _fmt(v)] for k, v in info.items()])]
+        B += [("h2", "Training"), ("kv", [[k, fmt(v)] for k, v in info.items()])]
     if run["config"] is not None:
         B += [("h2", "Configuration"), ("pre", "config.json", json.dumps(run["config"], indent=2))]
-    return title, B
-
-
-CHALLENGE_ROWS = (  # (key in the challenge block, row label)
-    ("clean", "clean (view 0)"),
-    ("0", "level 0: centre crop + resize"),
-    ("1", "level 1: rotate + random crop"),
-    ("2", "level 2: + mild distortions"),
-    ("3", "level 3: + hard distortions"),
-    ("validator_mix", "validator mix (levels 0-3, 25 % each)"),
-)
-
-
-def _challenge_entries(challenge: dict) -> list[tuple[str, dict]]:
-    levels = challenge.get("levels", {})
-    out = []
-    for key, label in CHALLENGE_ROWS:
-        e = challenge.get(key) if key in ("clean", "validator_mix") else levels.get(key)
-        if e is not None:
-            out.append((label, e))
-    return out
-
-
-def _with_ci(e: dict, key: str) -> str:
-    ci = (e.get("ci") or {}).get(key)
-    v = _fmt(e.get(key))
-    return v if not ci else f"{v} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
-
-
-def _challenge_card(challenge: dict) -> tuple[str, str, str, bool]:
-    e = challenge.get("validator_mix") or challenge["clean"]
-    where = "validator mix" if "validator_mix" in challenge else "clean test images"
-    ci = (e.get("ci") or {}).get("score")
-    sub = where + (f" {_fmt(ci[0])}–{_fmt(ci[1])}" if ci else "")
-    return ("challenge score @0.5", _fmt(e["score"]), sub, False)
-
-
-def _challenge_blocks(challenge: dict) -> list:
-    """The "Challenge conditions" section: the subnet's reward per validator level."""
-    cols = ["test images", "n", "positives", "accuracy", "MCC", "score", "balanced score"]
-    rows = [
-        [
-            label,
-            str(e["n"]),
-            str(e["n_positives"]),
-            *(_with_ci(e, k) for k in ("accuracy", "mcc", "score", "balanced_score")),
-        ]
-        for label, e in _challenge_entries(challenge)
-    ]
-    B: list = [("h2", "Challenge conditions"), ("table", cols, rows)]
-    method = (challenge["clean"].get("ci") or {}).get("method")
-    B.append(
-        (
-            "note",
-            "StreetVision reward (0.5·MCC + 0.5·accuracy)³ with MCC clamped at 0, on the "
-            "validator's decision np.round(p): roadwork iff p > 0.5 (exactly 0.5 is 'no "
-            "roadwork'; the headline accuracy/MCC use p ≥ 0.5). Balanced score: both classes "
-            "reweighted to 50/50, as validators draw labels. "
-            + (f"Intervals: 95% {method}." if method else ""),
-        )
-    )
-    if "levels" not in challenge:
-        B.append(
-            (
-                "note",
-                "Only clean test images were scored. For the images validators actually send "
-                "(224×224, augmentation levels 0–3, JPEG quality 75), extract the cache with "
-                "`stage1 features --views validator` and train again.",
-            )
-        )
     return B
 
 
@@ -549,6 +473,9 @@ def _tables(preds: dict, t: float) -> tuple[list, list | None]:
 def build_report(run_dir, out_dir=None, n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Path]:
     """Write the figures, report.md and report.html, and add intervals to metrics.json.
 
+    Dispatches on the run's artifacts (``run_kind``): a selective-policy run is reported by
+    ``stage1.report.selective.build_selective_report``, with the same arguments and return.
+
     Args:
         run_dir: a run directory written by `stage1 train`.
         out_dir: where to write the report (default ``<run_dir>/report``).
@@ -559,10 +486,11 @@ def build_report(run_dir, out_dir=None, n_bootstrap: int = 1000, seed: int = 0) 
         Paths keyed by ``html``, ``markdown``, ``metrics`` and one key per figure (the PNG
         file names are ``<key>.png``: reliability, risk_coverage, roc, pr, histograms).
     """
-    if not isinstance(n_bootstrap, int) or n_bootstrap < 100:
-        raise ReportError(
-            f"the number of bootstrap resamples must be at least 100, got {n_bootstrap}"
-        )
+    check_resamples(n_bootstrap)
+    if run_kind(Path(run_dir)) == "selective":
+        from stage1.report.selective import build_selective_report
+
+        return build_selective_report(run_dir, out_dir, n_bootstrap, seed)
     run = load_run(Path(run_dir))
     out = Path(out_dir) if out_dir is not None else run["dir"] / "report"
     ex = run["thresholds"]["exit_negative"]
@@ -620,16 +548,15 @@ def build_report(run_dir, out_dir=None, n_bootstrap: int = 1000, seed: int = 0) 
             False,
         ),
     ]
-    paths: dict[str, Path] = {}
-    images: dict[str, bytes] = {}
-    for name, fig, _, _ in figs:
-        images[name] = plots.to_png(fig)
-        paths[name] = atomic_write_bytes(out / f"{name}.png", images[name])
-
-    captions = [(name, caption, wide) for name, _, caption, wide in figs]
-    title, blocks = _blocks(run, head, n_bootstrap, captions, split_rows, domain_rows, challenge)
-    paths["markdown"] = atomic_write_bytes(out / "report.md", to_markdown(title, blocks).encode())
-    paths["html"] = atomic_write_bytes(out / "report.html", to_html(title, blocks, images).encode())
+    title = f"stage1 report — {run['dir'].resolve().name}"
+    paths = write_report(
+        out,
+        title,
+        lambda captions: _blocks(
+            run, head, n_bootstrap, captions, split_rows, domain_rows, challenge
+        ),
+        figs,
+    )
     paths["metrics"] = update_metrics_json(
         run["dir"] / "metrics.json", run["metrics"], head, n_bootstrap, challenge
     )

@@ -710,7 +710,12 @@ def generate(
     if n < 2:
         raise ValueError(f"demo data needs n >= 2 images, got {n}")
     out = Path(out_dir)
-    stamp = {"generator": "stage1.demo_data", "version": GENERATOR_VERSION, "n": n, "seed": seed}
+    stamp = {
+        "generator": "stage1.demo_data",  # the module's first name: keeps old DONE stamps valid
+        "version": GENERATOR_VERSION,
+        "n": n,
+        "seed": seed,
+    }
     done = out / "DONE"
     if done.is_file():
         try:

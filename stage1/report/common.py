@@ -1,0 +1,165 @@
+"""What both kinds of `stage1 report` share: number formatting, the challenge section, rendering.
+
+A run directory is reported by ``stage1.report`` (a threshold run: ``thresholds.json``) or by
+``stage1.report.selective`` (a selective-policy run: ``scrcparams.json``). Both build one list of
+document blocks (``stage1.report.document``) and the same "Challenge conditions" section, and both
+write their figures, ``report.md`` and the self-contained ``report.html`` the same way, so those
+pieces live here rather than in either report.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from stage1.artifacts import atomic_write_bytes
+from stage1.report import plots
+from stage1.report.document import to_html, to_markdown
+
+SPLITS = ("train", "val", "calib", "test")
+N_BINS = 15  # reliability diagram and ECE: 15 uniform bins [a, b) (METHODS.md §6.3)
+MIN_RESAMPLES = 100
+
+
+class ReportError(ValueError):
+    """The run directory cannot be reported on (missing or inconsistent artifacts)."""
+
+
+def check_resamples(n_bootstrap) -> None:
+    if not isinstance(n_bootstrap, int) or n_bootstrap < MIN_RESAMPLES:
+        raise ReportError(
+            f"the number of bootstrap resamples must be at least {MIN_RESAMPLES}, got {n_bootstrap}"
+        )
+
+
+def num(v) -> float | None:
+    """A finite float, or None (JSON has no NaN; an empty denominator is "no value")."""
+    v = float(v)
+    return v if np.isfinite(v) else None
+
+
+def fmt(v, digits: int = 4) -> str:
+    """Table number: fixed 4 decimals, 3 significant digits below 1e-3, '—' for missing."""
+    if v is None or isinstance(v, str):
+        return "—" if v is None else v
+    if isinstance(v, (bool, np.bool_, int, np.integer)):
+        return str(v if isinstance(v, (bool, np.bool_)) else int(v))
+    v = float(v)
+    if not np.isfinite(v):
+        return "—"
+    return f"{v:.{digits}f}" if v == 0 or abs(v) >= 1e-3 else f"{v:.3g}"
+
+
+def ci(h: dict) -> str:
+    """``[low, high]`` of an interval entry ``{value, low, high}``."""
+    return f"[{fmt(h['low'])}, {fmt(h['high'])}]"
+
+
+def run_subtitle(cfg: dict, metrics: dict, head: str | None) -> str:
+    """The report's first line: provenance from config.json and metrics.json (all optional)."""
+    sub = [f"preset {cfg.get('preset', '?')}"]
+    if isinstance(metrics.get("family"), str):  # written by newer drivers; display only
+        sub.append(f"family {metrics['family']}")
+    if head:
+        sub.append(head)
+    if isinstance(cfg.get("backbone"), dict):
+        bb = cfg["backbone"]
+        sub.append(f"backbone {bb.get('name')} (weights {bb.get('weights')})")
+    sub += [
+        f"test n = {metrics['n']}, positives = {metrics['n_positives']}",
+        time.strftime("generated %Y-%m-%d %H:%M"),
+    ]
+    return " · ".join(sub)
+
+
+# ---------------------------------------------------------------------------------------------
+# challenge conditions
+
+CHALLENGE_ROWS = (  # (key in the challenge block, row label)
+    ("clean", "clean (view 0)"),
+    ("0", "level 0: centre crop + resize"),
+    ("1", "level 1: rotate + random crop"),
+    ("2", "level 2: + mild distortions"),
+    ("3", "level 3: + hard distortions"),
+    ("validator_mix", "validator mix (levels 0-3, 25 % each)"),
+)
+
+
+def _challenge_entries(challenge: dict) -> list[tuple[str, dict]]:
+    levels = challenge.get("levels", {})
+    out = []
+    for key, label in CHALLENGE_ROWS:
+        e = challenge.get(key) if key in ("clean", "validator_mix") else levels.get(key)
+        if e is not None:
+            out.append((label, e))
+    return out
+
+
+def _with_ci(e: dict, key: str) -> str:
+    interval = (e.get("ci") or {}).get(key)
+    v = fmt(e.get(key))
+    return v if not interval else f"{v} [{fmt(interval[0])}, {fmt(interval[1])}]"
+
+
+def challenge_card(challenge: dict) -> tuple[str, str, str, bool]:
+    e = challenge.get("validator_mix") or challenge["clean"]
+    where = "validator mix" if "validator_mix" in challenge else "clean test images"
+    interval = (e.get("ci") or {}).get("score")
+    sub = where + (f" {fmt(interval[0])}–{fmt(interval[1])}" if interval else "")
+    return ("challenge score @0.5", fmt(e["score"]), sub, False)
+
+
+def challenge_blocks(challenge: dict) -> list:
+    """The "Challenge conditions" section: the subnet's reward per validator level."""
+    cols = ["test images", "n", "positives", "accuracy", "MCC", "score", "balanced score"]
+    rows = [
+        [
+            label,
+            str(e["n"]),
+            str(e["n_positives"]),
+            *(_with_ci(e, k) for k in ("accuracy", "mcc", "score", "balanced_score")),
+        ]
+        for label, e in _challenge_entries(challenge)
+    ]
+    B: list = [("h2", "Challenge conditions"), ("table", cols, rows)]
+    method = (challenge["clean"].get("ci") or {}).get("method")
+    B.append(
+        (
+            "note",
+            "StreetVision reward (0.5·MCC + 0.5·accuracy)³ with MCC clamped at 0, on the "
+            "validator's decision np.round(p): roadwork iff p > 0.5 (exactly 0.5 is 'no "
+            "roadwork'; the headline accuracy/MCC use p ≥ 0.5). Balanced score: both classes "
+            "reweighted to 50/50, as validators draw labels. "
+            + (f"Intervals: 95% {method}." if method else ""),
+        )
+    )
+    if "levels" not in challenge:
+        B.append(
+            (
+                "note",
+                "Only clean test images were scored. For the images validators actually send "
+                "(224×224, augmentation levels 0–3, JPEG quality 75), extract the cache with "
+                "`stage1 features --views validator` and train again.",
+            )
+        )
+    return B
+
+
+# ---------------------------------------------------------------------------------------------
+# output
+
+
+def write_report(out: Path, title: str, blocks_fn, figs: list) -> dict[str, Path]:
+    """Render ``figs`` (name, Figure, caption, full width) to PNGs, then report.md and the
+    self-contained report.html from ``blocks_fn(captions)``, the document's block list."""
+    paths: dict[str, Path] = {}
+    images: dict[str, bytes] = {}
+    for name, fig, _, _ in figs:
+        images[name] = plots.to_png(fig)
+        paths[name] = atomic_write_bytes(out / f"{name}.png", images[name])
+    blocks = blocks_fn([(name, caption, wide) for name, _, caption, wide in figs])
+    paths["markdown"] = atomic_write_bytes(out / "report.md", to_markdown(title, blocks).encode())
+    paths["html"] = atomic_write_bytes(out / "report.html", to_html(title, blocks, images).encode())
+    return paths
