@@ -131,12 +131,14 @@ def sklearn_logreg(data, cs, max_iter):
 # JAX
 
 
-def jax_group(cfgs, data, a, kind):
+def jax_group(cfgs, data, a, kind, sam="none"):
     import jax
 
     from heads import sweep as hs
+    from heads.classifier import LinearSpec, MLPSpec
     from heads.losses import resolve_pos_weight
     from heads.optim import resolve_precision
+    from heads.spec import HParams, TrainSpec, stack
 
     x, y, xv, yv = data
     mesh = hs.config_mesh()
@@ -145,18 +147,34 @@ def jax_group(cfgs, data, a, kind):
     dev_data = [jax.device_put(v, rep) for v in data]
     jax.block_until_ready(dev_data)
     h2d = time.perf_counter() - t0
-    spec = hs.group_spec(
-        (kind, a.hidden if kind == "mlp" else None, "cls"),
+    dropout = any(c["dropout"] > 0 for c in cfgs)
+    head = MLPSpec(hidden=a.hidden, dropout=dropout) if kind == "mlp" else LinearSpec()
+    spec = TrainSpec(
+        head=head,
         in_dim=x.shape[1],
         epochs=a.epochs,
         batch_size=a.batch,
         n_train=len(y),
-        hidden=a.hidden,
-        dropout=any(c["dropout"] > 0 for c in cfgs),
         precision=resolve_precision(a.precision),
         ema_every=a.ema_every,
+        sam=sam,
     )
-    hp = hs.stack_hparams(cfgs, resolve_pos_weight(-1.0, y))
+    auto_pw = resolve_pos_weight(-1.0, y)
+    hp = stack(
+        [
+            HParams.create(
+                head={"dropout": c["dropout"]} if kind == "mlp" else {},
+                **{k: c[k] for k in ("lr", "weight_decay", "warmup_frac", "label_smoothing")},
+                pos_weight=auto_pw if c["pos_weight"] < 0 else c["pos_weight"],
+                ema_decay=c["ema_decay"],
+                sam_rho=a.sam_rho,
+                fsam_sigma=1.0,
+                fsam_lambda=0.9,
+                seed=c["seed"],
+            )
+            for c in cfgs
+        ]
+    )
     chunk = hs.auto_chunk(spec, len(yv), mesh)
     t0 = time.perf_counter()
     r = hs.run_group(spec, hp, *dev_data, mesh=mesh, chunk=chunk)
@@ -171,7 +189,9 @@ def jax_group(cfgs, data, a, kind):
         "devices": mesh.size,
         "precision": spec.precision,
         "ema_every": spec.ema_every,
+        "sam": sam,
         "chunk": chunk,
+        "ms_per_step": 1e3 * second / (a.epochs * spec.steps_per_epoch),
         "val_auroc": r.val_auroc.tolist(),
     }
 
@@ -308,6 +328,13 @@ def main(argv=None):
     p.add_argument("--sklearn-cs", default="1.0", help="comma list of C values")
     p.add_argument("--sklearn-max-iter", type=int, default=200)
     p.add_argument("--cli", action="store_true", help="also time `stage1 sweep` end to end")
+    p.add_argument(
+        "--sam-modes",
+        default="",
+        help="comma list of SAM modes (sam, asam, fsam) to time against plain AdamW on the "
+        "same 64-config MLP group: cost per step of the sharpness-aware updates",
+    )
+    p.add_argument("--sam-rho", type=float, default=0.05, help="rho of --sam-modes")
     p.add_argument("--quick", action="store_true", help="tiny CPU smoke test")
     p.add_argument(
         "--cpu-small",
@@ -362,6 +389,17 @@ def main(argv=None):
     print(f"jax_sweep: {res['jax_sweep']['wall']:.1f} s", flush=True)
     ref = res["jax_sweep"]["val_auroc"]
     rows.append(_row("jax_sweep (vmap)", a.configs, a.epochs, res["jax_sweep"], f_mlp))
+    for mode in [m for m in a.sam_modes.split(",") if m]:
+        res[f"jax_{mode}"] = jax_group(mlp, data, a, "mlp", sam=mode)
+        rows.append(_row(f"jax_sweep + {mode}", a.configs, a.epochs, res[f"jax_{mode}"], f_mlp))
+        ratio = res[f"jax_{mode}"]["ms_per_step"] / res["jax_sweep"]["ms_per_step"]
+        summary_sam = res.setdefault("sam_cost", {})
+        summary_sam[mode] = {
+            "ms_per_step": res[f"jax_{mode}"]["ms_per_step"],
+            "adamw_ms_per_step": res["jax_sweep"]["ms_per_step"],
+            "ratio": ratio,
+        }
+        print(f"{mode}: {ratio:.2f}x the AdamW step", flush=True)
     if "torch_loop" in res:
         rows.append(
             _row("torch_loop (a)", a.torch_loop_configs, a.epochs, res["torch_loop"], f_mlp, ref)
