@@ -231,8 +231,11 @@ class FeatureCache:
             m &= self.view == view
         return m
 
-    def features(self, variant: str, rows: np.ndarray | None = None) -> np.ndarray:
-        """float32 features of one variant, optionally for a boolean mask or index array."""
+    def features(
+        self, variant: str, rows: np.ndarray | None = None, dtype: Any = np.float32
+    ) -> np.ndarray:
+        """Features of one variant (float32, or the stored dtype with ``dtype=None``),
+        optionally for a boolean mask or index array."""
         if variant not in self.metadata["variants"]:
             raise CacheError(f"{self.path}: no feature variant {variant!r}; has {self.variants}")
         with _h5().File(self.path, "r") as f:
@@ -243,7 +246,7 @@ class FeatureCache:
                 rows = np.asarray(rows)
                 idx = np.flatnonzero(rows) if rows.dtype == bool else np.sort(rows)
                 arr = ds[...][idx] if len(idx) > 0.3 * ds.shape[0] else ds[idx]
-        return np.asarray(arr, dtype=np.float32)
+        return arr if dtype is None else np.asarray(arr, dtype=dtype)
 
     def split_arrays(self, variant: str, split: str, view: int | None = 0):
         """(features, labels, ids) of one split."""

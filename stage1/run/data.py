@@ -61,7 +61,10 @@ def load_cache(
             f"{cache_path} has no feature variant {missing[0]!r} "
             f"(has {', '.join(cache.variants)}); set head.feature"
         )
-    x_all = np.concatenate([cache.features(v) for v in names], axis=1)
+    # In the stored dtype (float16 by default): every consumer widens on the device, which
+    # halves the host work and the upload of a large cache (values are exact either way).
+    parts = [cache.features(v, dtype=None) for v in names]
+    x_all = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
     out = {}
     for split in ("train", "val", "calib", "test"):
         m = cache.mask(split, view=None if split == "train" else 0) & (cache.labels >= 0)

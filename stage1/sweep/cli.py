@@ -122,6 +122,8 @@ def cmd_sweep(args) -> int:
     print()
     print(format_table(res.rows, grid, args.top))
     print(f"\n{len(res.rows)} rows in {res.seconds:.1f} s -> {Path(args.out) / 'leaderboard.csv'}")
+    t = res.payload["timings"]
+    print(f"time: cache {t['load']:.2f} s, ridge {t['ridge']:.2f} s, heads {t['train']:.2f} s")
     if res.best is not None:
         print(
             f"best config ({res.payload['metric']}): {Path(args.out) / 'best_config.json'} "

@@ -25,6 +25,7 @@ import dataclasses
 import io
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,12 +143,6 @@ def run_sweep(
         chunk: configs per compiled call; None = as many as fit in about half the device memory.
         progress: show a tqdm bar over the groups.
     """
-    import jax
-    from tqdm import tqdm
-
-    from heads import sweep as hs
-    from heads.spec import stack
-
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     key_metric = METRICS[metric]
@@ -158,10 +153,22 @@ def run_sweep(
     cols = columns(grid)
     points = expand_grid(cfg, grid)  # every point is a validated tree before anything trains
     features = list(dict.fromkeys(c.head.feature for c in points))
-    mesh = hs.config_mesh()
+    # Read the cache on a worker thread while JAX imports and starts its backend (HDF5 reads
+    # and numpy copies leave the GIL; a GPU backend takes a second or so to come up).
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="stage1-sweep")
     memo: dict = {}
-    data = {f: load_feature(Path(cache_path), f, memo) for f in features}
+    loading = pool.submit(lambda: {f: load_feature(Path(cache_path), f, memo) for f in features})
+
+    import jax
+    from tqdm import tqdm
+
+    from heads import sweep as hs
+    from heads.spec import stack
+
+    mesh = hs.config_mesh()
+    data = loading.result()
     tr0 = data[features[0]][0]
+    timings = {"load": time.perf_counter() - t0}
 
     # Group the points by compiled program (feature + static spec), dropping exact duplicates
     # (e.g. a linear head over a grid of MLP widths): same spec and same traced values.
@@ -195,26 +202,36 @@ def run_sweep(
         disable=not progress,
         unit="group",
     )
-    if ridge:
-        for f in features:
-            tr, va = data[f]
-            r = hs.run_ridge(tr.x, tr.y, va.x, va.y, lambdas, alpha)
-            ridge_info[f] = {
-                "lambdas": [float(v) for v in r.lambdas],
-                "val_auroc": [_num(v) for v in r.val_auroc],
-                "val_exit_rate": [_num(v) for v in r.val_exit_rate],
-            }
-            ridge_rows.append(
-                dict.fromkeys(cols)
-                | {
-                    "kind": "ridge",
-                    "feature": f,
-                    "l2": float(r.lambdas[r.best]),
-                    "val_auroc": _num(r.val_auroc[r.best]),
-                    "val_exit_rate": _num(r.val_exit_rate[r.best]),
-                }
-            )
-            bar.update(1)
+
+    def ridge_rung(f):
+        """The closed-form ridge row of one feature (run on the worker thread)."""
+        tr, va = data[f]
+        r = hs.run_ridge(tr.x, tr.y, va.x, va.y, lambdas, alpha)
+        info = {
+            "lambdas": [float(v) for v in r.lambdas],
+            "val_auroc": [_num(v) for v in r.val_auroc],
+            "val_exit_rate": [_num(v) for v in r.val_exit_rate],
+        }
+        row = dict.fromkeys(cols) | {
+            "kind": "ridge",
+            "feature": f,
+            "l2": float(r.lambdas[r.best]),
+            "val_auroc": _num(r.val_auroc[r.best]),
+            "val_exit_rate": _num(r.val_exit_rate[r.best]),
+        }
+        return info, row
+
+    def ridge_all():
+        t = time.perf_counter()
+        out = [ridge_rung(f) for f in features]
+        timings["ridge"] = time.perf_counter() - t
+        return out
+
+    # The ridge rung runs beside the trained groups: its device work is milliseconds, and its
+    # tracing and host work overlap the groups' training, which the device runs asynchronously.
+    # (jax.enable_x64, which the ridge uses, is thread-local: the groups stay float32.)
+    ridge_job = pool.submit(ridge_all) if ridge else None
+    t_train = time.perf_counter()
     for (feature, _), idx in groups.items():
         tg = time.perf_counter()
         tr, va = data[feature]
@@ -255,6 +272,14 @@ def run_sweep(
         best_so_far = max((r["val_auroc"] or -1.0) for r in rows)
         bar.set_postfix(best_auroc=f"{best_so_far:.4f}")
         bar.update(1)
+    timings["train"] = time.perf_counter() - t_train
+    if ridge_job is not None:
+        for f, (info, row) in zip(features, ridge_job.result(), strict=True):
+            ridge_info[f] = info
+            ridge_rows.append(row)
+            bar.update(1)
+    pool.shutdown()
+    timings.setdefault("ridge", 0.0)
     bar.close()
 
     ranked = rank_rows(rows, key_metric)
@@ -278,6 +303,9 @@ def run_sweep(
         "devices": int(mesh.size),
         "platform": jax.devices()[0].platform,
         "seconds": round(seconds, 3),
+        # where the wall time went: reading the cache, the ridge rung (beside the heads), the
+        # trained groups (compiling or loading their programs included)
+        "timings": {k: round(v, 3) for k, v in timings.items()},
         "grid": grid,
         "columns": list(cols),
         "n_configs": len(keep),
