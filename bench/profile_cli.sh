@@ -8,8 +8,8 @@ mkdir -p "$out"
 python3 - <<'PY'
 import sys, time; sys.path[:0] = ["bench", "."]
 from pathlib import Path
-from sweep_cli_warm import write_bench_cache
-write_bench_cache(Path("/tmp/bench_cli.h5"), 262144, 768)
+from sweep import make_data, write_bench_cache
+write_bench_cache(Path("/tmp/bench_cli.h5"), make_data(262144, 32768, 768))
 PY
 python3 -c "import time; t=time.perf_counter(); import stage1.sweep.run, heads.sweep, heads.train, calibrate.thresholds, jax; jax.devices(); print(f'import + device init: {time.perf_counter()-t:.2f} s')"
 args=(sweep --cache /tmp/bench_cli.h5 --out /tmp/out_cli --grid lr=1e-4:1e-2:log8 --grid weight_decay=0,1e-4,1e-2 --grid seed=0,1,2 --set optim.epochs=10 --set optim.batch_size=512 --no-progress --compile-cache /tmp/cc_cli)

@@ -214,15 +214,31 @@ def jax_ridge(data, n_lambdas):
     }
 
 
+def write_bench_cache(path: Path, data) -> None:
+    """The float16 feature cache of ``make_data``'s arrays; calib and test are copies of val
+    under other ids (a sweep reads train and val only)."""
+    from stage1.cache import synthetic_metadata, write_cache
+
+    x, y, xv, yv = data
+    n, nv = len(y), len(yv)
+    split = ["train"] * n + ["val"] * nv + ["calib"] * nv + ["test"] * nv
+    write_cache(
+        path,
+        {"cls": np.concatenate([x, xv, xv, xv]).astype(np.float16)},
+        ids=[f"r{i}" for i in range(len(split))],
+        labels=np.concatenate([y, yv, yv, yv]),
+        split=split,
+        metadata=synthetic_metadata(library_version="bench"),
+        dtype="float16",
+    )
+
+
 def cli_sweep(data, a, n_configs):
     """End to end through stage1.sweep.run_sweep on a freshly written float16 cache."""
-    from stage1.cache import synthetic_metadata, write_cache
     from stage1.config import override
     from stage1.presets import load_preset
     from stage1.sweep import parse_grid, run_sweep
 
-    x, y, xv, yv = data
-    n, nv = len(y), len(yv)
     seeds = max(1, n_configs // 8)
     grid = parse_grid([f"lr=1e-4:1e-2:log{min(8, n_configs)}", f"seed=0:{seeds - 1}:lin{seeds}"])
     cfg = override(
@@ -237,17 +253,7 @@ def cli_sweep(data, a, n_configs):
     )
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "features.h5"
-        # calib and test are copies of val under other ids: the sweep reads train and val only.
-        split = ["train"] * n + ["val"] * nv + ["calib"] * nv + ["test"] * nv
-        write_cache(
-            path,
-            {"cls": np.concatenate([x, xv, xv, xv]).astype(np.float16)},
-            ids=[f"r{i}" for i in range(len(split))],
-            labels=np.concatenate([y, yv, yv, yv]),
-            split=split,
-            metadata=synthetic_metadata(library_version="bench"),
-            dtype="float16",
-        )
+        write_bench_cache(path, data)
         t0 = time.perf_counter()
         res = run_sweep(cfg, path, Path(tmp) / "out", grid, progress=False)
         wall = time.perf_counter() - t0

@@ -32,26 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
-from sweep import make_data  # noqa: E402
+from sweep import make_data, write_bench_cache  # noqa: E402
 
 GRID = ["lr=1e-4:1e-2:log8", "weight_decay=0,1e-4,1e-2", "seed=0,1,2"]
-
-
-def write_bench_cache(path: Path, n: int, d: int) -> None:
-    from stage1.cache import synthetic_metadata, write_cache
-
-    x, y, xv, yv = make_data(n, n // 8, d)
-    nv = len(yv)
-    split = ["train"] * n + ["val"] * nv + ["calib"] * nv + ["test"] * nv
-    write_cache(
-        path,
-        {"cls": np.concatenate([x, xv, xv, xv]).astype(np.float16)},
-        ids=[f"r{i}" for i in range(len(split))],
-        labels=np.concatenate([y, yv, yv, yv]),
-        split=split,
-        metadata=synthetic_metadata(library_version="bench"),
-        dtype="float16",
-    )
 
 
 def run_cli(tree: Path, cache: Path, out: Path, cc: Path, sets: list[str]) -> float:
@@ -88,7 +71,7 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cache = tmp / "features.h5"
-        write_bench_cache(cache, a.n, a.d)
+        write_bench_cache(cache, make_data(a.n, a.n // 8, a.d))
         for i in range(a.runs):
             for name, tree in trees.items():
                 wall = run_cli(tree, cache, tmp / f"out_{name}", tmp / f"cc_{name}", sets)

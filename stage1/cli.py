@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from stage1 import __version__, compile_cache, xla_flags
+from stage1.cli_config import add_config_args, config_from_args
 
 
 class _Parser(argparse.ArgumentParser):
@@ -20,40 +21,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # noqa: D401 - argparse API
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _add_config_args(p: argparse.ArgumentParser, *, preset: bool = True) -> None:
-    if preset:
-        g = p.add_mutually_exclusive_group()
-        g.add_argument(
-            "--phase",
-            type=str,
-            default=None,
-            help="phase number; selects the preset phaseN (default 1)",
-        )
-        g.add_argument(
-            "--preset",
-            type=str,
-            default=None,
-            help="preset name (phase1, ...) or a JSON file with a config tree",
-        )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. --set optim.lr=3e-4 (repeatable, type-checked)",
-    )
-
-
-def _config_from_args(args) -> object:
-    from stage1.config import override
-    from stage1.presets import load_preset
-
-    name = getattr(args, "preset", None) or getattr(args, "phase", None) or "phase1"
-    cfg = load_preset(name)
-    return override(cfg, args.overrides)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,7 +39,7 @@ def _cmd_features(args) -> int:
     from stage1.config import override
     from stage1.features import run_features
 
-    cfg = _config_from_args(args)
+    cfg = config_from_args(args)
     sets = []
     for key, val in (
         ("backbone.name", args.backbone),
@@ -95,7 +62,7 @@ def _cmd_train(args) -> int:
     from stage1.config import override
     from stage1.run import print_summary, run_training
 
-    cfg = _config_from_args(args)
+    cfg = config_from_args(args)
     if args.alpha is not None:
         cfg = override(cfg, [f"risk.alpha={args.alpha}"])
     cfg = cfg.validate()
@@ -189,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to generate the synthetic set when --data is not given "
         "(default: <cache folder>/demo)",
     )
-    _add_config_args(p)
+    add_config_args(p)
     p.set_defaults(func=_cmd_features)
 
     p = sub.add_parser(
@@ -213,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="target false-negative rate of exits (shortcut for --set risk.alpha=)",
     )
     compile_cache.add_argument(p)
-    _add_config_args(p)
+    add_config_args(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser(

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from stage1 import compile_cache
-from stage1.config import ConfigError, override
+from stage1.cli_config import add_config_args, config_from_args
+from stage1.config import ConfigError
 from stage1.sweep.grid import RANGE_SPEC, STATIC, TRACED, GridError, parse_grid
 from stage1.sweep.run import EXIT_NOTE, METRICS, format_table, run_sweep
 
@@ -66,17 +67,7 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=10, help="rows to print (default 10)")
     compile_cache.add_argument(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--phase", default=None, help="phase number; selects the preset phaseN")
-    g.add_argument("--preset", default=None, help="preset name or JSON config file")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field of the base config (repeatable)",
-    )
+    add_config_args(p)
     p.set_defaults(func=cmd_sweep)
     return p
 
@@ -100,9 +91,7 @@ def _lambdas(spec: str | None) -> list[float] | None:
 
 def cmd_sweep(args) -> int:
     """Entry point of ``stage1 sweep`` (errors are ValueErrors: the CLI exits 2)."""
-    from stage1.presets import load_preset
-
-    cfg = override(load_preset(args.preset or args.phase or "phase1"), args.overrides).validate()
+    cfg = config_from_args(args).validate()
     grid = parse_grid(args.grid, cfg)
     if args.chunk < 0:
         raise ConfigError("--chunk must be >= 0")
