@@ -163,3 +163,21 @@ def write_report(out: Path, title: str, blocks_fn, figs: list) -> dict[str, Path
     paths["markdown"] = atomic_write_bytes(out / "report.md", to_markdown(title, blocks).encode())
     paths["html"] = atomic_write_bytes(out / "report.html", to_html(title, blocks, images).encode())
     return paths
+
+
+def read_run_arrays(run_dir: Path, required: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Every array of ``predictions.npz`` after checking that ``required`` files exist."""
+    for name in required:
+        if not (run_dir / name).is_file():
+            raise ReportError(f"{run_dir} has no {name}; run `stage1 train --out {run_dir}` first")
+    with np.load(run_dir / "predictions.npz", allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def metric_table(rows: dict) -> tuple:
+    """The ("table", ...) block of metric rows {label, value, low, high, definition}."""
+    return (
+        "table",
+        ["metric", "value", "95% CI", "definition"],
+        [[h["label"], fmt(h["value"]), ci(h), h["definition"]] for h in rows.values()],
+    )

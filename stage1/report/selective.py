@@ -29,7 +29,14 @@ from calibrate.challenge import challenge_block
 from stage1.artifacts import read_json
 from stage1.report import plots
 from stage1.report import selective_plots as SP
-from stage1.report.common import N_BINS, SPLITS, ReportError, check_resamples, write_report
+from stage1.report.common import (
+    N_BINS,
+    SPLITS,
+    ReportError,
+    check_resamples,
+    read_run_arrays,
+    write_report,
+)
 from stage1.report.selective_metrics import (
     CANDIDATE_POLICY,
     bootstrap_test,
@@ -55,11 +62,7 @@ NPZ_KEYS = {  # key in a split's table -> suffix in predictions.npz
 def load_selective_run(run_dir) -> dict[str, Any]:
     """Per-split arrays and the JSON artifacts of a selective-policy run; ReportError if absent."""
     run_dir = Path(run_dir)
-    for name in ("predictions.npz", "metrics.json", "scrcparams.json"):
-        if not (run_dir / name).is_file():
-            raise ReportError(f"{run_dir} has no {name}; run `stage1 train --out {run_dir}` first")
-    with np.load(run_dir / "predictions.npz", allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
+    arrays = read_run_arrays(run_dir, ("predictions.npz", "metrics.json", "scrcparams.json"))
     preds = {}
     for s in SPLITS:
         if f"{s}_probs" not in arrays:

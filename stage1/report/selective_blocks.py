@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import json
 
-from stage1.report.common import challenge_blocks, challenge_card, ci, fmt, run_subtitle
+from stage1.report.common import (
+    challenge_blocks,
+    challenge_card,
+    ci,
+    fmt,
+    metric_table,
+    run_subtitle,
+)
 
 POLICY_LABEL = {
     "scrc_gate": "SCRC-I, calibrated gate",
@@ -200,11 +207,7 @@ def document(run: dict, ctx: dict, figures: list) -> list:
     B += _certificate_blocks(run)
     B += [
         ("h2", "Calibrated classifier q (test)"),
-        (
-            "table",
-            ["metric", "value", "95% CI", "definition"],
-            [[h["label"], fmt(h["value"]), ci(h), h["definition"]] for h in c.values()],
-        ),
+        metric_table(c),
         (
             "note",
             "q = the Dirichlet-calibrated P(roadwork) that ships; decisions at q ≥ 1/2. Same "

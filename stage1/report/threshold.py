@@ -38,7 +38,9 @@ from stage1.report.common import (
     check_resamples,
     ci,
     fmt,
+    metric_table,
     num,
+    read_run_arrays,
     run_subtitle,
     write_report,
 )
@@ -74,11 +76,7 @@ def load_run(run_dir: Path) -> dict[str, Any]:
             f"{run_dir} is a selective-policy run (scrcparams.json); load it with "
             "stage1.report.selective.load_selective_run"
         )
-    for name in ("predictions.npz", "metrics.json", "thresholds.json"):
-        if not (run_dir / name).is_file():
-            raise ReportError(f"{run_dir} has no {name}; run `stage1 train --out {run_dir}` first")
-    with np.load(run_dir / "predictions.npz", allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
+    arrays = read_run_arrays(run_dir, ("predictions.npz", "metrics.json", "thresholds.json"))
     preds = {}
     for s in SPLITS:
         if f"{s}_probs" not in arrays:
@@ -362,11 +360,7 @@ def _blocks(
 
     B += [
         ("h2", "Headline metrics (test)"),
-        (
-            "table",
-            ["metric", "value", "95% CI", "definition"],
-            [[h["label"], fmt(h["value"]), ci(h), h["definition"]] for h in head.values()],
-        ),
+        metric_table(head),
         (
             "note",
             f"95% intervals: percentile bootstrap over the test split, resampled within "
