@@ -133,6 +133,18 @@ class ExitPolicies:
         return out
 
 
+def candidate_delta(risk: Any) -> float:
+    """The failure probability each SCRC-I candidate is fitted at (Bonferroni over CANDIDATES)."""
+    return risk.delta / len(CANDIDATES)
+
+
+def scrc_needs(risk: Any) -> dict[str, int]:
+    """Calibration counts below which no SCRC-I candidate can be certified (``scrc``)."""
+    from calibrate.scrc import min_calibration
+
+    return min_calibration(risk.alpha, candidate_delta(risk), risk.target_coverage, risk.scrc_risk)
+
+
 def fit_exit_policies(
     risk: Any, gate_calibrated: np.ndarray, q: np.ndarray, labels: np.ndarray
 ) -> ExitPolicies:
@@ -158,7 +170,7 @@ def fit_exit_policies(
                 q,
                 y,
                 alpha=risk.alpha,
-                delta=risk.delta / 2,
+                delta=candidate_delta(risk),
                 target_coverage=risk.target_coverage,
                 risk=risk.scrc_risk,
             )

@@ -32,12 +32,13 @@ from calibrate.exit_policies import (
     fit_exit_policies,
     jsonable,
     policy_metrics,
+    scrc_needs,
     selection_quality,
     selection_score,
 )
-from calibrate.thresholds import fnr_threshold
+from calibrate.thresholds import fnr_threshold, min_calibration_size
 
-__all__ = ["POLICIES", "Policy", "fit_policy", "guarantee_text"]
+__all__ = ["POLICIES", "Policy", "calibration_shortfall", "fit_policy", "guarantee_text"]
 
 
 class Policy(abc.ABC):
@@ -45,6 +46,18 @@ class Policy(abc.ABC):
 
     shipped: str  # name of the decision rule that ships ("fnr_threshold", "scrc_gate", ...)
     notes: list[str]  # one line per thing the user must know (infeasible candidates, ...)
+
+    @staticmethod
+    @abc.abstractmethod
+    def needs(risk) -> dict[str, int]:
+        """Fewest calibration ``positives`` / ``negatives`` / ``images`` without which nothing
+        can be certified, whatever the scores (the formulas of ``calibrate.thresholds`` and
+        ``calibrate.scrc``), so a run can refuse before it trains."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def target(risk) -> str:
+        """The guarantee requested, in words (for messages)."""
 
     @abc.abstractmethod
     def decide(self, scores: dict[str, np.ndarray]) -> np.ndarray:
@@ -76,14 +89,36 @@ class FNRThreshold(Policy):
 
     shipped = "fnr_threshold"
 
-    def __init__(self, scores: dict[str, np.ndarray], labels: np.ndarray, risk):
+    def __init__(
+        self, scores: dict[str, np.ndarray], labels: np.ndarray, risk, allow_uncertified=False
+    ):
         p, y = scores["p"], np.asarray(labels)
         self.risk = risk
         self.delta = risk.delta if risk.method == "pac" else None
-        self.t = float(fnr_threshold(p, y, risk.alpha, method=risk.method, delta=self.delta))
-        self.calib_fnr = float(np.mean(p[y == 1] < self.t))
-        self.calib_exit_rate = float(np.mean(p < self.t))
         self.notes = []
+        self.uncertified = None
+        short = calibration_shortfall(self, risk, {"positives": int(np.sum(y == 1))})
+        if short and allow_uncertified:
+            # Nothing is certifiable: t = 0 exits no calibrated probability (p >= 0), i.e. the
+            # run ships "defer every image" and says so.
+            self.shipped, self.t, self.uncertified = "defer_all", 0.0, short
+            self.notes.append(f"not certified: {short}; stage 1 defers every image")
+        else:  # fnr_threshold raises the same numbers when nothing is certifiable
+            self.t = float(fnr_threshold(p, y, risk.alpha, method=risk.method, delta=self.delta))
+        pos = p[y == 1]
+        self.calib_fnr = float(np.mean(pos < self.t)) if pos.size else 0.0
+        self.calib_exit_rate = float(np.mean(p < self.t))
+
+    @staticmethod
+    def needs(risk):
+        delta = risk.delta if risk.method == "pac" else None
+        return {"positives": min_calibration_size(risk.alpha, risk.method, delta)}
+
+    @staticmethod
+    def target(risk):
+        return f"FNR <= {risk.alpha:g} ({risk.method}" + (
+            f", delta={risk.delta:g})" if risk.method == "pac" else ")"
+        )
 
     def decide(self, scores):
         return np.where(scores["p"] < self.t, 0, -1).astype(np.int8)
@@ -107,7 +142,11 @@ class FNRThreshold(Policy):
                 "delta": self.delta,
                 "calib_fnr": self.calib_fnr,
                 "calib_exit_rate": self.calib_exit_rate,
-                "guarantee": guarantee_text(r.method, r.alpha, r.delta),
+                "guarantee": (
+                    f"none: not certified ({self.uncertified}); no image exits"
+                    if self.uncertified
+                    else guarantee_text(r.method, r.alpha, r.delta)
+                ),
             },
             "fitted_on": "calib",
             "n_calib": int(len(y_calib)),
@@ -128,13 +167,28 @@ class FNRThreshold(Policy):
 class Selective(Policy):
     """SCRC-I (gate, softmax response) and the two-sided policy (``calibrate.exit_policies``)."""
 
-    def __init__(self, scores: dict[str, np.ndarray], labels: np.ndarray, risk):
+    def __init__(
+        self, scores: dict[str, np.ndarray], labels: np.ndarray, risk, allow_uncertified=False
+    ):
+        # Nothing certifiable ships "defer_all" either way (the reasons are recorded); the
+        # up-front ``calibration_shortfall`` check is what refuses without allow_uncertified.
         self.risk = risk
         self.pol = fit_exit_policies(risk, scores["gate_calibrated"], scores["p"], labels)
         self.notes = self.pol.reasons()
         if self.pol.chosen is None:
             self.notes.append("no SCRC-I policy certified: stage 1 defers every image (coverage 0)")
         self.shipped = f"scrc_{self.pol.chosen}" if self.pol.chosen else "defer_all"
+
+    @staticmethod
+    def needs(risk):
+        return scrc_needs(risk)
+
+    @staticmethod
+    def target(risk):
+        return (
+            f"SCRC-I {risk.scrc_risk} <= {risk.alpha:g} with coverage >= "
+            f"{risk.target_coverage:g} (delta={risk.delta:g})"
+        )
 
     def _decide(self, name: str, scores) -> np.ndarray:
         return self.pol.decide(name, scores["gate_calibrated"], scores["p"])
@@ -209,8 +263,33 @@ class Selective(Policy):
 POLICIES = {"fnr_threshold": FNRThreshold, "selective": Selective}
 
 
-def fit_policy(name: str, scores_calib: dict[str, np.ndarray], y_calib, risk) -> Policy:
-    """Fit exit policy ``name`` on the calib scores (``calibrate.calibration``)."""
+def _policy(name: str) -> type[Policy]:
     if name not in POLICIES:
         raise ValueError(f"unknown exit policy {name!r}; known: {', '.join(POLICIES)}")
-    return POLICIES[name](scores_calib, np.asarray(y_calib), risk)
+    return POLICIES[name]
+
+
+def fit_policy(
+    name: str, scores_calib: dict[str, np.ndarray], y_calib, risk, allow_uncertified=False
+) -> Policy:
+    """Fit exit policy ``name`` on the calib scores (``calibrate.calibration``).
+
+    ``allow_uncertified``: where the calib split is too small to certify anything, ship
+    "defer_all" (with a note) instead of raising.
+    """
+    return _policy(name)(scores_calib, np.asarray(y_calib), risk, allow_uncertified)
+
+
+def calibration_shortfall(name: str | Policy, risk, counts: dict[str, int]) -> str | None:
+    """One line with the numbers when ``counts`` (calib ``positives`` / ``negatives`` /
+    ``images``) are below what policy ``name`` needs for the guarantee ``risk`` asks for; None
+    when they suffice (``Policy.needs``)."""
+    cls = name if not isinstance(name, str) else _policy(name)
+    short = [
+        f"{counts.get(what, 0)} {what} (needs >= {n})"
+        for what, n in cls.needs(risk).items()
+        if counts.get(what, 0) < n
+    ]
+    if not short:
+        return None
+    return f"the calib split has {' and '.join(short)} to certify {cls.target(risk)}"

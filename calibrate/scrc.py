@@ -154,6 +154,28 @@ def _min_n_for_exits(exits: int, target: float, delta_cov: float, bound: str) ->
     return hi
 
 
+def min_calibration(
+    alpha: float,
+    delta: float,
+    target_coverage: float,
+    risk: str = "fnr",
+    delta_split: float = 0.5,
+    coverage_bound: str = "dkw",
+) -> dict[str, int]:
+    """Calibration sizes below which ``fit_scrc_i`` refuses whatever the scores (same arguments).
+
+    ``{"images": n}``: the coverage bound clears ``target_coverage`` only from ``n_calib >= n``
+    on; for ``risk="fnr"`` also ``{"positives": k}``: the PAC rank needs ``n_pos >= k`` (both
+    conditions are monotone in the count, so the numbers are exact). ``risk="error"`` needs
+    enough exits too, which depends on the scores and is only known after fitting.
+    """
+    delta_cov = delta * delta_split
+    need = {"images": _min_n_for_coverage(target_coverage, delta_cov, coverage_bound)}
+    if risk == "fnr":
+        need["positives"] = min_calibration_size(alpha, "pac", delta - delta_cov)
+    return need
+
+
 @dataclass(frozen=True)
 class SCRCResult:
     """Thresholds and certificates of ``fit_scrc_i`` (see the module docstring)."""

@@ -96,7 +96,15 @@ def build_backbone(
     else:
         path = Path(weights)
         if path.is_dir():  # a Hugging Face snapshot folder: config.json + model.safetensors
+            if not (path / "model.safetensors").is_file():
+                raise BackboneError(
+                    f"weights {path} is a directory without model.safetensors; pass the "
+                    "checkpoint file itself (.pth or .safetensors) or a Hugging Face snapshot "
+                    "folder"
+                )
             path = path / "model.safetensors"
+        elif not path.exists():
+            raise BackboneError(f"cannot read weights file {path}: not found")
         sd = _read_state_dict(path)
         fmt = checkpoint_format(sd)
         periods = _meta_rope_periods(sd) if fmt == "meta" else None
@@ -138,8 +146,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             # weights_only: a checkpoint is data, never code to execute (pickle).
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch/safetensors raise many types on garbage input
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise BackboneError(f"cannot read weights file {path}: {msg}") from None
+        raise BackboneError(f"cannot read weights file {path}: {_load_failure(e)}") from None
     for key in _CONTAINERS:  # Meta train checkpoints nest teacher/model dicts
         while isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -153,6 +160,24 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not sd:
         raise BackboneError(f"cannot read weights file {path}: it holds no tensors")
     return sd
+
+
+def _load_failure(e: Exception) -> str:
+    """Why a checkpoint did not load, in one line, without torch's advice to retry with
+    ``weights_only=False``: that would run whatever code the pickle holds, and a checkpoint is
+    data. (torch's UnpicklingError text starts with that advice, on its first line.)"""
+    text = str(e)
+    if "weights_only" in text or "Weights only load failed" in text:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        what = f" (it references {found.group(1)})" if found else ""
+        return (
+            f"it is not a plain tensor checkpoint{what}; stage1 loads weights as data only. "
+            "Re-save the state dict (torch.save(model.state_dict(), path)) or use .safetensors"
+        )
+    line = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    if isinstance(e, IsADirectoryError):
+        return "it is a directory"
+    return line
 
 
 def checkpoint_format(sd: dict[str, torch.Tensor]) -> str:

@@ -66,6 +66,11 @@ def save_params(
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         save_file(flat, str(tmp), metadata=meta)
+        # safetensors creates its file 0600 whatever the umask; give it the mode any file the
+        # user creates gets (0666 & ~umask), like every other artifact of a run.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from stage1 import __version__, compile_cache, xla_flags
 from stage1.cli_config import add_config_args, config_from_args
+from stage1.rundir import add_overwrite_argument, check_out
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,8 +69,17 @@ def _cmd_train(args) -> int:
     if args.alpha is not None:
         cfg = override(cfg, [f"risk.alpha={args.alpha}"])
     cfg = cfg.validate()
+    check_out(args.out, args.overwrite)  # before any cache is opened or JAX imported
     compile_cache.enable(args.compile_cache)
-    print_summary(run_training(cfg, Path(args.cache), Path(args.out)))
+    print_summary(
+        run_training(
+            cfg,
+            Path(args.cache),
+            Path(args.out),
+            overwrite=args.overwrite,
+            allow_uncertified=args.allow_uncertified,
+        )
+    )
     return 0
 
 
@@ -173,6 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cache", required=True, help="HDF5 feature cache from `stage1 features`")
     p.add_argument("--out", required=True, help="run directory to write")
+    add_overwrite_argument(p)
+    p.add_argument(
+        "--allow-uncertified",
+        action="store_true",
+        help="when the calib split is too small for the requested guarantee, train anyway and "
+        "ship defer_all (stage 1 exits nothing) with a warning, instead of refusing",
+    )
     p.add_argument(
         "--alpha",
         type=float,
@@ -209,23 +228,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that cleanup (``finally``) runs."""
+
+
+def _terminate(signum, frame):
+    raise _Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     xla_flags.apply_defaults()  # before any subcommand imports JAX
+    # SIGTERM (kill, a scheduler's timeout) unwinds like Ctrl-C, so a run being written removes
+    # its partial folder (stage1.rundir) instead of leaving it behind.
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Terminated) as e:
+        how = "terminated" if isinstance(e, _Terminated) else "interrupted"
         print(
-            f"stage1 {args.command}: interrupted; rerun the same command to resume", file=sys.stderr
+            f"stage1 {args.command}: {how}; rerun the same command to resume (train and sweep "
+            "leave no partial --out folder)",
+            file=sys.stderr,
         )
-        return 130
+        return 143 if isinstance(e, _Terminated) else 130
     except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as e:
         if os.environ.get("STAGE1_DEBUG"):
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"stage1 {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,6 +27,68 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class Rule:
+    """The values a field accepts, declared once next to the field (``rule``/``swept``).
+
+    ``Config.validate`` checks every field against its rule, and tests/test_config.py checks
+    that schemas/config.schema.json states the same bounds and choices field for field, so the
+    CLI, the preset files and config.json cannot disagree about what is allowed.
+    """
+
+    gt: float | None = None  # exclusive lower bound (JSON schema exclusiveMinimum)
+    ge: float | None = None  # inclusive lower bound (minimum)
+    lt: float | None = None  # exclusive upper bound (exclusiveMaximum)
+    le: float | None = None  # inclusive upper bound (maximum)
+    choices: tuple[str, ...] | None = None  # enum
+    pattern: str | None = None  # full-match regular expression (pattern)
+    multiple_of: int | None = None  # multipleOf
+
+    def allowed(self) -> str:
+        """The allowed values in words, e.g. ``in (0, inf)`` or ``one of adamw|sgd``."""
+        if self.choices is not None:
+            return f"one of {'|'.join(self.choices)}"
+        if self.pattern is not None:
+            return f"of the form {self.pattern}"
+        lo = (
+            f"({self.gt:g}"
+            if self.gt is not None
+            else (f"[{self.ge:g}" if self.ge is not None else "(-inf")
+        )
+        hi = (
+            f"{self.lt:g})"
+            if self.lt is not None
+            else (f"{self.le:g}]" if self.le is not None else "inf)")
+        )
+        extra = f", a multiple of {self.multiple_of}" if self.multiple_of else ""
+        return f"in {lo}, {hi}{extra}"
+
+    def ok(self, v: Any) -> bool:
+        if self.choices is not None and v not in self.choices:
+            return False
+        if self.pattern is not None and not re.fullmatch(self.pattern, v):
+            return False
+        if self.gt is not None and not v > self.gt:
+            return False
+        if self.ge is not None and not v >= self.ge:
+            return False
+        if self.lt is not None and not v < self.lt:
+            return False
+        if self.le is not None and not v <= self.le:
+            return False
+        return not (self.multiple_of and v % self.multiple_of)
+
+
+def rule(default: Any, **kw: Any) -> Any:
+    """A config field with the values it accepts (``Rule`` keywords: gt, ge, lt, le, choices,
+    pattern, multiple_of)."""
+    return field(default=default, metadata={"rule": Rule(**kw)})
+
+
+UNIT_OPEN = {"gt": 0.0, "lt": 1.0}  # (0, 1): risk levels
+FRACTION = {"ge": 0.0, "lt": 1.0}  # [0, 1): rates that must leave something
+
+
+@dataclass(frozen=True)
 class DataConfig:
     source: str = ""  # image folder, CSV/JSONL manifest or parquet file/dir; "" = embedded demo set
     positive_class: str = "roadwork"  # folder/label name of the positive class (aliases accepted)
@@ -33,31 +97,38 @@ class DataConfig:
     group_column: str = "group"  # manifest column whose value keeps near-duplicates together
     image_column: str = "image"  # parquet column holding encoded image bytes
     label_column: str = "label"  # manifest/parquet label column
-    demo_images: int = 2000  # size of the embedded synthetic set
+    demo_images: int = rule(2000, ge=1)  # size of the embedded synthetic set
 
 
 @dataclass(frozen=True)
 class BackboneConfig:
     name: str = "vit_small_patch16_dinov3"  # any timm DINOv3 ViT
     weights: str = "none"  # local .pth/.safetensors path; "none" = random init (loud warning)
-    image_size: int = 224  # square input side, multiple of 16 (validators send 224x224)
-    batch_size: int = 64  # images per forward pass
-    num_workers: int = 2  # image-decoding worker processes
+    # square input side, multiple of 16 (validators send 224x224)
+    image_size: int = rule(224, ge=16, multiple_of=16)
+    batch_size: int = rule(64, ge=1)  # images per forward pass
+    num_workers: int = rule(2, ge=0)  # image-decoding worker processes
     variants: tuple[str, ...] = ("cls", "patch_mean")  # feature variants written to the cache
-    views: str = "clean"  # clean (one view per image) | validator (+ StreetVision levels 0-3)
-    dtype: str = "float16"  # on-disk dtype of the cached features (float16 | float32)
-    device: str = "auto"  # auto | cpu | cuda
+    # clean (one view per image) | validator (+ StreetVision levels 0-3)
+    views: str = rule("clean", choices=("clean", "validator"))
+    # on-disk dtype of the cached features
+    dtype: str = rule("float16", choices=("float16", "float32"))
+    device: str = rule("auto", pattern=r"auto|cpu|cuda(:[0-9]+)?")  # auto | cpu | cuda[:N]
     model_kwargs: str = "{}"  # JSON of extra timm kwargs (tests: tiny depth/width)
+    # sha256 of the weights the features came from ("random-init" without weights); "" = not
+    # stated. `stage1 train` records the cache's values in this section (the cache wins).
+    weights_sha256: str = ""
 
 
-def swept(default: Any, how: str = "traced") -> Any:
+def swept(default: Any, how: str = "traced", **kw: Any) -> Any:
     """A field ``stage1 sweep`` may grid over: ``traced`` values ride the vmapped config axis of
     one compiled program (they are ``heads.spec.HParams`` entries); ``static`` ones change the
     program, so each value is its own compiled group. Marked here once: the grid names, the
-    hyperparameters handed to the heads and the tests all read this metadata."""
+    hyperparameters handed to the heads and the tests all read this metadata. ``kw`` are the
+    ``Rule`` of the values it accepts."""
     if how not in ("traced", "static"):
         raise ValueError(f"sweep kind must be traced|static, got {how!r}")
-    return field(default=default, metadata={"sweep": how})
+    return field(default=default, metadata={"sweep": how, "rule": Rule(**kw)})
 
 
 HEAD_KINDS: tuple[str, ...] = ("linear", "mlp", "selective")  # = heads.families (tested)
@@ -65,59 +136,73 @@ HEAD_KINDS: tuple[str, ...] = ("linear", "mlp", "selective")  # = heads.families
 
 @dataclass(frozen=True)
 class HeadConfig:
-    kind: str = swept("mlp", "static")  # mlp (D -> hidden -> 2) | linear (D -> 2) | selective
-    hidden: int = swept(768, "static")  # MLP hidden width
+    # mlp (D -> hidden -> 2) | linear (D -> 2) | selective
+    kind: str = swept("mlp", "static", choices=HEAD_KINDS)
+    hidden: int = swept(768, "static", ge=1)  # MLP hidden width
     feature: str = swept("cls", "static")  # cache variant the head reads ("a+b" concatenates)
-    dropout: float = swept(0.0)  # dropout rate on the MLP hidden layer
+    dropout: float = swept(0.0, **FRACTION)  # dropout rate on the MLP hidden layer
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = swept(1e-3)  # peak learning rate
-    weight_decay: float = swept(1e-4)  # decoupled weight decay (kernels only)
-    warmup_frac: float = swept(0.05)  # linear warm-up as a fraction of all steps
-    epochs: int = 40  # passes over the train split
-    batch_size: int = 256  # examples per step (capped at the train size)
-    label_smoothing: float = swept(0.0)  # symmetric label smoothing of the CE targets
-    pos_weight: float = swept(-1.0)  # weight of the positive class in the CE; -1 = automatic
-    ema_decay: float = swept(0.99)  # weight EMA (with (1+t)/(10+t) warm-up); 0 disables
-    ema_every: int = 4  # EMA every k steps with decay**k (same time constant)
+    lr: float = swept(1e-3, gt=0.0)  # peak learning rate
+    weight_decay: float = swept(1e-4, ge=0.0)  # decoupled weight decay (kernels only)
+    warmup_frac: float = swept(0.05, ge=0.0, le=1.0)  # linear warm-up as a fraction of all steps
+    epochs: int = rule(40, ge=1)  # passes over the train split
+    batch_size: int = rule(256, ge=1)  # examples per step (capped at the train size)
+    label_smoothing: float = swept(0.0, **FRACTION)  # symmetric label smoothing of the CE targets
+    # weight of the positive class in the CE; -1 = automatic (> 0 or -1: checked in validate)
+    pos_weight: float = swept(-1.0)
+    # weight EMA (with (1+t)/(10+t) warm-up); 0 disables
+    ema_decay: float = swept(0.99, **FRACTION)
+    ema_every: int = rule(4, ge=1)  # EMA every k steps with decay**k (same time constant)
     # auto = bfloat16 GEMMs + bfloat16 first moment on GPU/TPU (float32 master weights,
     # second moment and EMA), float32 on CPU | float32 | bfloat16.
-    precision: str = "auto"
-    optimizer: str = swept("adamw", "static")  # adamw | sgd (momentum 0.9, decoupled decay)
+    precision: str = rule("auto", choices=("auto", "float32", "bfloat16"))
+    # adamw | sgd (momentum 0.9, decoupled decay)
+    optimizer: str = swept("adamw", "static", choices=("adamw", "sgd"))
     # Sharpness-aware updates (phase 4, heads.sam): none | sam | asam | fsam. Two gradient
     # evaluations per step; optax.contrib.sam in opaque mode around the optimizer above.
-    sam: str = swept("none", "static")
-    sam_rho: float = swept(0.05)  # perturbation radius rho (SAM paper default 0.05)
-    fsam_sigma: float = swept(1.0)  # F-SAM: weight of the gradient EMA removed from the direction
-    fsam_lambda: float = swept(0.9)  # F-SAM: decay of that gradient EMA (official default 0.9)
-    seed: int = swept(0)  # PRNG seed for init, shuffling and dropout
+    sam: str = swept("none", "static", choices=("none", "sam", "asam", "fsam"))
+    sam_rho: float = swept(0.05, ge=0.0)  # perturbation radius rho (SAM paper default 0.05)
+    # F-SAM: weight of the gradient EMA removed from the direction
+    fsam_sigma: float = swept(1.0, ge=0.0)
+    # F-SAM: decay of that gradient EMA (official default 0.9)
+    fsam_lambda: float = swept(0.9, **FRACTION)
+    seed: int = swept(0, ge=0, le=2**31 - 1)  # PRNG seed for init, shuffling and dropout
 
 
 @dataclass(frozen=True)
 class SelectiveConfig:
     """Options of the ``selective`` head (head.kind=selective): SelectiveNet's f, g and h."""
 
-    trunk_hidden: int = swept(512, "static")  # width of the small shared trainable trunk
-    target_coverage: float = swept(0.8)  # c of the selective loss's coverage penalty
-    lam: float = swept(32.0)  # lambda: weight of the coverage penalty max(0, c - coverage)^2
-    alpha_mix: float = swept(0.5)  # weight of the selective loss; 1 - alpha_mix on the aux head
-    loss_form: str = swept("paper", "static")  # paper (risk / coverage) | code (no division)
-    risk_loss: str = swept("lagrangian", "static")  # lagrangian (FNR constraint) | weighted
-    fnr_target: float = swept(0.01)  # alpha' of the training-time FNR constraint (< risk.alpha)
-    multiplier_lr: float = swept(0.05)  # step size of the Lagrange multiplier (proxy-Lagrangian)
-    surrogate_temp: float = swept(1.0)  # temperature of the smooth FNR surrogate
+    trunk_hidden: int = swept(512, "static", ge=1)  # width of the small shared trainable trunk
+    # c of the selective loss's coverage penalty
+    target_coverage: float = swept(0.8, gt=0.0, le=1.0)
+    lam: float = swept(32.0, ge=0.0)  # lambda: weight of the coverage penalty max(0, c - cov)^2
+    # weight of the selective loss; 1 - alpha_mix on the aux head
+    alpha_mix: float = swept(0.5, ge=0.0, le=1.0)
+    # paper (risk / coverage) | code (no division)
+    loss_form: str = swept("paper", "static", choices=("paper", "code"))
+    # lagrangian (FNR constraint) | weighted
+    risk_loss: str = swept("lagrangian", "static", choices=("lagrangian", "weighted"))
+    fnr_target: float = swept(0.01, **UNIT_OPEN)  # alpha' of the training FNR constraint
+    multiplier_lr: float = swept(0.05, ge=0.0)  # step size of the Lagrange multiplier
+    surrogate_temp: float = swept(1.0, gt=0.0)  # temperature of the smooth FNR surrogate
 
 
 @dataclass(frozen=True)
 class RiskConfig:
-    alpha: float = 0.02  # target false-negative rate of the exit-as-negative rule
-    method: str = "pac"  # empirical | crc | pac
-    delta: float = 0.05  # failure probability of the PAC guarantee
-    beta: float = 0.05  # target false-positive rate of the exit-as-positive rule (gate-free)
-    target_coverage: float = 0.5  # SCRC-I: certified lower bound on the exit rate
-    scrc_risk: str = "fnr"  # SCRC-I risk: fnr (missed roadwork / all roadwork) | error
+    alpha: float = rule(
+        0.02, **UNIT_OPEN
+    )  # target false-negative rate of the exit-as-negative rule
+    method: str = rule("pac", choices=("empirical", "crc", "pac"))  # empirical | crc | pac
+    delta: float = rule(0.05, **UNIT_OPEN)  # failure probability of the PAC guarantee
+    # target false-positive rate of the exit-as-positive rule (gate-free)
+    beta: float = rule(0.05, **UNIT_OPEN)
+    target_coverage: float = rule(0.5, **UNIT_OPEN)  # SCRC-I: certified lower bound on exit rate
+    # SCRC-I risk: fnr (missed roadwork / all roadwork) | error
+    scrc_risk: str = rule("fnr", choices=("fnr", "error"))
 
 
 @dataclass(frozen=True)
@@ -131,58 +216,82 @@ class Config:
     selective: SelectiveConfig = field(default_factory=SelectiveConfig)
 
     def validate(self) -> Config:
-        """Raise ConfigError on values no run could use; returns self for chaining."""
-        _check(0.0 < self.risk.alpha < 1.0, f"risk.alpha must be in (0, 1), got {self.risk.alpha}")
-        _check(0.0 < self.risk.delta < 1.0, f"risk.delta must be in (0, 1), got {self.risk.delta}")
-        _check(
-            self.risk.method in ("empirical", "crc", "pac"),
-            f"risk.method must be empirical|crc|pac, got {self.risk.method!r}",
-        )
+        """Raise ConfigError on values no run could use; returns self for chaining.
+
+        Pure and fast (no file is read): the CLI calls it before any cache is opened or any
+        folder created. Field by field (type, then the field's ``Rule``), then the rules that
+        tie fields together.
+        """
+        for section, tp in _field_types(Config).items():
+            node = getattr(self, section)
+            if not dataclasses.is_dataclass(tp):
+                _check_type(node, tp, section)
+                continue
+            hints = _field_types(tp)
+            for f in dataclasses.fields(tp):
+                key, v = f"{section}.{f.name}", getattr(node, f.name)
+                _check_type(v, hints[f.name], key)
+                r = f.metadata.get("rule")
+                if r is not None and not r.ok(v):
+                    raise ConfigError(f"{key} must be {r.allowed()}, got {v!r}")
+        # Rules over several values (or over the items of one).
         fr = self.data.fractions
-        _check(len(fr) == 4 and all(f >= 0 for f in fr), "data.fractions needs 4 values >= 0")
+        _check(all(f >= 0 for f in fr), f"data.fractions must all be >= 0, got {list(fr)}")
         _check(abs(sum(fr) - 1.0) < 1e-6, f"data.fractions must sum to 1, got {sum(fr):.6g}")
-        _check(self.backbone.image_size % 16 == 0, "backbone.image_size must be a multiple of 16")
-        _check(self.backbone.dtype in ("float16", "float32"), "backbone.dtype: float16|float32")
-        _check(self.backbone.views in ("clean", "validator"), "backbone.views: clean|validator")
+        v = self.backbone.variants
         _check(
-            self.head.kind in HEAD_KINDS,
-            f"head.kind must be one of {'|'.join(HEAD_KINDS)}, got {self.head.kind!r}",
+            len(v) >= 1 and all(v) and len(set(v)) == len(v),
+            f"backbone.variants must be distinct non-empty names, got {list(v)}",
         )
-        _check(self.head.hidden >= 1, "head.hidden must be >= 1")
-        _check(self.optim.epochs >= 1 and self.optim.batch_size >= 1, "epochs, batch_size >= 1")
-        _check(0.0 <= self.optim.ema_decay < 1.0, "optim.ema_decay must be in [0, 1)")
-        _check(self.optim.ema_every >= 1, "optim.ema_every must be >= 1")
         _check(
-            self.optim.precision in ("auto", "float32", "bfloat16"),
-            "optim.precision must be auto|float32|bfloat16",
+            all(self.head.feature.split("+")),
+            f"head.feature must be a variant name or a+b, got {self.head.feature!r}",
         )
-        _check(0.0 <= self.head.dropout < 1.0, "head.dropout must be in [0, 1)")
-        o = self.optim
-        _check(o.lr > 0 and o.weight_decay >= 0, "optim.lr must be > 0, weight_decay >= 0")
-        _check(0.0 <= o.warmup_frac <= 1.0, "optim.warmup_frac must be in [0, 1]")
-        _check(0.0 <= o.label_smoothing < 1.0, "optim.label_smoothing must be in [0, 1)")
-        _check(o.pos_weight > 0 or o.pos_weight == -1, "optim.pos_weight must be > 0 or -1")
-        _check(0 <= o.seed < 2**31, "optim.seed must be in [0, 2**31)")
-        _check(o.optimizer in ("adamw", "sgd"), "optim.optimizer must be adamw|sgd")
-        _check(o.sam in ("none", "sam", "asam", "fsam"), "optim.sam must be none|sam|asam|fsam")
-        _check(o.sam_rho >= 0, f"optim.sam_rho must be >= 0, got {o.sam_rho}")
-        _check(o.fsam_sigma >= 0, f"optim.fsam_sigma must be >= 0, got {o.fsam_sigma}")
-        _check(0.0 <= o.fsam_lambda < 1.0, "optim.fsam_lambda must be in [0, 1)")
-        _check(0.0 < self.risk.beta < 1.0, f"risk.beta must be in (0, 1), got {self.risk.beta}")
-        _check(0.0 < self.risk.target_coverage < 1.0, "risk.target_coverage must be in (0, 1)")
-        _check(self.risk.scrc_risk in ("fnr", "error"), "risk.scrc_risk must be fnr|error")
-        sel = self.selective
-        _check(sel.loss_form in ("paper", "code"), "selective.loss_form must be paper|code")
+        try:
+            kw = json.loads(self.backbone.model_kwargs or "{}")
+        except json.JSONDecodeError:
+            kw = None
         _check(
-            sel.risk_loss in ("lagrangian", "weighted"),
-            "selective.risk_loss must be lagrangian|weighted",
+            isinstance(kw, dict),
+            f"backbone.model_kwargs must be a JSON object, got {self.backbone.model_kwargs!r}",
         )
-        _check(0.0 < sel.target_coverage <= 1.0, "selective.target_coverage must be in (0, 1]")
-        _check(0.0 <= sel.alpha_mix <= 1.0, "selective.alpha_mix must be in [0, 1]")
-        _check(sel.trunk_hidden >= 1, "selective.trunk_hidden must be >= 1")
-        _check(sel.lam >= 0 and sel.multiplier_lr >= 0, "selective.lam, multiplier_lr >= 0")
-        _check(sel.surrogate_temp > 0, "selective.surrogate_temp must be > 0")
+        pw = self.optim.pos_weight
+        _check(pw > 0 or pw == -1, f"optim.pos_weight must be > 0 or -1 (automatic), got {pw}")
         return self
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true/false"}
+
+
+def _check_type(v: Any, tp: Any, key: str) -> None:
+    """Values from a preset JSON file are not coerced like --set strings: check them here."""
+    if typing.get_origin(tp) is tuple:
+        args = typing.get_args(tp)
+        _check(isinstance(v, tuple | list), f"{key} must be a list, got {v!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            args = (args[0],) * len(v)
+        _check(len(v) == len(args), f"{key} needs {len(args)} values, got {len(v)}")
+        for item, a in zip(v, args, strict=True):
+            _check_type(item, a, key)
+        return
+    if tp is float:
+        ok = isinstance(v, int | float) and not isinstance(v, bool)
+        _check(ok, f"{key} must be {_TYPE_NAMES[tp]}, got {v!r}")
+        _check(math.isfinite(v), f"{key} must be finite, got {v!r}")
+        return
+    ok = isinstance(v, tp) and (tp is bool or not isinstance(v, bool))
+    _check(ok, f"{key} must be {_TYPE_NAMES.get(tp, tp)}, got {v!r}")
+
+
+def rules() -> dict[str, Rule]:
+    """``section.field`` -> ``Rule`` of every field that declares one."""
+    out = {}
+    for section, tp in _field_types(Config).items():
+        if dataclasses.is_dataclass(tp):
+            for f in dataclasses.fields(tp):
+                if "rule" in f.metadata:
+                    out[f"{section}.{f.name}"] = f.metadata["rule"]
+    return out
 
 
 def _check(ok: bool, msg: str) -> None:

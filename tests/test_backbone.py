@@ -258,3 +258,27 @@ def test_real_vit_small_architecture():
     torch.testing.assert_close(out, feats[:, 0], atol=0, rtol=0)
     assert info["embed_dim"] == 384 and info["num_prefix_tokens"] == 5 and info["depth"] == 12
     assert info["params"] == 21_586_944  # DINOV3.md 5 (timm 1.0.31)
+
+
+def test_a_pickle_that_is_not_plain_tensors_is_refused_without_unsafe_advice(tmp_path):
+    """torch's own message advises weights_only=False (arbitrary code execution); ours never."""
+    import argparse
+
+    path = tmp_path / "w.pth"
+    torch.save({"model": source_model(ARCHS[0]).state_dict(), "args": argparse.Namespace()}, path)
+    with pytest.raises(BackboneError) as e:
+        build_backbone(ARCHS[0], path, TINY)
+    msg = str(e.value)
+    assert "weights_only" not in msg and "\n" not in msg
+    assert msg.startswith(f"cannot read weights file {path}: it is not a plain tensor checkpoint")
+    assert "argparse.Namespace" in msg
+
+
+def test_a_directory_as_weights_is_reported_as_a_directory(tmp_path):
+    (tmp_path / "snap").mkdir()
+    with pytest.raises(BackboneError, match=r"is a directory without model\.safetensors"):
+        build_backbone(ARCHS[0], tmp_path / "snap", TINY)
+    # a Hugging Face snapshot folder still loads
+    save_file(source_model(ARCHS[0]).state_dict(), str(tmp_path / "snap" / "model.safetensors"))
+    _, info = build_backbone(ARCHS[0], tmp_path / "snap", TINY)
+    assert info["weights_path"].endswith("model.safetensors")

@@ -163,3 +163,107 @@ def test_phase_presets_are_data_over_the_same_tree():
     assert p2.head.kind == p4.head.kind == "selective"
     assert (p2.optim.sam, p4.optim.sam) == ("none", "fsam")
     assert dataclasses.replace(p4, preset="phase2", optim=p2.optim) == p2  # only SAM differs
+
+
+# ---------------------------------------------------------------------------------------------
+# Every value is checked, from one declaration per field (issue 17, item 3)
+
+_BOUNDS = {"gt": "exclusiveMinimum", "ge": "minimum", "lt": "exclusiveMaximum", "le": "maximum"}
+
+
+def test_schema_states_the_same_bounds_and_choices_as_each_fields_rule():
+    from schemas import load_schema
+    from stage1.config import rules
+
+    schema = load_schema("config")
+    declared = rules()
+    for section, prop in schema["properties"].items():
+        for name, p in prop.get("properties", {}).items():
+            r = declared.get(f"{section}.{name}")
+            for attr, key in _BOUNDS.items():
+                want = None if r is None else getattr(r, attr)
+                assert p.get(key) == want, f"{section}.{name}: schema {key} vs rule {attr}"
+            assert p.get("enum") == (None if r is None or r.choices is None else list(r.choices))
+            want_pat = None if r is None or r.pattern is None else f"^({r.pattern})$"
+            assert p.get("pattern") == want_pat, f"{section}.{name}"
+            assert p.get("multipleOf") == (None if r is None else r.multiple_of)
+
+
+def _edge_values(r, integer: bool):
+    """(accepted, refused) values at each declared bound of a rule."""
+    ok, bad = [], []
+    for attr in ("gt", "ge", "lt", "le"):
+        b = getattr(r, attr)
+        if b is None:
+            continue
+        step = 1 if integer else 1e-6
+        inside = b + step if attr in ("gt", "ge") else b - step
+        outside = b - step if attr in ("gt", "ge") else b + step
+        ok.append(b if attr in ("ge", "le") else inside)
+        bad.append(b if attr in ("gt", "lt") else outside)
+    return ok, bad
+
+
+def test_every_bounded_field_accepts_its_bounds_and_refuses_just_outside():
+    from stage1.config import rules
+
+    checked = 0
+    for key, r in rules().items():
+        if r.choices or r.pattern or all(getattr(r, a) is None for a in _BOUNDS):
+            continue
+        integer = isinstance(_default(key), int)
+        ok, bad = _edge_values(r, integer)
+        for v in ok:
+            if r.multiple_of and v % r.multiple_of:
+                continue
+            override(Config(), [f"{key}={int(v) if integer else v!r}"]).validate()
+        for v in bad:
+            cfg = override(Config(), [f"{key}={int(v) if integer else v!r}"])
+            with pytest.raises(ConfigError, match=rf"^{key} must be in .*, got"):
+                cfg.validate()
+            checked += 1
+    assert checked >= 30  # every bounded field was probed at least once
+
+
+def _default(key):
+    section, name = key.split(".")
+    return getattr(getattr(Config(), section), name)
+
+
+@pytest.mark.parametrize(
+    "sets,match",
+    [
+        (["optim.lr=-1"], r"^optim\.lr must be in \(0, inf\), got -1\.0$"),
+        (["optim.lr=nan"], r"optim\.lr must be finite"),
+        (["optim.epochs=0"], r"^optim\.epochs must be in \[1, inf\), got 0$"),
+        (["backbone.image_size=100"], r"multiple of 16"),
+        (["backbone.device=gpu"], r"backbone\.device must be of the form"),
+        (["optim.pos_weight=0"], r"optim\.pos_weight must be > 0 or -1"),
+        (["backbone.model_kwargs=[1]"], r"backbone\.model_kwargs must be a JSON object"),
+        (["backbone.variants=cls,cls"], r"backbone\.variants must be distinct"),
+        (["head.feature=cls+"], r"head\.feature"),
+        (["data.fractions=0.5,0.5,0.1,-0.1"], r"data\.fractions must all be >= 0"),
+        (["selective.target_coverage=0"], r"selective\.target_coverage must be in \(0, 1\]"),
+    ],
+)
+def test_out_of_range_and_cross_field_values_are_named_in_one_line(sets, match):
+    with pytest.raises(ConfigError, match=match) as e:
+        override(Config(), sets).validate()
+    assert "\n" not in str(e.value)
+
+
+def test_preset_files_are_type_checked(tmp_path):
+    """JSON values are not coerced like --set strings, so validate checks their types."""
+    for section, value, match in [
+        ("optim", {"epochs": "40"}, r"optim\.epochs must be an integer"),
+        ("optim", {"epochs": True}, r"optim\.epochs must be an integer"),
+        ("optim", {"lr": "0.1"}, r"optim\.lr must be a number"),
+        ("risk", {"method": 3}, r"risk\.method must be a string"),
+        ("data", {"fractions": [0.5, 0.5]}, r"data\.fractions needs 4 values"),
+    ]:
+        f = tmp_path / "p.json"
+        f.write_text(json.dumps({"preset": "phase1", section: value}))
+        with pytest.raises(ConfigError, match=match):
+            load_preset(str(f)).validate()
+    f.write_text(json.dumps({"preset": "phase1", "optim": {"lr": 1}}))  # an int is a number
+    assert load_preset(str(f)).validate().optim.lr == 1

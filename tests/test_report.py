@@ -377,3 +377,19 @@ def test_figures_render_for_degenerate_inputs():
         plots.histogram_figure(p, 1 - y, None),
     ):
         assert plots.to_png(fig, dpi=20)[:4] == b"\x89PNG"
+
+
+def test_cascade_plot_y_axis_shows_the_whole_curve():
+    """The exit curve's FNR reaches 1 (everything exits): the axis must not clip it at 3 alpha."""
+    rng = np.random.default_rng(3)
+    y = (rng.random(400) < 0.3).astype(np.int32)
+    p = np.clip(rng.normal(0.3 + 0.4 * y, 0.2), 0, 1)
+    fig = plots.risk_coverage_figure(p, y, float(np.quantile(p[y == 1], 0.02)), 0.02)
+    cascade = fig.axes[1]
+    assert "Cascade" in cascade.get_title()
+    top = cascade.get_ylim()[1]
+    curves = [ln.get_ydata() for ln in cascade.lines if len(ln.get_ydata()) > 2]
+    assert len(curves) == 2 and max(float(np.max(c)) for c in curves) == pytest.approx(1.0)
+    assert all(float(np.max(c)) <= top for c in curves)
+    (inset,) = cascade.child_axes  # the zoom on the certified region
+    assert inset.get_ylim()[1] < 0.2

@@ -17,6 +17,7 @@ import numpy as np
 from stage1.artifacts import atomic_write_bytes
 from stage1.report import plots
 from stage1.report.document import to_html, to_markdown
+from stage1.run.provenance import weights_text
 
 SPLITS = ("train", "val", "calib", "test")
 N_BINS = 15  # reliability diagram and ECE: 15 uniform bins [a, b) (METHODS.md §6.3)
@@ -64,14 +65,36 @@ def run_subtitle(cfg: dict, metrics: dict, head: str | None) -> str:
         sub.append(f"family {metrics['family']}")
     if head:
         sub.append(head)
-    if isinstance(cfg.get("backbone"), dict):
+    prov = metrics.get("provenance")
+    if isinstance(prov, dict):  # what the cache recorded (stage1.run.provenance)
+        sub.append(
+            f"backbone {prov.get('backbone')} · weights {weights_text(prov)} · "
+            f"{prov.get('image_size')} px"
+        )
+    elif isinstance(cfg.get("backbone"), dict):  # runs written before provenance existed
         bb = cfg["backbone"]
-        sub.append(f"backbone {bb.get('name')} (weights {bb.get('weights')})")
+        sub.append(f"backbone {bb.get('name')} (weights {bb.get('weights')}, from the config)")
     sub += [
         f"test n = {metrics['n']}, positives = {metrics['n_positives']}",
         time.strftime("generated %Y-%m-%d %H:%M"),
     ]
     return " · ".join(sub)
+
+
+def warning_blocks(metrics: dict) -> list:
+    """The run's warnings (metrics.json ``warnings``: an uncertified policy, metrics from too
+    few positives or negatives) and where the backbone facts came from, right under the title."""
+    out = []
+    warnings = metrics.get("warnings") or []
+    if warnings:
+        out += [("h2", "Warnings"), ("kv", [["⚠ warning", w] for w in warnings])]
+    differ = (metrics.get("provenance") or {}).get("config_disagreed") or []
+    if differ:
+        said = "; ".join(
+            f"{d['key']}: config {d['config']!r}, cache {d['cache']!r}" for d in differ
+        )
+        out.append(("note", f"Backbone facts come from the feature cache, which wins: {said}."))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

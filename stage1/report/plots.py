@@ -264,14 +264,30 @@ def risk_coverage_figure(probs, labels, threshold: float, alpha: float | None = 
         ms=7,
         label=f"t = {threshold:.3g}: exit rate {op_rate:.3f}, FNR {op_fnr:.3f}",
     )
-    ymax = max(3 * (alpha or 0.0), 3 * op_fnr, 0.05)
+    # The whole curve (FNR reaches 1 when everything exits): a y-axis clipped near alpha hid
+    # where the curve goes; the zoom on small rates is the inset below.
+    top = 1.05 * max(float(np.max(fnr)), float(np.max(foms)), alpha or 0.0, 0.05)
     axe.set(
         xlim=(0, 1),
-        ylim=(0, min(1.0, ymax)),
+        ylim=(0, top),
         xlabel="exit rate (fraction with p < t)",
         ylabel="rate",
         title="Cascade: exit as negative iff p < t (test)",
     )
+    # Inset: the same curves up to a few alpha, where the certificate lives (upper left, where
+    # both curves are low: few exits, few of them positive).
+    zoom = max(3 * (alpha or 0.0), 3 * op_fnr, 0.05)
+    if zoom < 0.5 * top:
+        ins = axe.inset_axes([0.06, 0.5, 0.42, 0.42])
+        ins.plot(*thin(rate, fnr), color=POS, lw=1.2)
+        ins.plot(*thin(rate, foms), color=NEG, lw=1.2)
+        if alpha is not None:
+            ins.axhline(alpha, ls="--", color=GREY, lw=1)
+        ins.plot(op_rate, op_fnr, "o", color=OP, ms=5)
+        ins.set(xlim=(0, 1), ylim=(0, zoom), title=f"rates ≤ {zoom:.2g}")
+        ins.title.set_fontsize(7)
+        ins.tick_params(labelsize=7)
+        ins.grid(alpha=0.25)
     legend_below(axe)
     axe.grid(alpha=0.25)
     return fig

@@ -16,6 +16,7 @@ from stage1.report.common import (
     fmt,
     metric_table,
     run_subtitle,
+    warning_blocks,
 )
 
 POLICY_LABEL = {
@@ -200,6 +201,7 @@ def document(run: dict, ctx: dict, figures: list) -> list:
     c = ctx["classifier"]
     B: list = [
         ("p", run_subtitle(cfg, m, feature)),
+        *warning_blocks(m),
         ("h2", "Summary"),
         ("cards", _cards(run, ctx)),
     ]

@@ -42,6 +42,7 @@ from stage1.report.common import (
     num,
     read_run_arrays,
     run_subtitle,
+    warning_blocks,
     write_report,
 )
 
@@ -345,6 +346,7 @@ def _blocks(
     )
     B: list = [
         ("p", sub),
+        *warning_blocks(m),
         ("h2", "Summary"),
         (
             "cards",

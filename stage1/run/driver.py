@@ -10,9 +10,13 @@ policy (``calibrate.policies``), and the preset sets the values. Nothing here br
 kind. Data discipline and the validator views: ``stage1.run.data``.
 
 Artifacts (all JSON schema-checked and written atomically): ``config.json``, ``metrics.json``
-(with ``family`` and ``policy``), ``head.safetensors``, ``predictions.npz``, and the records of
-the calibration and the policy (phase 1: ``thresholds.json``; phase 2: ``calibration.json``,
-``gateparams.json``, ``scrcparams.json``).
+(with ``family``, ``policy``, ``provenance`` and ``warnings``), ``head.safetensors``,
+``predictions.npz``, and the records of the calibration and the policy (phase 1:
+``thresholds.json``; phase 2: ``calibration.json``, ``gateparams.json``, ``scrcparams.json``).
+The folder is whole (``stage1.rundir``): written beside ``out`` and renamed into place at the
+end, an existing run replaced only with ``overwrite``. Before anything is trained the calib split
+is checked against what the requested guarantee needs (``calibrate.policies``), and the
+backbone section of ``config.json`` is the cache's (``stage1.run.provenance``).
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ from stage1.artifacts import write_json
 from stage1.config import Config, to_dict
 from stage1.run import specs
 from stage1.run.data import load_cache
-from stage1.run.records import save_predictions, training_record
+from stage1.run.provenance import from_cache
+from stage1.run.records import save_predictions, small_sample_warnings, training_record
+from stage1.rundir import check_out, staged
 
 __all__ = ["RunSummary", "run_training"]
 
@@ -42,6 +48,7 @@ class RunSummary:
     policy: Any  # the fitted calibrate.policies.Policy
     seconds: float
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # also in metrics.json and the report
 
     @property
     def certified(self) -> bool:
@@ -49,14 +56,28 @@ class RunSummary:
         return self.metrics["policy"] != "defer_all"
 
 
-def run_training(cfg: Config, cache_path: Path, out: Path) -> RunSummary:
+def run_training(
+    cfg: Config,
+    cache_path: Path,
+    out: Path,
+    *,
+    overwrite: bool = False,
+    allow_uncertified: bool = False,
+) -> RunSummary:
     """Train, calibrate on val, certify on calib, evaluate on test, write the run directory.
 
+    Args:
+        overwrite: replace an existing run at ``out`` (whole); without it a non-empty ``out``
+            is refused before the cache is opened.
+        allow_uncertified: where the calib split is too small for the requested guarantee,
+            train anyway and ship "defer_all" (with a warning) instead of refusing.
+
     Raises:
+        OutputExistsError: ``out`` holds files and ``overwrite`` is False, before anything.
         CacheError: a missing variant, an empty split, or a calib split sharing ids with
             train, val or test — before anything is trained or written.
-        ValueError: an exit policy that cannot be certified with this calib split (the message
-            names the calibration size it needs), before anything is written.
+        ValueError: a calib split too small for the requested guarantee (the message names
+            the counts it has and needs), before anything is trained or written.
     """
     import jax.numpy as jnp
 
@@ -64,20 +85,34 @@ def run_training(cfg: Config, cache_path: Path, out: Path) -> RunSummary:
     from calibrate.calibration import fit_calibration
     from calibrate.challenge import challenge_block
     from calibrate.exit_policies import jsonable
-    from calibrate.policies import fit_policy
+    from calibrate.policies import calibration_shortfall, fit_policy
     from heads.checkpoint import save_params
     from heads.predict import predict
     from heads.train import fit
 
     t0 = time.perf_counter()
     cache_path, out = Path(cache_path), Path(out)
+    check_out(out, overwrite)  # before the cache is opened: a refused run costs nothing
     splits, cache_meta, views = load_cache(cache_path, cfg.head.feature)
     tr, va = splits["train"], splits["val"]
-    notes = []
+    cfg, provenance, notes = from_cache(cfg, cache_meta, cache_path)
     if cache_meta.get("random_init"):
         notes.append("features come from a RANDOM-INIT backbone (no pretrained weights)")
 
     fam = specs.family(cfg)
+    y_cal = splits["calib"].y
+    counts = {"positives": int(np.sum(y_cal == 1)), "negatives": int(np.sum(y_cal == 0))}
+    counts["images"] = len(y_cal)
+    warnings = []
+    short = calibration_shortfall(fam.policy, cfg.risk, counts)
+    if short and not allow_uncertified:
+        raise ValueError(
+            f"{short}; add calibration data, relax risk.alpha / risk.delta / risk.method, or "
+            "pass --allow-uncertified to train anyway and ship defer_all"
+        )
+    if short:
+        warnings.append(f"UNCERTIFIED: {short}; --allow-uncertified ships defer_all (no exits)")
+        print(f"warning: {warnings[-1]}", flush=True)
     pos_weight = specs.resolve_pos_weight(cfg, tr.y)
     spec = specs.train_spec(cfg, in_dim=tr.x.shape[1], n_train=len(tr.y))
     hp = specs.hparams(cfg, pos_weight)
@@ -95,8 +130,10 @@ def run_training(cfg: Config, cache_path: Path, out: Path) -> RunSummary:
     cal = fit_calibration(fam.calibration, outputs["val"], va.y)
     scores = {s: cal.apply(o) for s, o in outputs.items()}
     labels = {s: d.y for s, d in splits.items()}
-    policy = fit_policy(fam.policy, scores["calib"], splits["calib"].y, cfg.risk)
+    policy = fit_policy(fam.policy, scores["calib"], splits["calib"].y, cfg.risk, allow_uncertified)
     notes += policy.notes
+    if policy.shipped == "defer_all" and not short:  # only known after fitting (scrc error)
+        warnings.append("UNCERTIFIED: no exit policy could be certified; ships defer_all")
     decisions = {s: policy.decide(sc) for s, sc in scores.items()}
 
     te = splits["test"]
@@ -126,28 +163,32 @@ def run_training(cfg: Config, cache_path: Path, out: Path) -> RunSummary:
         ),
         "val": {"auroc": _auroc(scores["val"]["p"], va.y), "best_epoch": int(res.best_epoch)},
         "training": training_record(cfg, spec, res, pos_weight, round(time.perf_counter() - t0, 3)),
+        "provenance": provenance,
     }
+    warnings += small_sample_warnings({"test": te.y, "val": va.y})
+    metrics["warnings"] = warnings
     metrics = jsonable(metrics)
 
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", to_dict(cfg), schema="config")
-    for name, (obj, schema) in {
-        **cal.records(scores, va.y),
-        **policy.records(labels["calib"]),
-    }.items():
-        write_json(out / name, obj, schema=schema)
-    write_json(out / "metrics.json", metrics, schema="metrics")
     meta = {
         "kind": fam.kind,
         "feature": cfg.head.feature,
         "in_dim": str(spec.in_dim),
-        "backbone": str(cache_meta.get("backbone", "")),
-        "weights_sha256": str(cache_meta.get("weights_sha256", "")),
+        "backbone": provenance["backbone"],
+        "weights_sha256": provenance["weights_sha256"],
+        "image_size": str(provenance["image_size"]),
     }
     meta |= {k: str(v) for k, v in dataclasses.asdict(spec.head).items()}
-    save_params(out / "head.safetensors", res.params, meta)
-    save_predictions(out / "predictions.npz", splits, scores, decisions, cal, views, view_p)
-    return RunSummary(out, cfg, metrics, policy, time.perf_counter() - t0, notes)
+    with staged(out, overwrite) as tmp:  # a whole folder appears at ``out``, or nothing
+        write_json(tmp / "config.json", to_dict(cfg), schema="config")
+        for name, (obj, schema) in {
+            **cal.records(scores, va.y),
+            **policy.records(labels["calib"]),
+        }.items():
+            write_json(tmp / name, obj, schema=schema)
+        write_json(tmp / "metrics.json", metrics, schema="metrics")
+        save_params(tmp / "head.safetensors", res.params, meta)
+        save_predictions(tmp / "predictions.npz", splits, scores, decisions, cal, views, view_p)
+    return RunSummary(out, cfg, metrics, policy, time.perf_counter() - t0, notes, warnings)
 
 
 def _auroc(scores, labels) -> float | None:

@@ -1,5 +1,5 @@
-"""What a run writes beside its JSON records: predictions.npz, the training block of
-metrics.json, and the terminal summary."""
+"""What a run writes beside its JSON records: predictions.npz, the training block and the
+warnings of metrics.json, and the terminal summary."""
 
 from __future__ import annotations
 
@@ -11,7 +11,22 @@ import numpy as np
 
 from stage1.artifacts import atomic_write_bytes
 
-__all__ = ["print_summary", "save_predictions", "training_record"]
+__all__ = [
+    "MIN_PER_CLASS",
+    "print_summary",
+    "save_predictions",
+    "small_sample_warnings",
+    "training_record",
+]
+
+# Below this many positives or negatives a rate or an AUROC moves by >= 0.1 with one image
+# (an AUROC of 1.0 from one positive says nothing): such numbers carry a warning.
+MIN_PER_CLASS = 10
+
+_USES = {
+    "test": "the test metrics (AUROC, FNR, FPR, accuracy, MCC, challenge score)",
+    "val": "the val AUROC behind model selection",
+}
 
 
 def save_predictions(path: Path, splits, scores, decisions, cal, views=None, view_p=None) -> None:
@@ -37,6 +52,20 @@ def save_predictions(path: Path, splits, scores, decisions, cal, views=None, vie
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def small_sample_warnings(labels_by_split: dict[str, np.ndarray]) -> list[str]:
+    """One line per split whose reported metrics rest on < MIN_PER_CLASS images of a class."""
+    out = []
+    for split, y in labels_by_split.items():
+        y = np.asarray(y)
+        pos, neg = int(np.sum(y == 1)), int(np.sum(y == 0))
+        if min(pos, neg) < MIN_PER_CLASS:
+            out.append(
+                f"{_USES.get(split, f'the {split} metrics')} rest on {pos} positives and {neg} "
+                f"negatives (< {MIN_PER_CLASS} of a class): too few to mean much"
+            )
+    return out
 
 
 def training_record(cfg, spec, res, pos_weight: float, seconds: float) -> dict[str, Any]:
@@ -87,3 +116,5 @@ def print_summary(s) -> None:
     print("-" * (width + vw + 4))
     for n in s.notes:
         print(f"note: {n}")
+    for w in getattr(s, "warnings", []):
+        print(f"WARNING: {w}")

@@ -10,6 +10,7 @@ import numpy as np
 from stage1 import compile_cache
 from stage1.cli_config import add_config_args, config_from_args
 from stage1.config import ConfigError
+from stage1.rundir import add_overwrite_argument, check_out
 from stage1.sweep.grid import RANGE_SPEC, STATIC, TRACED, GridError, parse_grid
 from stage1.sweep.run import EXIT_NOTE, METRICS, format_table, run_sweep
 
@@ -27,6 +28,7 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--cache", required=True, help="HDF5 feature cache from `stage1 features`")
     p.add_argument("--out", default="runs/sweep", help="output folder (default runs/sweep)")
+    add_overwrite_argument(p)
     p.add_argument(
         "--grid",
         action="append",
@@ -95,6 +97,10 @@ def cmd_sweep(args) -> int:
     grid = parse_grid(args.grid, cfg)
     if args.chunk < 0:
         raise ConfigError("--chunk must be >= 0")
+    if args.alpha is not None and not 0 < args.alpha < 1:
+        raise ConfigError(f"--alpha must be in (0, 1), got {args.alpha}")
+    lambdas = _lambdas(args.ridge_lambdas)
+    check_out(args.out, args.overwrite)  # before any cache is opened or JAX imported
     compile_cache.enable(args.compile_cache)
     res = run_sweep(
         cfg,
@@ -104,9 +110,10 @@ def cmd_sweep(args) -> int:
         metric=args.metric,
         alpha=args.alpha,
         ridge=not args.no_ridge,
-        lambdas=_lambdas(args.ridge_lambdas),
+        lambdas=lambdas,
         chunk=args.chunk or None,
         progress=not args.no_progress,
+        overwrite=args.overwrite,
     )
     print()
     print(format_table(res.rows, grid, args.top))

@@ -36,6 +36,7 @@ from stage1.artifacts import atomic_write_bytes, write_json
 from stage1.cache import CacheError
 from stage1.config import Config, to_dict
 from stage1.run import specs
+from stage1.rundir import check_out, staged
 from stage1.sweep.grid import expand_grid, flat_config
 
 METRICS = {"auroc": "val_auroc", "exit_rate": "val_exit_rate"}
@@ -128,6 +129,7 @@ def run_sweep(
     lambdas: list[float] | None = None,
     chunk: int | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> SweepResult:
     """Train every config of ``grid`` over ``cfg``, rank on val, write the leaderboard files.
 
@@ -142,6 +144,8 @@ def run_sweep(
         lambdas: ridge L2 strengths; default ``heads.ridge.default_lambdas(n_train)``.
         chunk: configs per compiled call; None = as many as fit in about half the device memory.
         progress: show a tqdm bar over the groups.
+        overwrite: replace an existing non-empty ``out`` whole (else it is refused up front);
+            the folder appears complete or not at all (``stage1.rundir``).
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
@@ -149,6 +153,7 @@ def run_sweep(
     alpha = cfg.risk.alpha if alpha is None else float(alpha)
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    check_out(out, overwrite)
     t0 = time.perf_counter()
     cols = columns(grid)
     points = expand_grid(cfg, grid)  # every point is a validated tree before anything trains
@@ -314,9 +319,10 @@ def run_sweep(
         "best_config_id": best["config_id"] if best else None,
         "rows": all_rows,
     }
-    write_leaderboard(out, payload)
-    if best_cfg is not None:
-        write_json(Path(out) / "best_config.json", to_dict(best_cfg), schema="config")
+    with staged(out, overwrite) as tmp:
+        write_leaderboard(tmp, payload)
+        if best_cfg is not None:
+            write_json(tmp / "best_config.json", to_dict(best_cfg), schema="config")
     return SweepResult(all_rows, best, best_cfg, payload, seconds)
 
 
