@@ -49,16 +49,10 @@ class Rule:
             return f"one of {'|'.join(self.choices)}"
         if self.pattern is not None:
             return f"of the form {self.pattern}"
-        lo = (
-            f"({self.gt:g}"
-            if self.gt is not None
-            else (f"[{self.ge:g}" if self.ge is not None else "(-inf")
-        )
-        hi = (
-            f"{self.lt:g})"
-            if self.lt is not None
-            else (f"{self.le:g}]" if self.le is not None else "inf)")
-        )
+        lo = f"({_num(self.gt)}" if self.gt is not None else None
+        lo = lo or (f"[{_num(self.ge)}" if self.ge is not None else "(-inf")
+        hi = f"{_num(self.lt)})" if self.lt is not None else None
+        hi = hi or (f"{_num(self.le)}]" if self.le is not None else "inf)")
         extra = f", a multiple of {self.multiple_of}" if self.multiple_of else ""
         return f"in {lo}, {hi}{extra}"
 
@@ -76,6 +70,11 @@ class Rule:
         if self.le is not None and not v <= self.le:
             return False
         return not (self.multiple_of and v % self.multiple_of)
+
+
+def _num(b: float) -> str:
+    """A bound as written: 0, 1, 0.5, 2147483647 (not 2.14748e+09)."""
+    return str(int(b)) if float(b).is_integer() else f"{b:g}"
 
 
 def rule(default: Any, **kw: Any) -> Any:

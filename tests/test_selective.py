@@ -451,12 +451,42 @@ def test_phase2_writes_every_artifact_and_they_validate(phase2_run, capsys):
         assert word in text
 
 
-def test_phase2_infeasible_request_still_writes_and_defers_everything(phase2_run, tmp_path, capsys):
+def test_phase2_infeasible_request_is_refused_with_the_numbers_before_training(
+    phase2_run, tmp_path
+):
+    from calibrate.scrc import fit_scrc_i, min_calibration
+    from stage1.run import run_training
+
+    _, cache = phase2_run
+    cfg = _phase2_cfg(alpha=0.0005, delta=0.01)
+    need = min_calibration(0.0005, 0.005, 0.4)  # each SCRC-I candidate is fitted at delta / 2
+    with pytest.raises(ValueError, match=rf"positives \(needs >= {need['positives']}\)") as e:
+        run_training(cfg, cache, tmp_path / "run")
+    assert "SCRC-I fnr <= 0.0005 with coverage >= 0.4 (delta=0.01)" in str(e.value)
+    assert not (tmp_path / "run").exists()
+    # The number is fit_scrc_i's own: one positive fewer fails, exactly enough succeeds.
+    rng = np.random.default_rng(0)
+    for n_pos, ok in ((need["positives"] - 1, False), (need["positives"], True)):
+        n = max(2 * n_pos, need["images"])
+        y = (np.arange(n) < n_pos).astype(int)
+        g, p = rng.random(n), rng.random(n)
+        if ok:
+            fit_scrc_i(g, p, y, alpha=0.0005, delta=0.005, target_coverage=0.4)
+        else:
+            with pytest.raises(ValueError, match="cannot certify"):
+                fit_scrc_i(g, p, y, alpha=0.0005, delta=0.005, target_coverage=0.4)
+
+
+def test_phase2_infeasible_request_with_allow_uncertified_writes_and_defers_everything(
+    phase2_run, tmp_path, capsys
+):
     from stage1.artifacts import read_json
     from stage1.run import print_summary, run_training
 
     _, cache = phase2_run
-    s = run_training(_phase2_cfg(alpha=0.0005, delta=0.01), cache, tmp_path / "run")
+    s = run_training(
+        _phase2_cfg(alpha=0.0005, delta=0.01), cache, tmp_path / "run", allow_uncertified=True
+    )
     sc = read_json(tmp_path / "run" / "scrcparams.json", schema="scrcparams")
     assert sc["chosen"] is None and not s.certified
     for cand in ("gate", "softmax_response"):
@@ -468,8 +498,10 @@ def test_phase2_infeasible_request_still_writes_and_defers_everything(phase2_run
     assert m["metrics"]["selected_risk"] is None
     for name in ("gateparams", "calibration", "config"):
         assert (tmp_path / "run" / f"{name}.json").is_file()
+    assert any(w.startswith("UNCERTIFIED") for w in m["warnings"])
     print_summary(s)
-    assert "infeasible" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "infeasible" in text and "WARNING: UNCERTIFIED" in text
 
 
 def test_phase2_refuses_a_calib_split_sharing_ids_with_train(tmp_path):

@@ -83,14 +83,14 @@ def test_log_lin_and_list_specs():
         ("lr=0:1e-2:log4", "log ranges need a, b > 0"),
         ("lr=fast", "values must be numbers"),
         ("lr=1e-3,,1e-2", "empty value"),
-        ("lr=-1e-3", "lr must be > 0"),
+        ("lr=-1e-3", r"optim\.lr must be in \(0, inf\), got -0\.001"),
         ("seed=0.5,1", "seed must be an integer"),
         ("seed=-1", r"seed must be in \[0"),
         ("dropout=0,1", r"dropout must be in \[0, 1\)"),
         ("pos_weight=0", "pos_weight must be > 0 or -1"),
         ("kind=mlp,cnn", "head.kind must be one of linear\\|mlp\\|selective"),
-        ("sam=none,gsam", "optim.sam must be none"),
-        ("sam_rho=-0.1", "sam_rho must be >= 0"),
+        ("sam=none,gsam", r"optim\.sam must be one of none\|sam\|asam\|fsam"),
+        ("sam_rho=-0.1", r"optim\.sam_rho must be in \[0, inf\)"),
         ("selective.alpha_mix=2", r"alpha_mix must be in \[0, 1\]"),
         ("precision=bfloat16", "unknown grid name 'precision'"),
         ("feature=cls+", "empty feature variant"),
@@ -408,3 +408,27 @@ def test_a_sam_rho_sweep_at_rho_zero_is_plain_adamw(cache, tmp_path):
     assert float(one.val_auroc[row["best_epoch"]]) == pytest.approx(row["val_auroc"], abs=1e-6)
     assert float(one.val_loss[row["best_epoch"]]) == pytest.approx(row["val_loss"], rel=1e-5)
     assert by_rho[0.5]["val_loss"] != pytest.approx(row["val_loss"], rel=1e-4)  # rho acts
+
+
+def test_a_sweep_folder_is_refused_or_replaced_whole(cache, swept, tmp_path):
+    import shutil
+
+    from stage1.rundir import OutputExistsError
+
+    cfg = override(load_preset("phase1"), SETS)
+    grid = ss.parse_grid(["seed=0,1"], cfg)
+    before = (swept / "leaderboard.json").read_bytes()
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        ss.run_sweep(cfg, cache, swept, grid, ridge=False, progress=False)
+    assert (swept / "leaderboard.json").read_bytes() == before
+    out = tmp_path / "s"
+    shutil.copytree(swept, out)
+    (out / "stray.txt").write_text("from an earlier sweep")
+    ss.run_sweep(cfg, cache, out, grid, ridge=False, progress=False, overwrite=True)
+    assert {p.name for p in out.iterdir()} == {
+        "leaderboard.json",
+        "leaderboard.csv",
+        "best_config.json",
+    }
+    assert read_json(out / "leaderboard.json")["n_configs"] == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["s"]  # no partial folder left beside it
