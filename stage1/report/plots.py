@@ -284,7 +284,8 @@ def risk_coverage_figure(probs, labels, threshold: float, alpha: float | None = 
         if alpha is not None:
             ins.axhline(alpha, ls="--", color=GREY, lw=1)
         ins.plot(op_rate, op_fnr, "o", color=OP, ms=5)
-        ins.set(xlim=(0, 1), ylim=(0, zoom), title=f"rates ≤ {zoom:.2g}")
+        x_hi = min(1.0, max(0.05, 1.5 * float(np.max(rate[fnr <= zoom]))))
+        ins.set(xlim=(0, x_hi), ylim=(0, zoom), title=f"zoom: rates ≤ {zoom:.2g}")
         ins.title.set_fontsize(7)
         ins.tick_params(labelsize=7)
         ins.grid(alpha=0.25)
