@@ -85,7 +85,7 @@ def run_training(
     from calibrate.calibration import fit_calibration
     from calibrate.challenge import challenge_block
     from calibrate.exit_policies import jsonable
-    from calibrate.policies import calibration_shortfall, fit_policy
+    from calibrate.policies import fit_policy
     from heads.checkpoint import save_params
     from heads.predict import predict
     from heads.train import fit
@@ -100,19 +100,8 @@ def run_training(
         notes.append("features come from a RANDOM-INIT backbone (no pretrained weights)")
 
     fam = specs.family(cfg)
-    y_cal = splits["calib"].y
-    counts = {"positives": int(np.sum(y_cal == 1)), "negatives": int(np.sum(y_cal == 0))}
-    counts["images"] = len(y_cal)
-    warnings = []
-    short = calibration_shortfall(fam.policy, cfg.risk, counts)
-    if short and not allow_uncertified:
-        raise ValueError(
-            f"{short}; add calibration data, relax risk.alpha / risk.delta / risk.method, or "
-            "pass --allow-uncertified to train anyway and ship defer_all"
-        )
-    if short:
-        warnings.append(f"UNCERTIFIED: {short}; --allow-uncertified ships defer_all (no exits)")
-        print(f"warning: {warnings[-1]}", flush=True)
+    warnings = _check_calibration_size(fam.policy, cfg.risk, splits["calib"].y, allow_uncertified)
+    short = bool(warnings)
     pos_weight = specs.resolve_pos_weight(cfg, tr.y)
     spec = specs.train_spec(cfg, in_dim=tr.x.shape[1], n_train=len(tr.y))
     hp = specs.hparams(cfg, pos_weight)
@@ -189,6 +178,27 @@ def run_training(
         save_params(tmp / "head.safetensors", res.params, meta)
         save_predictions(tmp / "predictions.npz", splits, scores, decisions, cal, views, view_p)
     return RunSummary(out, cfg, metrics, policy, time.perf_counter() - t0, notes, warnings)
+
+
+def _check_calibration_size(policy: str, risk, y_cal, allow_uncertified: bool) -> list[str]:
+    """Refuse (ValueError with the counts) a calib split too small for the guarantee ``risk``
+    asks of ``policy``, before anything is trained; with ``allow_uncertified`` return the
+    warning instead (printed now, so it comes before the training output)."""
+    from calibrate.policies import calibration_shortfall
+
+    y = np.asarray(y_cal)
+    counts = {"positives": int(np.sum(y == 1)), "negatives": int(np.sum(y == 0))}
+    short = calibration_shortfall(policy, risk, counts | {"images": int(y.size)})
+    if short is None:
+        return []
+    if not allow_uncertified:
+        raise ValueError(
+            f"{short}; add calibration data, relax risk.alpha / risk.delta / risk.method, or "
+            "pass --allow-uncertified to train anyway and ship defer_all"
+        )
+    warning = f"UNCERTIFIED: {short}; --allow-uncertified ships defer_all (no exits)"
+    print(f"warning: {warning}", flush=True)
+    return [warning]
 
 
 def _auroc(scores, labels) -> float | None:
