@@ -255,6 +255,9 @@ def test_best_config_loads_as_a_preset_and_reproduces_the_winner(swept, cache):
         win["seed"],
     )
     assert cfg.optim.pos_weight == -1.0 and cfg.optim.epochs == 2  # as configured, not resolved
+    # The backbone facts are the cache's (issue 17, item 2), not the config defaults'.
+    assert (cfg.backbone.name, cfg.backbone.weights_sha256) == ("synthetic", "synthetic")
+    assert lb["provenance"]["backbone"] == "synthetic" and lb["provenance"]["image_size"] == 224
     # Retraining alone (the stage1 train path) gives the sweep's numbers: the winner, and the
     # last config, which shared its chunked call with two padding copies.
     splits, _ = load_splits(cache, "cls")

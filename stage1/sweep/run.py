@@ -292,6 +292,14 @@ def run_sweep(
     all_rows = ridge_rows + ranked
     best = ranked[0] if ranked else None
     best_cfg = points[best["config_id"]] if best else None
+    # The backbone facts are the cache's, in best_config.json and the leaderboard alike.
+    from stage1.cache import open_cache
+    from stage1.run.provenance import from_cache
+
+    meta = open_cache(Path(cache_path)).metadata
+    base_cfg, provenance, _ = from_cache(cfg, meta, Path(cache_path))
+    if best_cfg is not None:
+        best_cfg = dataclasses.replace(best_cfg, backbone=base_cfg.backbone)
     seconds = time.perf_counter() - t0
     payload = {
         "format_version": 1,
@@ -318,6 +326,7 @@ def run_sweep(
         "ridge": ridge_info or None,
         "best_config_id": best["config_id"] if best else None,
         "rows": all_rows,
+        "provenance": provenance,
     }
     with staged(out, overwrite) as tmp:
         write_leaderboard(tmp, payload)
