@@ -298,8 +298,11 @@ def test_provenance_comes_from_the_cache_and_the_cache_wins(tmp_path, capsys):
     assert prov["weights"] == "dinov3_vits16.pth" and prov["random_init"] is False
     # weights and size agree; only the architecture differs from the config
     assert [d["key"] for d in prov["config_disagreed"]] == ["backbone.name"]
-    html = build_report(tmp_path / "b", n_bootstrap=100)["html"].read_text()
-    assert f"weights dinov3_vits16.pth (sha256 {SHA[:12]}…) · 224 px" in html
+    from stage1.report.common import run_subtitle  # the report's first line (built above)
+
+    b = tmp_path / "b"
+    sub = run_subtitle(read_json(b / "config.json"), read_json(b / "metrics.json"), None)
+    assert f"weights dinov3_vits16.pth (sha256 {SHA[:12]}…) · 224 px" in sub
 
 
 # ---------------------------------------------------------------------------------------------
