@@ -105,7 +105,8 @@ class SAM:
     def first_step(self) -> None:
         """Move every parameter to ``w + eps`` (from the gradients in ``.grad``) and zero them."""
         params = self._params()
-        grads = [_wide(p.grad) if p.grad is not None else _wide(torch.zeros_like(p)) for p in params]
+        grads = [_wide(p if p.grad is None else p.grad) for p in params]
+        grads = [g if p.grad is not None else g.zero_() for p, g in zip(params, grads, strict=True)]
         if not all(bool(torch.isfinite(g).all()) for g in grads):
             self._eps = {}  # overflow (fp16 scaler): no move, no EMA update
             self.zero_grad()

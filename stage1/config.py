@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -120,6 +121,42 @@ class RiskConfig:
     scrc_risk: str = "fnr"  # SCRC-I risk: fnr (missed roadwork / all roadwork) | error
 
 
+FINETUNE_TARGETS: tuple[str, ...] = ("qkv", "proj", "fc1", "fc2", "fc1_g", "fc1_x")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Phases 3/4: DoRA/LoRA on the backbone end to end in PyTorch (``feature_extract.finetune``),
+    then merge, re-extract the cache and train the heads on it (``stage1.finetune``)."""
+
+    enabled: bool = False  # `stage1 train` runs fine-tune -> merge -> re-extract before the heads
+    method: str = "dora"  # dora | lora (peft adapters on the block linears)
+    rank: int = 16  # adapter rank r
+    alpha: float = 16.0  # LoRA alpha; the update is scaled by alpha / r
+    dropout: float = 0.0  # dropout on the adapter input (> 0 disables the fused DoRA forward)
+    targets: tuple[str, ...] = ("qkv", "proj", "fc1", "fc2")  # block linears (fc1_g/fc1_x: SwiGLU)
+    blocks: str = "all"  # all, or a regex over block indices ("1[01]" = blocks 10 and 11)
+    feature: str = "cls"  # token the training head reads: cls | patch_mean
+    head: str = "linear"  # training head on that token: linear | mlp (discarded after merge)
+    head_hidden: int = 256  # MLP head hidden width
+    epochs: int = 5  # passes over the train split; 0 = merge the identity adapters
+    lr: float = 1e-4  # peak learning rate of the adapters
+    head_lr: float = 1e-3  # peak learning rate of the training head
+    weight_decay: float = 1e-2  # decoupled weight decay (adapter matrices and head weights)
+    warmup_frac: float = 0.1  # linear warm-up as a fraction of all optimizer steps, then cosine
+    batch_size: int = 32  # images per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    optimizer: str = "adamw"  # adamw | sgd (momentum 0.9)
+    sam: str = "none"  # none | sam | asam | fsam (feature_extract.torch_sam; same as optim.sam)
+    sam_rho: float = 0.05  # perturbation radius rho
+    fsam_sigma: float = 1.0  # F-SAM: weight of the gradient EMA removed from the direction
+    fsam_lambda: float = 0.9  # F-SAM: decay of that gradient EMA
+    max_grad_norm: float = 1.0  # global gradient-norm clipping; 0 disables
+    compile: str = "auto"  # torch.compile the model: auto (on CUDA) | on | off
+    checkpoint_every: int = 50  # optimizer steps between checkpoints (plus one per epoch)
+    seed: int = 0  # adapter init, head init, shuffling, dropout
+
+
 @dataclass(frozen=True)
 class Config:
     preset: str = "phase1"  # name of the preset this tree was built from
@@ -129,6 +166,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     risk: RiskConfig = field(default_factory=RiskConfig)
     selective: SelectiveConfig = field(default_factory=SelectiveConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def validate(self) -> Config:
         """Raise ConfigError on values no run could use; returns self for chaining."""
@@ -182,7 +220,39 @@ class Config:
         _check(sel.trunk_hidden >= 1, "selective.trunk_hidden must be >= 1")
         _check(sel.lam >= 0 and sel.multiplier_lr >= 0, "selective.lam, multiplier_lr >= 0")
         _check(sel.surrogate_temp > 0, "selective.surrogate_temp must be > 0")
+        self._validate_finetune()
         return self
+
+    def _validate_finetune(self) -> None:
+        ft = self.finetune
+        _check(ft.method in ("dora", "lora"), "finetune.method must be dora|lora")
+        _check(ft.rank >= 1 and ft.alpha > 0, "finetune.rank must be >= 1 and alpha > 0")
+        _check(0.0 <= ft.dropout < 1.0, "finetune.dropout must be in [0, 1)")
+        bad = [t for t in ft.targets if t not in FINETUNE_TARGETS]
+        _check(
+            bool(ft.targets) and not bad,
+            f"finetune.targets must be among {','.join(FINETUNE_TARGETS)}, got {bad or '()'}",
+        )
+        _check(ft.feature in ("cls", "patch_mean"), "finetune.feature must be cls|patch_mean")
+        _check(ft.head in ("linear", "mlp"), "finetune.head must be linear|mlp")
+        _check(ft.head_hidden >= 1, "finetune.head_hidden must be >= 1")
+        _check(ft.epochs >= 0, "finetune.epochs must be >= 0")
+        _check(ft.lr > 0 and ft.head_lr > 0, "finetune.lr and finetune.head_lr must be > 0")
+        _check(ft.weight_decay >= 0, "finetune.weight_decay must be >= 0")
+        _check(0.0 <= ft.warmup_frac <= 1.0, "finetune.warmup_frac must be in [0, 1]")
+        _check(ft.batch_size >= 1 and ft.grad_accum >= 1, "finetune.batch_size, grad_accum >= 1")
+        _check(ft.optimizer in ("adamw", "sgd"), "finetune.optimizer must be adamw|sgd")
+        _check(ft.sam in ("none", "sam", "asam", "fsam"), "finetune.sam: none|sam|asam|fsam")
+        _check(ft.sam_rho >= 0 and ft.fsam_sigma >= 0, "finetune.sam_rho, fsam_sigma >= 0")
+        _check(0.0 <= ft.fsam_lambda < 1.0, "finetune.fsam_lambda must be in [0, 1)")
+        _check(ft.max_grad_norm >= 0, "finetune.max_grad_norm must be >= 0")
+        _check(ft.compile in ("auto", "on", "off"), "finetune.compile must be auto|on|off")
+        _check(ft.checkpoint_every >= 1, "finetune.checkpoint_every must be >= 1")
+        _check(0 <= ft.seed < 2**31, "finetune.seed must be in [0, 2**31)")
+        try:
+            re.compile(ft.blocks)
+        except re.error as e:
+            raise ConfigError(f"finetune.blocks {ft.blocks!r} is not a regex: {e}") from None
 
 
 def _check(ok: bool, msg: str) -> None:

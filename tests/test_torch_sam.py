@@ -52,7 +52,7 @@ def _run_torch(a, bs, mode, steps=None, make_base=None, **kw):
     for b in bs[:steps]:
         bt = torch.tensor(b)
 
-        def loss():
+        def loss(bt=bt):
             w = torch.cat([p.reshape(-1) for p in params])
             return 0.5 * w @ at @ w - bt @ w
 
