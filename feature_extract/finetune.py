@@ -225,7 +225,8 @@ def finetune(
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt.base, warmup_cosine(total_steps, ft.warmup_frac))
     fingerprint = _fingerprint(ft, bb, info, train, val)
-    state = {"epoch": 0, "micro": 0, "step": 0, "best": None, "history": []}
+    # position (epoch, micro-batch, step) and the epoch's running loss: all a resume needs
+    state = {"epoch": 0, "micro": 0, "step": 0, "best": None, "history": [], "loss": [0.0, 0]}
     ckpt = out / CHECKPOINT
     if ckpt.exists():
         state = _load_checkpoint(ckpt, net, opt, sched, fingerprint)
@@ -251,7 +252,7 @@ def finetune(
         items = epoch_items(len(train), ft.seed, epoch)[state["micro"] * ft.batch_size :]
         loader = _loader(train, read, items, bb, ft.batch_size, shuffle_seed=ft.seed + epoch)
         net.train()
-        t0, seen, loss_sum = time.perf_counter(), 0, 0.0
+        t0, seen0 = time.perf_counter(), state["loss"][1]
         group: list[tuple[torch.Tensor, torch.Tensor]] = []
         bar = tqdm(total=len(items), unit="img", disable=not progress, desc=f"finetune {epoch}")
         for x, y in loader:
@@ -278,8 +279,11 @@ def finetune(
                     return total
 
                 opt.zero_grad()
-                loss_sum += accumulate() * sum(len(yb) for _, yb in group)
-                seen += sum(len(yb) for _, yb in group)
+                n_group = sum(len(yb) for _, yb in group)
+                state["loss"] = [
+                    state["loss"][0] + accumulate() * n_group,
+                    state["loss"][1] + n_group,
+                ]
                 opt.step(accumulate if opt.active else None)
                 sched.step()
                 state["step"] += 1
@@ -290,6 +294,7 @@ def finetune(
                     on_step(state["step"])
         bar.close()
         secs = time.perf_counter() - t0
+        loss_sum, seen = state["loss"]
         val_loss, val_auroc = evaluate(model, val, read, bb, ft.batch_size, prep, class_w, autocast)
         row = {
             "epoch": epoch,
@@ -297,7 +302,7 @@ def finetune(
             "val_loss": val_loss,
             "val_auroc": val_auroc,
             "seconds": secs,
-            "images_per_s": seen / secs if secs > 0 else 0.0,
+            "images_per_s": (seen - seen0) / secs if secs > 0 else 0.0,
         }
         state["history"].append(row)
         if _better(row, state["best"]):
@@ -308,7 +313,7 @@ def finetune(
                 f"finetune epoch {epoch}: train loss {row['train_loss']:.4f}, val loss "
                 f"{val_loss:.4f}, val AUROC {val_auroc:.4f}, {row['images_per_s']:.1f} img/s"
             )
-        state["epoch"], state["micro"] = epoch + 1, 0
+        state["epoch"], state["micro"], state["loss"] = epoch + 1, 0, [0.0, 0]
         _save_checkpoint(ckpt, net, opt, sched, state, fingerprint)
 
     if state["best"] is not None:  # the best epoch's adapters and head, not the last

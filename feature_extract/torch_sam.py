@@ -105,8 +105,8 @@ class SAM:
     def first_step(self) -> None:
         """Move every parameter to ``w + eps`` (from the gradients in ``.grad``) and zero them."""
         params = self._params()
-        grads = [_wide(p if p.grad is None else p.grad) for p in params]
-        grads = [g if p.grad is not None else g.zero_() for p, g in zip(params, grads, strict=True)]
+        # a parameter without a gradient (unused this step) counts as a zero gradient
+        grads = [_wide(torch.zeros_like(p) if p.grad is None else p.grad) for p in params]
         if not all(bool(torch.isfinite(g).all()) for g in grads):
             self._eps = {}  # overflow (fp16 scaler): no move, no EMA update
             self.zero_grad()
@@ -186,7 +186,7 @@ class SAM:
 
 
 def _wide(t: torch.Tensor) -> torch.Tensor:
-    """A detached copy in at least float32 (bf16/fp16 gradients are widened; float64 stays)."""
+    """``t`` detached, in at least float32 (bf16/fp16 widened; may share ``t``'s storage)."""
     return t.detach().to(torch.promote_types(t.dtype, torch.float32))
 
 
