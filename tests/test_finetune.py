@@ -234,3 +234,90 @@ def test_interrupted_fine_tune_resumes_and_ends_like_an_uninterrupted_one(tmp_pa
     with pytest.raises(ValueError, match="another fine-tune"):
         finetune(train, val, tmp_path / "b", dataclasses.replace(ft, rank=2), bb, read=read_bytes,
                  progress=False)  # fmt: skip
+
+
+# --- orchestration: `stage1 finetune` and the phase-3 pipeline --------------------------------
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, data):
+    """The same images as a class-folder data source (roadwork/, none/)."""
+    root = tmp_path_factory.mktemp("src")
+    for s in data[0] + data[1]:
+        sub = root / ("roadwork" if s.label else "none")
+        sub.mkdir(exist_ok=True)
+        (sub / f"{s.id}.png").write_bytes(open(s.path, "rb").read())
+    return root
+
+
+def _sets(weights, folder, *extra):
+    sets = [
+        f"backbone.weights={weights}",
+        f"backbone.image_size={BB.image_size}",
+        f"backbone.model_kwargs={BB.model_kwargs}",
+        "backbone.device=cpu",
+        "backbone.num_workers=0",
+        f"data.source={folder}",
+        "finetune.epochs=1",
+        "finetune.batch_size=8",
+        "finetune.compile=off",
+        *extra,
+    ]
+    return [x for s in sets for x in ("--set", s)]
+
+
+def test_cli_finetune_writes_a_valid_record_and_a_loadable_merged_backbone(
+    tmp_path, weights, folder
+):
+    from schemas import validate
+    from stage1.cli import main
+
+    out = tmp_path / "ft"
+    assert main(["finetune", "--out", str(out), *_sets(weights, folder)]) == 0
+    rec = json.loads((out / "finetune.json").read_text())
+    validate(rec, "finetune")
+    assert rec["n_train"] > 0 and rec["config"]["finetune"]["method"] == "dora"
+    model, info = build_backbone(NAME, rec["files"]["merged"], KW)  # what `features` does
+    assert info["checkpoint_format"] == "timm"
+    bad = ["finetune", "--out", str(tmp_path / "x"), *_sets(weights, folder, "finetune.rank=0")]
+    assert main(bad) == 2  # a one-line config error, nothing written
+    assert not (tmp_path / "x").exists()
+
+
+def test_pipeline_takes_the_backbone_recorded_in_the_cache(tmp_path, weights, data, folder):
+    """`stage1 train --phase 3` fine-tunes the backbone the frozen cache was made with."""
+    import stage1.cache
+    from feature_extract.extract import extract
+    from stage1.finetune import pipeline_config
+    from stage1.presets import load_preset
+
+    cache = tmp_path / "frozen.h5"
+    bb = dataclasses.replace(BB, weights=weights)
+    extract(data[0], cache, bb, store=stage1.cache, read=read_bytes, progress=False,
+            limit_batches=1)  # fmt: skip
+    cfg = load_preset("3")
+    cfg = pipeline_config(
+        dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=str(folder))), cache
+    )
+    assert cfg.backbone.weights == weights and cfg.backbone.model_kwargs == BB.model_kwargs
+    assert cfg.backbone.image_size == BB.image_size and cfg.finetune.enabled
+
+
+@pytest.mark.slow
+def test_phase3_pipeline_end_to_end(tmp_path, weights, folder):
+    """fine-tune -> merge -> re-extract (the merged weights' hash in the cache) -> heads."""
+    from stage1.cache import open_cache
+    from stage1.cli import main
+
+    cache = tmp_path / "frozen.h5"
+    assert main(["features", "--out", str(cache), *_sets(weights, folder)]) == 0
+    out = tmp_path / "p3"
+    sets = _sets(weights, folder, "optim.epochs=2", "head.feature=patch_mean")
+    assert main(["train", "--cache", str(cache), "--phase", "3", "--out", str(out), *sets]) == 0
+    merged = out / "finetune" / "backbone_merged.safetensors"
+    meta = open_cache(out / "features.h5").metadata
+    import hashlib
+
+    assert meta["weights_sha256"] == hashlib.sha256(merged.read_bytes()).hexdigest()
+    assert json.loads((out / "config.json").read_text())["preset"] == "phase3"
+    assert (out / "metrics.json").exists()
