@@ -321,3 +321,53 @@ def test_phase3_pipeline_end_to_end(tmp_path, weights, folder):
     assert meta["weights_sha256"] == hashlib.sha256(merged.read_bytes()).hexdigest()
     assert json.loads((out / "config.json").read_text())["preset"] == "phase3"
     assert (out / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_killed_subprocess_resumes_and_finishes(tmp_path, weights, folder):
+    """A real `stage1 finetune` process killed (SIGKILL) once its first checkpoint is on disk;
+    the same command then resumes from it and finishes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "ft"
+    cmd = [sys.executable, "-m", "stage1", "finetune", "--out", str(out)]
+    cmd += _sets(weights, folder, "finetune.epochs=3", "finetune.checkpoint_every=1")
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "finetune.json").exists()  # it really died before finishing
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resuming" in done.stdout
+    rec = json.loads((out / "finetune.json").read_text())
+    assert rec["resumed_at_step"] >= 1 and rec["epochs"] == 3 and len(rec["history"]) == 3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_bf16_fused_dora_matches_peft_and_fine_tune_runs(tmp_path, data, weights):
+    """On CUDA (bf16 autocast, channels-last, torch.compile): fused DoRA = peft DoRA within
+    bf16 rounding, and a compiled fine-tune runs to a merged backbone."""
+    dev = torch.device("cuda")
+    ref = peft_adapters.attach(_tiny(), method="dora", rank=4, alpha=8, fused=False)
+    _randomise_adapters(ref)
+    fused = peft_adapters.attach(_tiny(), method="dora", rank=4, alpha=8, fused=True)
+    fused.load_state_dict(ref.state_dict())
+    x = torch.randn(8, 3, 32, 32, device=dev)
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        y_ref, y_fused = ref.to(dev)(x).float(), fused.to(dev)(x).float()
+    assert (y_fused - y_ref).abs().max() <= 2e-2 * y_ref.abs().max()
+    train, val = data
+    bb = dataclasses.replace(BB, weights=weights, device="cuda")
+    ft = dataclasses.replace(FT, compile="on", sam="fsam")
+    rep = finetune(train, val, tmp_path, ft, bb, read=read_bytes, progress=False)
+    assert rep.device.startswith("cuda") and rep.steps == 5
+    assert load_file(rep.files["merged"])["blocks.0.attn.qkv.weight"].dtype == torch.float32
