@@ -268,23 +268,24 @@ def finetune(
                     # the group's class-weighted mean CE: sum_i w_yi ce_i / sum_i w_yi over all
                     # its micro-batches, so grad_accum = k equals one k-times larger batch
                     denom = sum(class_w[yb].sum() for _, yb in group)
-                    total = 0.0
+                    total = torch.zeros((), device=device)
                     for xb, yb in group:
                         with autocast:
                             logits = model(xb)
                         ce = F.cross_entropy(logits.float(), yb, weight=class_w, reduction="sum")
                         loss = ce / denom
                         loss.backward()
-                        total += float(loss.detach())
-                    return total
+                        total += loss.detach()
+                    return total  # a tensor: no host sync per micro-batch
 
                 opt.zero_grad()
                 n_group = sum(len(yb) for _, yb in group)
+                group_loss = accumulate()
+                opt.step(accumulate if opt.active else None)
                 state["loss"] = [
-                    state["loss"][0] + accumulate() * n_group,
+                    state["loss"][0] + float(group_loss) * n_group,  # one sync per step
                     state["loss"][1] + n_group,
                 ]
-                opt.step(accumulate if opt.active else None)
                 sched.step()
                 state["step"] += 1
                 group = []
