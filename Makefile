@@ -40,7 +40,7 @@ features: setup
 	$(STAGE1) features $(if $(DATA),--data $(DATA)) --out $(CACHE) --weights $(WEIGHTS) --backbone $(BACKBONE)
 
 train: setup
-	$(STAGE1) train --cache $(CACHE) --phase $(PHASE) --out $(RUN) $(SET)
+	$(STAGE1) train --cache $(CACHE) --phase $(PHASE) --out $(RUN) $(if $(DATA),--data $(DATA)) $(SET)
 
 sweep: setup
 	$(STAGE1) sweep --cache $(CACHE) --phase $(PHASE) --out runs/sweep $(GRID) $(SET)

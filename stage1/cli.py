@@ -68,18 +68,51 @@ def _cmd_train(args) -> int:
     cfg = config_from_args(args)
     if args.alpha is not None:
         cfg = override(cfg, [f"risk.alpha={args.alpha}"])
+    if getattr(args, "data", None):
+        cfg = override(cfg, [f"data.source={args.data}"])
     cfg = cfg.validate()
     check_out(args.out, args.overwrite)  # before any cache is opened or JAX imported
     compile_cache.enable(args.compile_cache)
-    print_summary(
-        run_training(
+    if cfg.finetune.enabled:  # phases 3/4: fine-tune -> merge -> re-extract -> heads
+        from stage1.finetune import run_pipeline
+
+        summary = run_pipeline(
             cfg,
             Path(args.cache),
             Path(args.out),
             overwrite=args.overwrite,
             allow_uncertified=args.allow_uncertified,
         )
-    )
+    else:
+        summary = run_training(
+            cfg,
+            Path(args.cache),
+            Path(args.out),
+            overwrite=args.overwrite,
+            allow_uncertified=args.allow_uncertified,
+        )
+    print_summary(summary)
+    return 0
+
+
+def _cmd_finetune(args) -> int:
+    from stage1.config import override
+    from stage1.finetune import run_finetune
+
+    cfg = config_from_args(args)
+    sets = [
+        f"{key}={val}"
+        for key, val in (
+            ("backbone.name", args.backbone),
+            ("backbone.weights", args.weights),
+            ("backbone.image_size", args.image_size),
+            ("backbone.device", args.device),
+            ("data.source", args.data),
+        )
+        if val is not None
+    ]
+    cfg = override(cfg, sets).validate()
+    run_finetune(cfg, Path(args.out), demo_dir=args.demo_dir)
     return 0
 
 
@@ -181,7 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
         "FNR-certified exit threshold (thresholds.json). Phase 2: the 3-head selective net, "
         "Dirichlet (f) and Platt (gate) calibration, SCRC-I for the gate and the softmax "
         "response and the gate-free two-sided policy (calibration.json, gateparams.json, "
-        "scrcparams.json). Phase 4: phase 2 trained with F-SAM.",
+        "scrcparams.json). Phase 3: fine-tune the backbone with DoRA (`stage1 finetune`), "
+        "merge, re-extract the cache into --out/features.h5 with the backbone settings recorded "
+        "in --cache, then phase 2 on it. Phase 4: phase 3 with F-SAM in the fine-tune and the "
+        "heads.",
     )
     p.add_argument("--cache", required=True, help="HDF5 feature cache from `stage1 features`")
     p.add_argument("--out", required=True, help="run directory to write")
@@ -198,9 +234,41 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="target false-negative rate of exits (shortcut for --set risk.alpha=)",
     )
+    p.add_argument(
+        "--data",
+        default=None,
+        help="phases 3/4: image source to fine-tune and re-extract on (default: the demo set "
+        "next to --cache); shortcut for --set data.source=",
+    )
     compile_cache.add_argument(p)
     add_config_args(p)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "finetune",
+        help="DoRA/LoRA fine-tune of the backbone (PyTorch), merged for re-extraction",
+        description="Fine-tune the DINOv3 backbone end to end with peft DoRA (default) or LoRA "
+        "adapters on the block linears (finetune.targets, finetune.blocks) and a linear/MLP "
+        "head on the CLS token, over the train split (best epoch on val), optionally with "
+        "SAM/ASAM/F-SAM (finetune.sam). Writes adapter.safetensors, head.safetensors, "
+        "backbone_merged.safetensors (for `stage1 features --weights`) and finetune.json into "
+        "--out; checkpoint.pt resumes an interrupted run. `stage1 train --phase 3` runs this, "
+        "then re-extracts and trains the heads.",
+    )
+    p.add_argument("--out", required=True, help="output folder (resumed when it has a checkpoint)")
+    p.add_argument("--data", default=None, help="image source (default: the embedded demo set)")
+    p.add_argument("--weights", default=None, help="local backbone weights; 'none' = random init")
+    p.add_argument("--backbone", default=None, help="timm DINOv3 architecture")
+    p.add_argument("--image-size", type=int, default=None, help="square input side")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda (default auto)")
+    p.add_argument(
+        "--demo-dir",
+        default=None,
+        help="where to generate the synthetic set when --data is not given (default: "
+        "<out parent>/demo)",
+    )
+    add_config_args(p)
+    p.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser(
         "report",

@@ -204,6 +204,48 @@ class RiskConfig:
     scrc_risk: str = rule("fnr", choices=("fnr", "error"))
 
 
+FINETUNE_TARGETS: tuple[str, ...] = ("qkv", "proj", "fc1", "fc2", "fc1_g", "fc1_x")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Phases 3/4: DoRA/LoRA on the backbone end to end in PyTorch (``feature_extract.finetune``),
+    then merge, re-extract the cache and train the heads on it (``stage1.finetune``)."""
+
+    enabled: bool = False  # `stage1 train` runs fine-tune -> merge -> re-extract before the heads
+    method: str = rule("dora", choices=("dora", "lora"))  # peft adapters on the block linears
+    rank: int = rule(16, ge=1)  # adapter rank r
+    alpha: float = rule(16.0, gt=0.0)  # LoRA alpha; the update is scaled by alpha / r
+    # dropout on the adapter input (> 0 disables the fused DoRA forward)
+    dropout: float = rule(0.0, **FRACTION)
+    targets: tuple[str, ...] = ("qkv", "proj", "fc1", "fc2")  # block linears (fc1_g/fc1_x: SwiGLU)
+    blocks: str = "all"  # all, or a regex over block indices ("1[01]" = blocks 10 and 11)
+    feature: str = rule("cls", choices=("cls", "patch_mean"))  # token the training head reads
+    # training head on that token (discarded after merge)
+    head: str = rule("linear", choices=("linear", "mlp"))
+    head_hidden: int = rule(256, ge=1)  # MLP head hidden width
+    epochs: int = rule(5, ge=0)  # passes over the train split; 0 = merge the identity adapters
+    lr: float = rule(1e-4, gt=0.0)  # peak learning rate of the adapters
+    head_lr: float = rule(1e-3, gt=0.0)  # peak learning rate of the training head
+    # decoupled weight decay (adapter matrices and head weights)
+    weight_decay: float = rule(1e-2, ge=0.0)
+    # linear warm-up as a fraction of all optimizer steps, then cosine
+    warmup_frac: float = rule(0.1, ge=0.0, le=1.0)
+    batch_size: int = rule(32, ge=1)  # images per micro-batch
+    grad_accum: int = rule(1, ge=1)  # micro-batches per optimizer step
+    optimizer: str = rule("adamw", choices=("adamw", "sgd"))  # sgd: momentum 0.9
+    # feature_extract.torch_sam; same names and maths as optim.sam
+    sam: str = rule("none", choices=("none", "sam", "asam", "fsam"))
+    sam_rho: float = rule(0.05, ge=0.0)  # perturbation radius rho
+    fsam_sigma: float = rule(1.0, ge=0.0)  # F-SAM: weight of the gradient EMA removed
+    fsam_lambda: float = rule(0.9, **FRACTION)  # F-SAM: decay of that gradient EMA
+    max_grad_norm: float = rule(1.0, ge=0.0)  # global gradient-norm clipping; 0 disables
+    # torch.compile the model: auto (on CUDA) | on | off
+    compile: str = rule("auto", choices=("auto", "on", "off"))
+    checkpoint_every: int = rule(50, ge=1)  # optimizer steps between checkpoints (+1 per epoch)
+    seed: int = rule(0, ge=0, le=2**31 - 1)  # adapter init, head init, shuffling, dropout
+
+
 @dataclass(frozen=True)
 class Config:
     preset: str = "phase1"  # name of the preset this tree was built from
@@ -213,6 +255,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     risk: RiskConfig = field(default_factory=RiskConfig)
     selective: SelectiveConfig = field(default_factory=SelectiveConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def validate(self) -> Config:
         """Raise ConfigError on values no run could use; returns self for chaining.
@@ -256,7 +299,21 @@ class Config:
         )
         pw = self.optim.pos_weight
         _check(pw > 0 or pw == -1, f"optim.pos_weight must be > 0 or -1 (automatic), got {pw}")
+        self._validate_finetune()
         return self
+
+    def _validate_finetune(self) -> None:
+        """The finetune rules a per-field ``Rule`` cannot state (items of a tuple, a regex)."""
+        ft = self.finetune
+        bad = [t for t in ft.targets if t not in FINETUNE_TARGETS]
+        _check(
+            bool(ft.targets) and not bad,
+            f"finetune.targets must be among {','.join(FINETUNE_TARGETS)}, got {bad or '()'}",
+        )
+        try:
+            re.compile(ft.blocks)
+        except re.error as e:
+            raise ConfigError(f"finetune.blocks {ft.blocks!r} is not a regex: {e}") from None
 
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true/false"}

@@ -14,6 +14,7 @@ from pathlib import Path
 from stage1.config import (
     Config,
     ConfigError,
+    FinetuneConfig,
     HeadConfig,
     OptimConfig,
     RiskConfig,
@@ -65,23 +66,42 @@ def phase2() -> Config:
     )
 
 
-def phase4() -> Config:
-    """F-SAM on the heads: phase 2's selective net trained with friendly sharpness-aware
-    minimisation (Li et al., CVPR 2024; heads.sam): AdamW around the F-SAM perturbation with
-    rho = 0.05, sigma = 1, lambda = 0.9 (the official defaults), same calibration and risk
-    control as phase 2. Twice the gradient work per step."""
+def phase3() -> Config:
+    """Adapt the backbone: DoRA (rank 16, alpha 16) on qkv/proj/fc1/fc2 of every block, trained
+    end to end in PyTorch with a linear head on the CLS token (class-weighted CE, AdamW, warm-up
+    cosine, best epoch on val), merged into the backbone, the cache re-extracted with the merged
+    weights, then phase 2's selective net, calibration and SCRC-I on the adapted cache
+    (``stage1.finetune.run_pipeline``)."""
     base = phase2()
     return dataclasses.replace(
         base,
-        preset="phase4",
-        optim=dataclasses.replace(
-            base.optim, sam="fsam", sam_rho=0.05, fsam_sigma=1.0, fsam_lambda=0.9
-        ),
+        preset="phase3",
+        finetune=FinetuneConfig(enabled=True, method="dora", rank=16, alpha=16.0),
     )
 
 
-PRESETS: dict[str, Callable[[], Config]] = {"phase1": phase1, "phase2": phase2, "phase4": phase4}
-PHASES: dict[int, str] = {1: "phase1", 2: "phase2", 4: "phase4"}
+def phase4() -> Config:
+    """Phase 3 with F-SAM everywhere: friendly sharpness-aware minimisation (Li et al., CVPR
+    2024) in the backbone fine-tune (``feature_extract.torch_sam``) and in the head training
+    (``heads.sam``), both with rho = 0.05, sigma = 1, lambda = 0.9 (the official defaults).
+    Heads-only F-SAM on a given cache is ``--phase 2 --set optim.sam=fsam``."""
+    base = phase3()
+    fsam = {"sam": "fsam", "sam_rho": 0.05, "fsam_sigma": 1.0, "fsam_lambda": 0.9}
+    return dataclasses.replace(
+        base,
+        preset="phase4",
+        optim=dataclasses.replace(base.optim, **fsam),
+        finetune=dataclasses.replace(base.finetune, **fsam),
+    )
+
+
+PRESETS: dict[str, Callable[[], Config]] = {
+    "phase1": phase1,
+    "phase2": phase2,
+    "phase3": phase3,
+    "phase4": phase4,
+}
+PHASES: dict[int, str] = {1: "phase1", 2: "phase2", 3: "phase3", 4: "phase4"}
 
 
 def load_preset(name_or_path: str) -> Config:

@@ -50,6 +50,10 @@ def test_override_types_are_checked():
         "backbone.image_size=230",
         "optim.ema_decay=1.0",
         "head.kind=transformer",
+        "finetune.epochs=-1",
+        "finetune.targets=qkv,attn",
+        "finetune.blocks=[0-",
+        "finetune.fsam_lambda=1.0",
     ],
 )
 def test_validate_rejects(bad):
@@ -159,10 +163,17 @@ def test_head_kinds_and_family_hyperparameters_come_from_the_marked_fields():
 
 
 def test_phase_presets_are_data_over_the_same_tree():
-    p2, p4 = load_preset("2"), load_preset("4")
-    assert p2.head.kind == p4.head.kind == "selective"
-    assert (p2.optim.sam, p4.optim.sam) == ("none", "fsam")
-    assert dataclasses.replace(p4, preset="phase2", optim=p2.optim) == p2  # only SAM differs
+    p2, p3, p4 = load_preset("2"), load_preset("3"), load_preset("4")
+    assert p2.head.kind == p3.head.kind == p4.head.kind == "selective"
+    # phase 3 = phase 2 + the DoRA fine-tune of the backbone (stage1.finetune.run_pipeline)
+    assert (p2.finetune.enabled, p3.finetune.enabled) == (False, True)
+    assert p3.finetune.method == "dora" and p3.finetune.sam == "none"
+    assert dataclasses.replace(p3, preset="phase2", finetune=p2.finetune) == p2
+    # phase 4 = phase 3 with F-SAM in the fine-tune and in the heads; nothing else differs
+    assert (p4.optim.sam, p4.finetune.sam) == ("fsam", "fsam")
+    assert (p4.finetune.fsam_sigma, p4.finetune.fsam_lambda) == (1.0, 0.9)
+    assert dataclasses.replace(p4, preset="phase3", optim=p3.optim, finetune=p3.finetune) == p3
+    assert dataclasses.replace(p4.finetune, sam="none") == p3.finetune
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ backbone section of ``config.json`` is the cache's (``stage1.run.provenance``).
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,7 @@ def run_training(
     *,
     overwrite: bool = False,
     allow_uncertified: bool = False,
+    include: dict[str, Path] | None = None,
 ) -> RunSummary:
     """Train, calibrate on val, certify on calib, evaluate on test, write the run directory.
 
@@ -71,6 +73,8 @@ def run_training(
             is refused before the cache is opened.
         allow_uncertified: where the calib split is too small for the requested guarantee,
             train anyway and ship "defer_all" (with a warning) instead of refusing.
+        include: name -> file or folder moved into the run folder before it appears at
+            ``out`` (the fine-tune and adapted cache of phases 3/4), so it arrives whole too.
 
     Raises:
         OutputExistsError: ``out`` holds files and ``overwrite`` is False, before anything.
@@ -177,6 +181,8 @@ def run_training(
         write_json(tmp / "metrics.json", metrics, schema="metrics")
         save_params(tmp / "head.safetensors", res.params, meta)
         save_predictions(tmp / "predictions.npz", splits, scores, decisions, cal, views, view_p)
+        for name, src in (include or {}).items():
+            os.replace(src, tmp / name)  # same file system as ``out``: a rename
     return RunSummary(out, cfg, metrics, policy, time.perf_counter() - t0, notes, warnings)
 
 
