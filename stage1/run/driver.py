@@ -18,6 +18,7 @@ the calibration and the policy (phase 1: ``thresholds.json``; phase 2: ``calibra
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,23 @@ from stage1.run import specs
 from stage1.run.data import load_cache
 from stage1.run.records import save_predictions, training_record
 
-__all__ = ["RunSummary", "run_training"]
+__all__ = ["EXTRACTION_KEYS", "RunSummary", "run_training"]
+
+# Feature-cache metadata a trained head depends on (saved beside its parameters).
+EXTRACTION_KEYS = (
+    "backbone",
+    "weights_sha256",
+    "weights_path",
+    "random_init",
+    "pooling",
+    "image_size",
+    "mean",
+    "std",
+    "dtype",
+    "variants",
+    "extraction_config",
+    "library_version",
+)
 
 
 @dataclass
@@ -145,6 +162,8 @@ def run_training(cfg: Config, cache_path: Path, out: Path) -> RunSummary:
         "weights_sha256": str(cache_meta.get("weights_sha256", "")),
     }
     meta |= {k: str(v) for k, v in dataclasses.asdict(spec.head).items()}
+    # What produced the features (how to rebuild them from an image): `stage1 export` reads it.
+    meta["extraction"] = json.dumps({k: cache_meta.get(k) for k in EXTRACTION_KEYS}, default=str)
     save_params(out / "head.safetensors", res.params, meta)
     save_predictions(out / "predictions.npz", splits, scores, decisions, cal, views, view_p)
     return RunSummary(out, cfg, metrics, policy, time.perf_counter() - t0, notes)
