@@ -10,6 +10,7 @@ holding the same tensors, so the bundle references real weights by sha256 and th
 checks on backbone weights are exercised.
 """
 
+import base64
 import dataclasses
 import hashlib
 import io
@@ -38,6 +39,7 @@ from stage1.config import (
 )
 from stage1.serve.bundle import BundleError
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY = '{"depth": 2, "embed_dim": 64, "num_heads": 2}'
 BACKBONE = BackboneConfig(
     image_size=32, variants=("patch_mean",), num_workers=0, model_kwargs=TINY, batch_size=64
@@ -350,3 +352,56 @@ def test_export_cli_refuses_to_overwrite_and_names_the_problem(served, capsys):
     assert rc == 2 and "exists; pass --overwrite" in err and len(err.splitlines()) == 1
     rc = main(["export", "--run", str(served["root"]), "--out", str(served["root"] / "x")])
     assert rc == 2 and "is not a stage1 run directory" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# examples/streetvision_detector.py in a stand-in of the StreetVision miner
+# (tests/streetvision_standin.py: the base class imports bittensor)
+
+
+@pytest.fixture
+def miner(tmp_path, monkeypatch):
+    import streetvision_standin
+
+    pkg = streetvision_standin.install(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield pkg
+    streetvision_standin.forget()
+
+
+def test_the_streetvision_miner_loads_and_queries_the_example_detector(miner, served):
+    import base_miner.detectors  # noqa: F401  (the miner imports it: registration happens here)
+    from base_miner.registry import DETECTOR_REGISTRY
+
+    from stage1 import Stage1Model
+
+    path, demo = served["bundles"]["phase1"], served["demo"]
+    config = miner / "detectors" / "configs" / "stage1.yaml"
+    text = (ROOT / "examples/stage1.yaml").read_text().replace("/path/to/bundle", str(path))
+    config.write_text(text)
+    assert "STAGE1" in DETECTOR_REGISTRY
+    detector = DETECTOR_REGISTRY["STAGE1"](config_name="stage1.yaml", device="cuda")
+    assert isinstance(detector, base_miner.detectors.FeatureDetector)
+
+    reference = Stage1Model.from_bundle(path, device="cpu")
+    images = sorted(demo.rglob("*.jpg"))[:6]
+    for p in images:
+        buf = io.BytesIO()
+        Image.open(p).convert("RGB").resize((224, 224)).save(buf, "JPEG", quality=75)
+        b64 = base64.b64encode(buf.getvalue())
+        image = Image.open(io.BytesIO(base64.b64decode(b64)))  # what neurons/miner.py does
+        got = detector(image)
+        assert type(got) is float and 0.0 < got < 1.0
+        assert got == pytest.approx(reference(Image.open(io.BytesIO(buf.getvalue()))), abs=1e-12)
+    preds = [detector(Image.open(p)) for p in images]
+    assert np.ptp(preds) > 0  # real answers, not a constant
+
+
+def test_the_example_detector_names_what_is_missing(miner, monkeypatch):
+    import base_miner.detectors  # noqa: F401
+    from base_miner.registry import DETECTOR_REGISTRY
+
+    monkeypatch.delenv("STAGE1_BUNDLE", raising=False)
+    (miner / "detectors" / "configs" / "empty.yaml").write_text("compile: false\n")
+    with pytest.raises(ValueError, match="bundle"):
+        DETECTOR_REGISTRY["STAGE1"](config_name="empty.yaml")
