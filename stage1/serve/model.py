@@ -83,7 +83,7 @@ class Stage1Model:
         *,
         backbone_weights: str | os.PathLike | None = None,
         stage2: Callable[[Image.Image], float] | None = None,
-        compile: bool = False,
+        compile: bool | str = False,
     ) -> Stage1Model:
         """Load and verify a bundle (``stage1.serve.bundle.read_bundle``), build its backbone.
 
@@ -94,7 +94,8 @@ class Stage1Model:
                 ``--include-backbone``; its sha256 must be the bundle's.
             stage2: optional ``stage2(image) -> float`` asked for the answer of every deferred
                 image (validator scale, in [0, 1]).
-            compile: ``torch.compile`` the backbone (worth it on GPU for many calls).
+            compile: ``torch.compile`` the backbone (worth it on GPU for many calls); a string
+                is the compile mode, e.g. ``"reduce-overhead"`` (CUDA graphs).
 
         Raises:
             BundleError: any integrity failure (one line; see ``stage1.serve.bundle``).
@@ -126,7 +127,10 @@ class Stage1Model:
         dev = pick_device(device)
         model = model.to(dev)
         if compile:
-            model = torch.compile(model)
+            # embed() calls forward_features (or forward_intermediates), not forward: compile
+            # the method it uses; a string is a torch.compile mode ("reduce-overhead", ...).
+            mode = compile if isinstance(compile, str) else None
+            model.forward_features = torch.compile(model.forward_features, mode=mode)
         return cls(root, doc, model, dev, stage2=stage2)
 
     # -- the public API ------------------------------------------------------------------------
