@@ -65,7 +65,7 @@ predict: setup
 test: setup
 	$(PY) -m pytest -q -m "not slow and not gpu" $(PYTEST_ARGS)
 
-PY_DIRS := stage1 feature_extract heads calibrate schemas tests bench
+PY_DIRS := stage1 feature_extract heads calibrate schemas tests bench examples
 
 lint: setup
 	$(PY) -m ruff check $(PY_DIRS)

@@ -205,6 +205,8 @@ def main(argv=None) -> int:
     )
     size, mean, std = m.image_size, m.mean, m.std
     u8 = torch.stack([to_uint8(decode(b), size) for b in data[: args.batch]])
+    if dev.type == "cuda":
+        u8 = u8.pin_memory()  # as stage1 predict's DataLoader delivers batches
     x_dev = normalize(u8.to(dev), mean, std)
     results = {}
 
@@ -260,7 +262,9 @@ def main(argv=None) -> int:
     @torch.inference_mode()
     def bare_one(b: bytes) -> float:
         img = Image.open(io.BytesIO(b)).convert("RGB")
-        x = torch.from_numpy(np.asarray(img)).permute(2, 0, 1)[None].to(dev)
+        if img.size != (size, size):  # the bundle's input size (224 px inputs: no resize)
+            img = img.resize((size, size), Image.Resampling.BICUBIC)
+        x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].to(dev)
         with autocast:
             f = bare_fwd(normalize(x, mean, std))
         return float(f[0, 0, 0])
