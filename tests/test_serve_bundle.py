@@ -290,13 +290,20 @@ def test_bundled_weights_load_without_a_path(served, models):
     np.testing.assert_array_equal(full.predict_proba(paths), models["phase2"].predict_proba(paths))
 
 
-def test_serving_never_imports_jax(served):
+def test_serving_never_imports_jax(served, tmp_path):
+    """Neither Stage1Model nor `stage1 predict` loads JAX (or a JAX room) into the process."""
     img = served["demo"] / _test_split(served, "phase1")[0][0]
+    out = tmp_path / "p.jsonl"
     code = (
         "import sys, stage1\n"
+        "assert not {'torch', 'jax'} & set(sys.modules)  # import stage1 stays light\n"
         f"m = stage1.Stage1Model.from_bundle({str(served['bundles']['phase1'])!r}, device='cpu')\n"
         f"v = m({str(img)!r}); m.decide([{str(img)!r}])\n"
         "assert 0 < v < 1\n"
+        "from stage1.cli import main\n"
+        f"b = {str(served['bundles']['phase1'])!r}\n"
+        f"assert main(['predict', '--bundle', b, {str(img)!r}, '--out', {str(out)!r},\n"
+        "             '--workers', '0', '--device', 'cpu']) == 0\n"
         "bad = sorted(k for k in sys.modules if k.split('.')[0] in "
         "('jax', 'jaxlib', 'flax', 'optax', 'heads', 'calibrate'))\n"
         "assert not bad, bad\n"
@@ -306,7 +313,7 @@ def test_serving_never_imports_jax(served):
     r = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env
     )
-    assert r.returncode == 0 and r.stdout.startswith("ok"), r.stderr[-2000:]
+    assert r.returncode == 0 and r.stdout.splitlines()[-1].startswith("ok"), r.stderr[-2000:]
 
 
 # ---------------------------------------------------------------------------------------------
