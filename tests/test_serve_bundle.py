@@ -41,8 +41,15 @@ from stage1.serve.bundle import BundleError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = '{"depth": 2, "embed_dim": 64, "num_heads": 2}'
+# CPU extraction: the cache then holds float32-computed features on any machine (on CUDA,
+# extraction and serving both use bf16 autocast; the tests compare on CPU).
 BACKBONE = BackboneConfig(
-    image_size=32, variants=("patch_mean",), num_workers=0, model_kwargs=TINY, batch_size=64
+    image_size=32,
+    variants=("patch_mean",),
+    num_workers=0,
+    model_kwargs=TINY,
+    batch_size=64,
+    device="cpu",
 )
 RISK = RiskConfig(alpha=0.2, method="crc", delta=0.2, beta=0.2, target_coverage=0.2)
 
@@ -387,7 +394,7 @@ def test_the_streetvision_miner_loads_and_queries_the_example_detector(miner, se
     text = (ROOT / "examples/stage1.yaml").read_text().replace("/path/to/bundle", str(path))
     config.write_text(text)
     assert "STAGE1" in DETECTOR_REGISTRY
-    detector = DETECTOR_REGISTRY["STAGE1"](config_name="stage1.yaml", device="cuda")
+    detector = DETECTOR_REGISTRY["STAGE1"](config_name="stage1.yaml", device="cpu")
     assert isinstance(detector, base_miner.detectors.FeatureDetector)
 
     reference = Stage1Model.from_bundle(path, device="cpu")
@@ -412,3 +419,35 @@ def test_the_example_detector_names_what_is_missing(miner, monkeypatch):
     (miner / "detectors" / "configs" / "empty.yaml").write_text("compile: false\n")
     with pytest.raises(ValueError, match="bundle"):
         DETECTOR_REGISTRY["STAGE1"](config_name="empty.yaml")
+
+
+# ---------------------------------------------------------------------------------------------
+# on a GPU: features extracted with CUDA bf16 autocast, served on CUDA
+
+
+@pytest.mark.gpu
+def test_cuda_bundle_reproduces_a_cuda_extracted_run(served, tmp_path):
+    """The acceptance bar on the GPU path: extraction and serving both on CUDA (bf16 autocast
+    in both, features rounded to the cache's float16). Run it on the GPU machine."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from stage1 import Stage1Model
+    from stage1.features import run_features
+    from stage1.serve.export import export_bundle
+
+    cfg = Config(
+        data=DataConfig(source=str(served["demo"])),
+        backbone=dataclasses.replace(BACKBONE, weights="none", device="cuda"),
+    ).validate()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_features(cfg, tmp_path / "cuda.h5")
+    run = _train(tmp_path / "cuda.h5", tmp_path / "run", "phase2", kind="selective")
+    m = Stage1Model.from_bundle(export_bundle(run, tmp_path / "bundle"), device="cuda")
+    with np.load(run / "predictions.npz") as z:
+        ids, probs, decision = z["test_ids"], z["test_probs"], z["test_decision"]
+    pred = m.predict([served["demo"] / i for i in ids])
+    np.testing.assert_array_equal(pred.code, decision)
+    np.testing.assert_allclose(pred.p, probs, atol=1e-5, rtol=0)

@@ -158,7 +158,7 @@ class Stage1Model:
         for lo in range(0, len(x), self.batch_size):
             parts.append(self.scores_from_uint8(x[lo : lo + self.batch_size]))
         scores = {k: np.concatenate([s[k] for s in parts]) for k in parts[0]}
-        return self._finish(scores, pil)
+        return self.finish(scores, pil)
 
     # -- pieces (the CLI and the benchmark call them on batches) -------------------------------
 
@@ -197,7 +197,10 @@ class Stage1Model:
     def scores_from_uint8(self, x_uint8: torch.Tensor) -> dict[str, np.ndarray]:
         return self.scores_from_features(self.features(x_uint8))
 
-    def _finish(self, scores: dict[str, np.ndarray], pil: list[Image.Image] | None) -> Prediction:
+    def finish(self, scores: dict[str, np.ndarray], pil: list | None = None) -> Prediction:
+        """``Prediction`` of ``scores_from_uint8``'s output; stage 2 is asked only given the
+        images (``pil``)."""
+        scores = dict(scores)
         code = scores.pop("code").astype(np.int8)
         p = scores["p"].astype(np.float64)
         ans = answer(p, self.threshold, self.margin, self.clip)
@@ -213,10 +216,6 @@ class Stage1Model:
             answer=ans,
             scores=scores,
         )
-
-    def finish(self, scores: dict[str, np.ndarray], pil=None) -> Prediction:
-        """``Prediction`` of ``scores_from_uint8`` output (stage 2 is asked only given images)."""
-        return self._finish(dict(scores), pil)
 
     def __repr__(self) -> str:
         d = self.doc
