@@ -264,7 +264,8 @@ def main(argv=None) -> int:
         img = Image.open(io.BytesIO(b)).convert("RGB")
         if img.size != (size, size):  # the bundle's input size (224 px inputs: no resize)
             img = img.resize((size, size), Image.Resampling.BICUBIC)
-        x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].to(dev)
+        # contiguous CHW, as to_uint8 makes it (a permuted view runs the patch conv slower)
+        x = torch.from_numpy(np.array(img)).permute(2, 0, 1).contiguous()[None].to(dev)
         with autocast:
             f = bare_fwd(normalize(x, mean, std))
         return float(f[0, 0, 0])
