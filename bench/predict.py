@@ -257,7 +257,7 @@ def main(argv=None) -> int:
         )
     bare_fwd = bare.forward_features
     if args.compile:
-        bare_fwd = torch.compile(bare.forward_features, mode=args.compile_mode)
+        bare_fwd = torch.compile(bare.forward_features, mode=args.compile_mode, dynamic=False)
 
     @torch.inference_mode()
     def bare_one(b: bytes) -> float:

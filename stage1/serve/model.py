@@ -129,8 +129,10 @@ class Stage1Model:
         if compile:
             # embed() calls forward_features (or forward_intermediates), not forward: compile
             # the method it uses; a string is a torch.compile mode ("reduce-overhead", ...).
+            # dynamic=False: one static graph per batch size (1 for m(image), the batch size
+            # and the last partial batch for predict), never a slower shape-generic one.
             mode = compile if isinstance(compile, str) else None
-            model.forward_features = torch.compile(model.forward_features, mode=mode)
+            model.forward_features = torch.compile(model.forward_features, mode=mode, dynamic=False)
         return cls(root, doc, model, dev, stage2=stage2)
 
     # -- the public API ------------------------------------------------------------------------
