@@ -14,7 +14,7 @@ TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 GRID      ?= --grid lr=1e-4:1e-2:log8 --grid weight_decay=0,1e-4,1e-2 --grid seed=0,1,2
 
-.PHONY: setup demo features train sweep report test lint clean help
+.PHONY: setup demo features train sweep report export predict test lint clean help
 
 help:
 	@echo "make demo | make test | make features [DATA=...] [WEIGHTS=...] | make train PHASE=n | make lint"
@@ -35,6 +35,9 @@ demo: setup
 	$(STAGE1) features --out $(DEMO_CACHE) --weights none --backbone $(BACKBONE) --image-size 128
 	$(STAGE1) train --cache $(DEMO_CACHE) --phase 1 --out runs/demo --set head.feature=patch_mean $(SET)
 	$(STAGE1) report --run runs/demo
+	$(STAGE1) export --run runs/demo --out runs/demo/bundle --overwrite
+	$(STAGE1) demo-data --out data/demo_heldout --n 8 --seed 1
+	$(STAGE1) predict --bundle runs/demo/bundle data/demo_heldout --out runs/demo/heldout.jsonl
 
 features: setup
 	$(STAGE1) features $(if $(DATA),--data $(DATA)) --out $(CACHE) --weights $(WEIGHTS) --backbone $(BACKBONE)
@@ -48,10 +51,21 @@ sweep: setup
 report: setup
 	$(STAGE1) report --run $(RUN)
 
+# Serving: BUNDLE from RUN; IMAGES are files, folders or CSV/JSONL manifests.
+BUNDLE    ?= $(RUN)/bundle
+IMAGES    ?= data/demo_heldout
+PREDS     ?= $(RUN)/predict.jsonl
+
+export: setup
+	$(STAGE1) export --run $(RUN) --out $(BUNDLE) --overwrite
+
+predict: setup
+	$(STAGE1) predict --bundle $(BUNDLE) $(IMAGES) --out $(PREDS)
+
 test: setup
 	$(PY) -m pytest -q -m "not slow and not gpu" $(PYTEST_ARGS)
 
-PY_DIRS := stage1 feature_extract heads calibrate schemas tests bench
+PY_DIRS := stage1 feature_extract heads calibrate schemas tests bench examples
 
 lint: setup
 	$(PY) -m ruff check $(PY_DIRS)

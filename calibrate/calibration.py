@@ -14,7 +14,13 @@ that ships, and for gated heads ``"gate_calibrated"``, P(the classifier's decisi
   accept where f's loss is low, so correctness is the event it scores.
 
 Each procedure also says what it adds to predictions.npz (``arrays``), to metrics.json
-(``metrics``) and which JSON records it writes (``records``: file name -> (object, schema)).
+(``metrics``) and which JSON records it writes (``records``: file name -> (object, schema)), and
+rebuilds from those records a description of ``apply`` as data (``serving_program``) that a
+runtime without scipy or JAX evaluates (``stage1.serve.ops``): a straight-line program of
+elementwise ops over named per-image float vectors (``SCORE_OPS``)::
+
+    {"dtype": "float32" | "float64", "ops": [{"op": OP, "in": [names], "out": name, "args": {}}],
+     "scores": {score name: vector name}}
 """
 
 from __future__ import annotations
@@ -28,7 +34,26 @@ from scipy.special import expit
 from calibrate import metrics as M
 from calibrate.calibrators import DirichletCalibrator, PlattCalibrator
 
-__all__ = ["CALIBRATIONS", "Calibration", "fit_calibration"]
+__all__ = ["CALIBRATIONS", "SCORE_OPS", "Calibration", "fit_calibration", "serving_program"]
+
+# The vocabulary of serving programs: sigmoid; affine a*x + b; one_minus 1 - x; clip to
+# [lo, hi]; log; linear sum_i w_i x_i + b over several inputs; max_complement max(x, 1 - x).
+SCORE_OPS: tuple[str, ...] = (
+    "sigmoid",
+    "affine",
+    "one_minus",
+    "clip",
+    "log",
+    "linear",
+    "max_complement",
+)
+
+
+def score_op(name: str, inputs: list[str] | str, out: str, **args) -> dict[str, Any]:
+    """One op of a serving program (module docstring)."""
+    inputs = [inputs] if isinstance(inputs, str) else list(inputs)
+    return {"op": name, "in": inputs, "out": out, "args": args}
+
 
 # Tiny plain-L2 penalty on the 3 free Dirichlet parameters: on a (nearly) separable val split the
 # unregularised logistic fit diverges to 0/1 probabilities, which turns distinct scores into ties
@@ -57,9 +82,21 @@ class Calibration(abc.ABC):
         """JSON records to write: file name -> (object, schema name)."""
         return {}
 
+    @staticmethod
+    @abc.abstractmethod
+    def serving(records: dict[str, Any]) -> dict[str, Any]:
+        """``apply`` as a serving program (module docstring), from the JSON records this
+        procedure wrote (file name -> parsed object)."""
+
 
 class NoCalibration(Calibration):
     name = "none"
+
+    @staticmethod
+    def serving(records):
+        # float32, as apply: the exit threshold is a float32 order statistic of these values.
+        ops = [score_op("sigmoid", "logit", "p")]
+        return {"dtype": "float32", "ops": ops, "scores": {"p": "p"}}
 
     def apply(self, outputs):
         # float32 like the logit: the threshold is then an exact float32 order statistic of
@@ -89,6 +126,41 @@ class DirichletGate(Calibration):
             "gate": expit(gate_logit),
             "gate_calibrated": self.platt.predict_proba(gate_logit),
         }
+
+    @staticmethod
+    def serving(records):
+        """Binary Dirichlet = softmax(W [ln(1 - p), ln p] + b)[1] = sigmoid(z1 - z0), with the
+        clipping of ``DirichletCalibrator._log_features``; Platt = sigmoid(slope s + intercept)."""
+        cal = records["calibration.json"]
+        w, b = np.asarray(cal["classifier"]["coef"]), np.asarray(cal["classifier"]["intercept"])
+        eps = DirichletCalibrator().eps
+        ops = [
+            score_op("sigmoid", "logit", "p_raw"),
+            score_op("one_minus", "p_raw", "p0"),
+            score_op("clip", "p0", "p0", lo=eps, hi=1.0 - eps),
+            score_op("clip", "p_raw", "p1", lo=eps, hi=1.0 - eps),
+            score_op("log", "p0", "l0"),
+            score_op("log", "p1", "l1"),
+            score_op(
+                "linear",
+                ["l0", "l1"],
+                "z",
+                weights=(w[1] - w[0]).tolist(),
+                bias=float(b[1] - b[0]),
+            ),
+            score_op("sigmoid", "z", "p"),
+            score_op("sigmoid", "gate_logit", "gate"),
+            score_op(
+                "affine",
+                "gate_logit",
+                "gz",
+                a=float(cal["gate"]["slope"]),
+                b=float(cal["gate"]["intercept"]),
+            ),
+            score_op("sigmoid", "gz", "gate_calibrated"),
+        ]
+        scores = {k: k for k in ("p", "p_raw", "gate", "gate_calibrated")}
+        return {"dtype": "float64", "ops": ops, "scores": scores}
 
     def arrays(self, scores):
         return {
@@ -166,6 +238,16 @@ def _gate_stats(g: np.ndarray, g_cal: np.ndarray) -> dict[str, Any]:
 
 
 CALIBRATIONS = {"none": lambda outputs_val, y_val: NoCalibration(), "dirichlet_gate": DirichletGate}
+
+
+def serving_program(name: str, records: dict[str, Any]) -> dict[str, Any]:
+    """The serving program of calibration ``name`` rebuilt from a run's JSON records."""
+    if name not in _SERVING:
+        raise ValueError(f"unknown calibration {name!r}; known: {', '.join(_SERVING)}")
+    return _SERVING[name](records)
+
+
+_SERVING = {"none": NoCalibration.serving, "dirichlet_gate": DirichletGate.serving}
 
 
 def fit_calibration(name: str, outputs_val: dict[str, np.ndarray], y_val) -> Calibration:

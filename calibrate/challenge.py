@@ -73,6 +73,33 @@ def from_counts(tp, fp, fn, tn) -> dict[str, np.ndarray]:
     }
 
 
+def best_threshold(p, y, metric: str = "balanced_score") -> tuple[float, float]:
+    """The cut ``c`` ("roadwork iff p >= c") that maximises challenge ``metric`` on ``(p, y)``.
+
+    Every distinct value of ``p`` is a candidate (counts of all of them in one sorted pass);
+    the returned cut sits halfway between the winning value and the next lower distinct value,
+    which makes the same decisions on ``(p, y)`` and is the natural point estimate between
+    them. Ties: the lowest winning value. Default metric ``balanced_score``: validators draw
+    labels 50/50 whatever the data's prevalence (module docstring).
+
+    Returns:
+        ``(c, value of metric at c)``.
+    """
+    p, y = np.asarray(p, np.float64), np.asarray(y) == 1
+    if p.size == 0 or y.all() or not y.any():
+        raise ValueError("best_threshold needs both classes")
+    u = np.unique(p)  # ascending
+    # #{p >= u_k} per class = n - (number strictly below u_k)
+    tp = y.sum() - np.searchsorted(np.sort(p[y]), u, "left")
+    fp = (~y).sum() - np.searchsorted(np.sort(p[~y]), u, "left")
+    values = from_counts(tp, fp, y.sum() - tp, (~y).sum() - fp)[metric]
+    k = int(np.nanargmax(values))
+    c = u[0] if k == 0 else 0.5 * (u[k - 1] + u[k])
+    if k > 0 and c <= u[k - 1]:  # adjacent floats: the midpoint rounds down
+        c = u[k]
+    return float(c), float(values[k])
+
+
 def _cells(pred: np.ndarray, y: np.ndarray) -> np.ndarray:
     """(n, 4) one-hot of each row's confusion cell: tp, fp, fn, tn."""
     y = np.asarray(y) == 1

@@ -15,7 +15,18 @@ split only (METHODS.md §3-§5). Two exist:
   certified (the run still completes and says why).
 
 Each policy also builds its part of metrics.json (``metrics``), the records it writes
-(``records``) and its lines of the terminal summary (``summary``). ``risk`` is any object with
+(``records``) and its lines of the terminal summary (``summary``), and rebuilds from those records
+its shipped rule as data (``serving_rule``) for runtimes that cannot import this package
+(``stage1.serve``)::
+
+    {"shipped": name, "ops": [extra score ops, calibrate.calibration.SCORE_OPS],
+     "selection": null | {"score": name, "threshold": t},     # decides alone iff score >= t
+     "exit_negative_below": null | t,                          # then exit_negative iff p < t
+     "exit_positive_at_or_above": null | t,                    # exit_positive iff p >= t
+     "guarantee": {...}}                                       # what the calib split certified
+
+Every other image is deferred; a null selection selects every image; "inf"/"-inf" strings
+stand for infinite thresholds (JSON has none). ``risk`` is any object with
 the run config's risk attributes (alpha, method, delta, beta, target_coverage, scrc_risk).
 """
 
@@ -38,7 +49,14 @@ from calibrate.exit_policies import (
 )
 from calibrate.thresholds import fnr_threshold, min_calibration_size
 
-__all__ = ["POLICIES", "Policy", "calibration_shortfall", "fit_policy", "guarantee_text"]
+__all__ = [
+    "POLICIES",
+    "Policy",
+    "calibration_shortfall",
+    "fit_policy",
+    "guarantee_text",
+    "serving_rule",
+]
 
 
 class Policy(abc.ABC):
@@ -74,6 +92,12 @@ class Policy(abc.ABC):
     @abc.abstractmethod
     def summary(self, metrics: dict[str, Any]) -> list[tuple[str, str]]:
         """(label, value) rows of the terminal summary."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def serving(records: dict[str, Any]) -> dict[str, Any]:
+        """The shipped rule as data (module docstring), from the JSON records this policy
+        wrote (file name -> parsed object)."""
 
 
 def guarantee_text(method: str, alpha: float, delta: float) -> str:
@@ -162,6 +186,31 @@ class FNRThreshold(Policy):
             ("test FNR at t", f"{m['fnr']:.4f}"),
             ("test FPR at t", f"{m['fpr']:.4f}"),
         ]
+
+    @staticmethod
+    def serving(records):
+        rec = records["thresholds.json"]
+        neg = rec["exit_negative"]
+        guarantee = {
+            "risk": "fnr",
+            "alpha": neg["alpha"],
+            "delta": neg.get("delta"),
+            "method": neg["method"],
+            "n_calib": rec["n_calib"],
+            "n_calib_positives": rec["n_calib_positives"],
+            "calib_fnr": neg.get("calib_fnr"),
+            "calib_exit_rate": neg.get("calib_exit_rate"),
+            "statement": neg.get("guarantee")
+            or guarantee_text(neg["method"], neg["alpha"], neg.get("delta") or 0.0),
+        }
+        return {
+            "shipped": FNRThreshold.shipped,
+            "ops": [],
+            "selection": None,
+            "exit_negative_below": neg["threshold"],
+            "exit_positive_at_or_above": None,
+            "guarantee": guarantee,
+        }
 
 
 class Selective(Policy):
@@ -259,8 +308,64 @@ class Selective(Policy):
         ]
         return rows
 
+    @staticmethod
+    def serving(records):
+        """SCRC-I: decide alone iff selection score >= lambda1, then exit_positive iff
+        p >= lambda2 else exit_negative (``calibrate.scrc.SCRCResult.decide``)."""
+        from calibrate.calibration import score_op
+
+        rec = records["scrcparams.json"]
+        chosen = rec["chosen"]
+        base = {
+            "risk": rec["risk"],
+            "alpha": rec["alpha"],
+            "delta": rec["delta"],
+            "n_calib": rec["n_calib"],
+            "n_calib_positives": rec["n_calib_positives"],
+            "target_coverage": rec["target_coverage"],
+        }
+        if chosen is None:  # nothing certified: stage 1 defers every image
+            guarantee = base | {
+                "statement": "none: no SCRC-I policy certified, every image is deferred to stage 2"
+            }
+            return {
+                "shipped": "defer_all",
+                "ops": [],
+                "selection": None,
+                "exit_negative_below": None,
+                "exit_positive_at_or_above": None,
+                "guarantee": guarantee,
+            }
+        res = rec["candidates"][chosen]["result"]
+        ops, score = [], "gate_calibrated"
+        if chosen == "softmax_response":  # candidate names, not head kinds
+            ops, score = [score_op("max_complement", "p", "confidence")], "confidence"
+        guarantee = base | {
+            "coverage_lcb": res["coverage_lcb"],
+            "risk_ucb": res["risk_ucb"],
+            "delta_per_candidate": rec.get("delta_per_candidate"),
+            "statement": (
+                f"P(coverage < {rec['target_coverage']} or {rec['risk']} > {rec['alpha']}) <= "
+                f"{rec['delta']} over calibration draws (SCRC-I, {chosen} selection, "
+                "Bonferroni over the two candidates)"
+            ),
+        }
+        return {
+            "shipped": f"scrc_{chosen}",
+            "ops": ops,
+            "selection": {"score": score, "threshold": res["lambda1"]},
+            "exit_negative_below": res["lambda2"],
+            "exit_positive_at_or_above": res["lambda2"],
+            "guarantee": guarantee,
+        }
+
 
 POLICIES = {"fnr_threshold": FNRThreshold, "selective": Selective}
+
+
+def serving_rule(name: str, records: dict[str, Any]) -> dict[str, Any]:
+    """The shipped rule of exit policy ``name`` rebuilt from a run's JSON records."""
+    return _policy(name).serving(records)
 
 
 def _policy(name: str) -> type[Policy]:

@@ -24,7 +24,7 @@ import numpy as np
 
 from calibrate.metrics import auroc
 from heads import fused_mlp, losses
-from heads.family import Family, chunked_apply
+from heads.family import Family, chunked_apply, dense_op, op
 from heads.model import LinearHead, MLPHead, dropout_multiplier, logit_margin
 from heads.spec import HeadSpec, TrainSpec
 
@@ -82,6 +82,12 @@ class LinearFamily(_Classifier):
     def module(self, head: HeadSpec, dtype: Any = jnp.float32) -> LinearHead:
         return LinearHead(dtype=dtype)
 
+    def serving_graph(self, head: HeadSpec) -> dict[str, Any]:
+        return {
+            "ops": [dense_op("x", "z", "out"), op("margin", "z", "logit")],
+            "outputs": {"logit": "logit"},
+        }
+
     def head_spec_from_params(self, params: dict) -> LinearSpec:
         if set(params) != {"out"}:
             raise ValueError(f"not a linear head: top-level keys {sorted(params)}")
@@ -95,6 +101,11 @@ class MLPFamily(_Classifier):
 
     def module(self, head: MLPSpec, dtype: Any = jnp.float32) -> MLPHead:
         return MLPHead(hidden=head.hidden, dtype=dtype)
+
+    def serving_graph(self, head: HeadSpec) -> dict[str, Any]:
+        # Dropout is training-only: the module without a key is the deployed function.
+        ops = [dense_op("x", "h", "hidden"), op("gelu", "h", "h"), dense_op("h", "z", "out")]
+        return {"ops": [*ops, op("margin", "z", "logit")], "outputs": {"logit": "logit"}}
 
     def head_spec_from_params(self, params: dict) -> MLPSpec:
         if set(params) != {"hidden", "out"}:

@@ -32,7 +32,23 @@ import numpy as np
 
 from heads.spec import HeadSpec, HParams, TrainSpec
 
-__all__ = ["Family", "chunked_apply"]
+__all__ = ["SERVING_OPS", "Family", "chunked_apply", "dense_op", "op"]
+
+# The vocabulary of ``Family.serving_graph`` (one line each; the torch interpreter is
+# stage1.serve.ops): dense  x @ kernel + bias;  gelu  exact (erf) GELU;  relu;
+# scale  x * scale (per unit);  margin  z[..., 1] - z[..., 0];  take0  z[..., 0].
+SERVING_OPS: tuple[str, ...] = ("dense", "gelu", "relu", "scale", "margin", "take0")
+
+
+def dense_op(src: str, out: str, layer: str) -> dict[str, Any]:
+    """A ``dense`` op of ``serving_graph`` reading Flax layer ``layer``'s kernel and bias."""
+    params = {"kernel": f"{layer}/kernel", "bias": f"{layer}/bias"}
+    return {"op": "dense", "in": [src], "out": out, "params": params}
+
+
+def op(name: str, src: str, out: str, **params: str) -> dict[str, Any]:
+    """Any other op of ``serving_graph`` (``params``: role -> tensor key)."""
+    return {"op": name, "in": [src], "out": out, "params": params}
 
 
 class Family(abc.ABC):
@@ -113,6 +129,20 @@ class Family(abc.ABC):
     @abc.abstractmethod
     def outputs(self, head: HeadSpec, params: dict, x: jax.Array) -> dict[str, jax.Array]:
         """Per-image float32 outputs ``output_names`` -> ``(n,)`` (jittable, float32 compute)."""
+
+    @abc.abstractmethod
+    def serving_graph(self, head: HeadSpec) -> dict[str, Any]:
+        """``outputs`` described as data, for runtimes that cannot import JAX (serving, torch).
+
+        A straight-line program over named float32 tensors, starting from ``"x"`` (n, D)::
+
+            {"ops": [{"op": OP, "in": [names], "out": name, "params": {role: tensor key}}, ...],
+             "outputs": {output name: tensor name}}
+
+        ``OP`` is one of ``SERVING_OPS``; ``params`` name tensors of the saved parameter file
+        (``heads.checkpoint`` keys such as ``"hidden/kernel"``). ``tests/test_serve_ops.py``
+        holds every family's graph, interpreted in torch, to ``outputs`` within 1e-5.
+        """
 
 
 def chunked_apply(fn: Callable, x_chunks: jax.Array, n: int):

@@ -55,7 +55,11 @@ def predict(
         m = chunk.shape[0]
         if m < bsz:
             chunk = np.concatenate([chunk, np.zeros((bsz - m, x.shape[1]), chunk.dtype)])
-        res = _outputs(head, params, jnp.asarray(chunk, jnp.float32))
+        # Full float32 matmuls: on GPUs XLA's default lets float32 GEMMs run in TF32 (10-bit
+        # mantissa), which moves probabilities by ~1e-4; these outputs set the certified
+        # thresholds and are what an exported bundle must reproduce in torch (stage1.serve).
+        with jax.default_matmul_precision("highest"):
+            res = _outputs(head, params, jnp.asarray(chunk, jnp.float32))
         for k in names:
             out[k][start : start + m] = np.asarray(res[k])[:m]
     return out

@@ -38,7 +38,7 @@ import numpy as np
 
 from calibrate.metrics import auroc, selective_risk_at_coverage
 from heads import selective
-from heads.family import Family, chunked_apply
+from heads.family import Family, chunked_apply, dense_op, op
 from heads.spec import HeadSpec, TrainSpec
 
 __all__ = ["RISK_LOSSES", "SELECTIVE", "SelectiveFamily", "SelectiveSpec"]
@@ -89,6 +89,25 @@ class SelectiveFamily(Family):
             trunk_layers=head.trunk_layers,
             dtype=dtype,
         )
+
+    def serving_graph(self, head: SelectiveSpec) -> dict[str, Any]:
+        """``selective.SelectiveNet`` as data: trunk, then f / g / h (module docstring there)."""
+        ops, u = [], "x"
+        for layer in range(head.trunk_layers):
+            ops += [dense_op(u, "u", f"trunk{layer}"), op("gelu", "u", "u")]
+            u = "u"
+        ops += [
+            dense_op(u, "zf", "f_out"),
+            op("margin", "zf", "logit"),
+            dense_op(u, "a", "g_hidden"),
+            op("relu", "a", "a"),
+            op("scale", "a", "a", scale="g_scale/scale"),
+            dense_op("a", "zg", "g_out"),
+            op("take0", "zg", "gate_logit"),
+            dense_op(u, "zh", "h_out"),
+            op("margin", "zh", "aux_logit"),
+        ]
+        return {"ops": ops, "outputs": {k: k for k in self.output_names}}
 
     def head_spec_from_params(self, params: dict) -> SelectiveSpec:
         trunk = sorted(k for k in params if k.startswith("trunk"))

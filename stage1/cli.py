@@ -127,6 +127,38 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from stage1.serve.export import export_bundle
+
+    out = export_bundle(
+        Path(args.run),
+        Path(args.out),
+        include_backbone=args.include_backbone,
+        backbone_weights=args.backbone_weights,
+        cache=args.cache,
+        overwrite=args.overwrite,
+    )
+    print(f"bundle written to {out} (verify and use: stage1 predict --bundle {out} IMAGES)")
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    from stage1.serve.predict import format_summary, predict_files
+
+    s = predict_files(
+        args.bundle,
+        args.inputs,
+        args.out,
+        device=args.device,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        backbone_weights=args.backbone_weights,
+        limit=args.limit,
+    )
+    print(format_summary(s))
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -289,6 +321,52 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser(
+        "export",
+        help="export a run as a self-verifying serving bundle",
+        description="Write a bundle folder from a `stage1 train` run: bundle.json (backbone, "
+        "preprocessing, feature variant, head graph, calibration, exit policy with its "
+        "guarantee, the validator cut, sha256 of every file; schemas/bundle.schema.json) and "
+        "the files it names. Served by `stage1 predict` and stage1.Stage1Model (PyTorch only).",
+    )
+    p.add_argument("--run", required=True, help="run directory written by `stage1 train`")
+    p.add_argument("--out", required=True, help="bundle folder to write")
+    p.add_argument(
+        "--include-backbone",
+        action="store_true",
+        help="copy the backbone weights into the bundle (always referenced by sha256)",
+    )
+    p.add_argument(
+        "--backbone-weights",
+        default=None,
+        help="current location of the backbone weights (default: the extraction-time path)",
+    )
+    p.add_argument(
+        "--cache", default=None, help="feature cache of the run (only for runs from before export)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser(
+        "predict",
+        help="answer for new images with an exported bundle",
+        description="Run a bundle on image files, folders (class folders give labels) or "
+        "CSV/JSONL manifests with a path column; write one JSON line per image (calibrated "
+        "probability, validator-scale answer, decision, gate score). Unreadable images are "
+        "reported in the output and the summary, never fatal.",
+    )
+    p.add_argument("inputs", nargs="+", help="image files, folders or manifests")
+    p.add_argument("--bundle", required=True, help="bundle folder from `stage1 export`")
+    p.add_argument("--out", required=True, help="JSON-lines file to write")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    p.add_argument("--workers", type=int, default=2, help="image-decoding worker processes")
+    p.add_argument("--limit", type=int, default=None, help="predict only the first N images")
+    p.add_argument(
+        "--backbone-weights", default=None, help="backbone weights for a bundle without them"
+    )
+    p.set_defaults(func=_cmd_predict)
 
     from stage1.sweep.cli import add_sweep_parser
 

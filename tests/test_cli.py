@@ -7,7 +7,7 @@ import pytest
 
 from stage1.cli import build_parser, main
 
-SUBCOMMANDS = ["demo-data", "features", "train", "report", "sweep"]
+SUBCOMMANDS = ["demo-data", "features", "train", "report", "sweep", "export", "predict"]
 
 
 def run(*args, cwd=None):

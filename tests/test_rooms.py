@@ -4,6 +4,9 @@
   file, function bodies included): the orchestration room builds their inputs and calls them.
 - ``heads`` and ``calibrate`` never import torch; ``feature_extract`` never imports jax, flax or
   optax; ``stage1`` imports no framework at module level (its CLI imports lazily).
+- Serving (``stage1/serve``) imports torch, never JAX: its modules may import torch at module level
+  (they are loaded lazily by ``stage1.__getattr__``), and none but the exporter, which runs in
+  the training process, imports jax, flax, optax, heads or calibrate.
 - The HDF5 cache format has one owner: ``stage1/cache.py`` is the only module importing h5py.
 - Nothing outside a head family compares a ``kind`` with a family's name.
 
@@ -23,6 +26,8 @@ from stage1.config import HEAD_KINDS
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARY_ROOMS = ("heads", "calibrate", "feature_extract")
 FAMILY_MODULES = ("heads/classifier.py", "heads/selective_family.py", "heads/families.py")
+SERVE = "stage1/serve"
+SERVE_EXPORTER = "stage1/serve/export.py"  # runs in the training process, reads heads/calibrate
 
 
 def _modules(tree: ast.AST, top_level_only: bool = False) -> list[str]:
@@ -58,9 +63,14 @@ def violations(root: Path) -> list[str]:
             if room == "feature_extract" and roots & {"jax", "flax", "optax"}:
                 bad.append(f"{path.relative_to(root)} imports a JAX library")
     for path, tree in _files(root, "stage1"):
+        rel = path.relative_to(root).as_posix()
         top = _roots(_modules(tree, top_level_only=True))
-        if top & {"torch", "jax", "flax", "optax", "timm"}:
-            bad.append(f"{path.relative_to(root)} imports a framework at module level")
+        allowed = {"torch"} if rel.startswith(SERVE + "/") else set()
+        if top & {"torch", "jax", "flax", "optax", "timm"} - allowed:
+            bad.append(f"{rel} imports a framework at module level")
+        if rel.startswith(SERVE + "/") and rel != SERVE_EXPORTER:
+            if _roots(_modules(tree)) & {"jax", "flax", "optax", "heads", "calibrate"}:
+                bad.append(f"{rel}: serving imports JAX (or a JAX room)")
     for room in ("stage1", *LIBRARY_ROOMS):
         for path, tree in _files(root, room):
             rel = path.relative_to(root).as_posix()
@@ -95,12 +105,15 @@ def test_the_rooms_keep_their_import_rules():
         ("stage1", "import jax\n", "framework at module level"),
         ("feature_extract", "def f():\n    import h5py\n", "imports h5py"),
         ("stage1", "def f(spec):\n    return spec.kind == 'mlp'\n", "branches on a head kind"),
+        ("stage1/serve", "def f():\n    import heads.predict\n", "serving imports JAX"),
+        ("stage1/serve", "import timm\n", "framework at module level"),
     ],
 )
 def test_the_checker_catches_each_violation(tmp_path, room, source, what):
-    for r in ("stage1", *LIBRARY_ROOMS):
+    for r in ("stage1", *LIBRARY_ROOMS, "stage1/serve"):
         (tmp_path / r).mkdir()
         (tmp_path / r / "ok.py").write_text("import numpy as np\n")
+    (tmp_path / "stage1/serve/torch_ok.py").write_text("import torch\n")
     (tmp_path / room / "bad.py").write_text(source)
     found = violations(tmp_path)
     assert len(found) == 1 and what in found[0], found

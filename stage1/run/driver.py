@@ -22,6 +22,7 @@ backbone section of ``config.json`` is the cache's (``stage1.run.provenance``).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -38,7 +39,23 @@ from stage1.run.provenance import from_cache
 from stage1.run.records import save_predictions, small_sample_warnings, training_record
 from stage1.rundir import check_out, staged
 
-__all__ = ["RunSummary", "run_training"]
+__all__ = ["EXTRACTION_KEYS", "RunSummary", "run_training"]
+
+# Feature-cache metadata a trained head depends on (saved beside its parameters).
+EXTRACTION_KEYS = (
+    "backbone",
+    "weights_sha256",
+    "weights_path",
+    "random_init",
+    "pooling",
+    "image_size",
+    "mean",
+    "std",
+    "dtype",
+    "variants",
+    "extraction_config",
+    "library_version",
+)
 
 
 @dataclass
@@ -171,6 +188,8 @@ def run_training(
         "image_size": str(provenance["image_size"]),
     }
     meta |= {k: str(v) for k, v in dataclasses.asdict(spec.head).items()}
+    # What produced the features (how to rebuild them from an image): `stage1 export` reads it.
+    meta["extraction"] = json.dumps({k: cache_meta.get(k) for k in EXTRACTION_KEYS}, default=str)
     with staged(out, overwrite) as tmp:  # a whole folder appears at ``out``, or nothing
         write_json(tmp / "config.json", to_dict(cfg), schema="config")
         for name, (obj, schema) in {
