@@ -34,6 +34,7 @@ class DataConfig:
     image_column: str = "image"  # parquet column holding encoded image bytes
     label_column: str = "label"  # manifest/parquet label column
     demo_images: int = 2000  # size of the embedded synthetic set
+    max_skip_frac: float = 0.01  # `stage1 features` exits with code 3 above this unreadable share
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,10 @@ class Config:
         fr = self.data.fractions
         _check(len(fr) == 4 and all(f >= 0 for f in fr), "data.fractions needs 4 values >= 0")
         _check(abs(sum(fr) - 1.0) < 1e-6, f"data.fractions must sum to 1, got {sum(fr):.6g}")
+        _check(
+            0.0 <= self.data.max_skip_frac <= 1.0,
+            f"data.max_skip_frac must be in [0, 1], got {self.data.max_skip_frac}",
+        )
         _check(self.backbone.image_size % 16 == 0, "backbone.image_size must be a multiple of 16")
         _check(self.backbone.dtype in ("float16", "float32"), "backbone.dtype: float16|float32")
         _check(self.backbone.views in ("clean", "validator"), "backbone.views: clean|validator")
