@@ -28,7 +28,7 @@ import numpy as np
 from stage1.artifacts import write_json
 from stage1.config import Config, to_dict
 from stage1.run import specs
-from stage1.run.data import load_cache
+from stage1.run.data import constant_feature_warning, load_cache
 from stage1.run.records import save_predictions, training_record
 
 __all__ = ["RunSummary", "run_training"]
@@ -76,6 +76,9 @@ def run_training(cfg: Config, cache_path: Path, out: Path) -> RunSummary:
     notes = []
     if cache_meta.get("random_init"):
         notes.append("features come from a RANDOM-INIT backbone (no pretrained weights)")
+    if warning := constant_feature_warning(tr.x, cfg.head.feature):
+        print(f"warning: {warning}", flush=True)
+        notes.append(warning)
 
     fam = specs.family(cfg)
     pos_weight = specs.resolve_pos_weight(cfg, tr.y)
