@@ -10,8 +10,9 @@ SET       ?=
 # The registry's Linux torch wheel (this pin is CUDA 13 on x86-64, CPU or GPU host alike);
 # setup then gives JAX the CUDA plugin of the same major on NVIDIA machines (stage1/setup_env.py).
 TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
-# pytest-xdist: 2 workers by default (the CI machine has 2 cores); PYTEST_ARGS="-n 0" for serial.
-PYTEST_ARGS ?= -n 2
+# pytest-xdist: 2 workers (the CI machine has 2 cores), one test module per worker at a time so
+# module fixtures (trained runs, caches) are built once; PYTEST_ARGS="-n 0" runs serially.
+PYTEST_ARGS ?= -n 2 --dist loadscope
 GRID      ?= --grid lr=1e-4:1e-2:log8 --grid weight_decay=0,1e-4,1e-2 --grid seed=0,1,2
 # train and sweep replace their run folder: rerunning a target is the point (without it a
 # non-empty --out is refused). OVERWRITE= restores the refusal.

@@ -162,7 +162,8 @@ def test_xla_default_flags_respect_the_user():
     assert xla_flags.apply_defaults(env) == "" and env == {"STAGE1_XLA_DEFAULTS": "0"}
 
 
-def test_features_exits_3_when_most_images_are_unreadable_and_retries_them(tmp_path):
+@pytest.mark.filterwarnings("ignore::feature_extract.backbone.RandomInitWarning")
+def test_features_exits_3_when_most_images_are_unreadable_and_retries_them(tmp_path, capsys):
     """99 % unreadable images: the skips are counted and explained on stdout (no object reprs),
     stderr has one line and the exit code is 3; after the user fixes the files a rerun retries
     them and ends with 0."""
@@ -184,6 +185,12 @@ def test_features_exits_3_when_most_images_are_unreadable_and_retries_them(tmp_p
     args = ("features", "--data", str(tmp_path / "m.csv"), "--out", str(tmp_path / "c.h5"),
             "--image-size", "32", "--weights", "none", "--set", f"backbone.model_kwargs={kw}",
             "--set", "backbone.num_workers=0")  # fmt: skip
+
+    def run(*argv):  # in-process: one torch import for the three runs
+        rc = main(list(argv))
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(argv, rc, out.out, out.err)
+
     r = run(*args)
     assert r.returncode == 3, (r.stdout, r.stderr)
     err = [line for line in r.stderr.splitlines() if "error" in line]
