@@ -1,4 +1,4 @@
-# Thin wrappers: each target calls one stage1 entry point. See README.md.
+# Thin wrappers: each target calls one stage1 entry point. See README.md; `make help` lists them.
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
 STAGE1    := $(PY) -m stage1
@@ -6,18 +6,70 @@ PHASE     ?= 1
 DATA      ?=
 WEIGHTS   ?= none
 BACKBONE  ?= vit_small_patch16_dinov3
-CACHE     ?= data/features.h5
-RUN       ?= runs/phase$(PHASE)
 SET       ?=
-# CPU pairing that imports cleanly with timm here; override (or pre-install torch) on GPU hosts.
+# The registry's Linux torch wheel (this pin is CUDA 13 on x86-64, CPU or GPU host alike);
+# setup then gives JAX the CUDA plugin of the same major on NVIDIA machines (stage1/setup_env.py).
 TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
-PYTEST_ARGS ?=
+# pytest-xdist: 2 workers (the CI machine has 2 cores), one test module per worker at a time so
+# module fixtures (trained runs, caches) are built once; PYTEST_ARGS="-n 0" runs serially.
+PYTEST_ARGS ?= -n 2 --dist loadscope
 GRID      ?= --grid lr=1e-4:1e-2:log8 --grid weight_decay=0,1e-4,1e-2 --grid seed=0,1,2
+# train and sweep replace their run folder: rerunning a target is the point (without it a
+# non-empty --out is refused). OVERWRITE= restores the refusal.
+OVERWRITE ?= --overwrite
+
+# ---- Defaults of train / sweep / report, in one place: they follow the last `make demo` or
+# `make features`, which record the cache they wrote (and the settings it needs) in LAST_MK;
+# `make train` records its run, so `make report` reports the last run trained.
+LAST_MK   ?= data/last.mk
+-include $(LAST_MK)
+FEATURES_CACHE ?= data/features.h5
+# The demo embeds at 128 px with a random-init ViT-S/16 (no weights can be downloaded): with
+# random weights the CLS token is constant (LayerScale 1e-5), so the head reads patch_mean; its
+# calib split (~170 positives) certifies FNR <= 0.1 (PAC, delta 0.05; alpha 0.02 would need
+# ~150 positives for the first exit and exits nothing), so the demo asks for alpha = 0.1.
+DEMO_CACHE ?= data/demo_features.h5
+DEMO_SET  ?= --set head.feature=patch_mean --set risk.alpha=0.1
+CACHE     ?= $(or $(LAST_CACHE),$(FEATURES_CACHE))
+# the recorded settings belong to the recorded cache: another CACHE does not get them
+CACHE_SET  = $(if $(filter $(LAST_CACHE),$(CACHE)),$(LAST_SET))
+RUN       ?= runs/phase$(PHASE)
+# report: RUN (or PHASE) when given, else the last run trained
+given      = $(filter command environment,$(firstword $(origin $(1))))
+REPORT_RUN = $(if $(call given,RUN)$(call given,PHASE),$(RUN),$(or $(LAST_RUN),$(RUN)))
+# features writes CACHE when given, else data/features.h5 (never the demo cache by default)
+FEATURES_OUT = $(if $(call given,CACHE),$(CACHE),$(FEATURES_CACHE))
+# record CACHE SET RUN: the defaults the next train / sweep / report start from
+define record
+	@mkdir -p $(dir $(LAST_MK))
+	@printf '# written by `make %s`: defaults of make train / sweep / report\nLAST_CACHE := %s\nLAST_SET := %s\nLAST_RUN := %s\n' '$@' '$(strip $(1))' '$(strip $(2))' '$(strip $(3))' > $(LAST_MK)
+endef
 
 .PHONY: setup demo features train sweep report export predict test lint clean help
 
 help:
-	@echo "make demo | make test | make features [DATA=...] [WEIGHTS=...] | make train PHASE=n | make lint"
+	@echo "make help                  this list, with the current value of every variable"
+	@echo "make setup                 create $(VENV) (CPU, or JAX's CUDA plugin matching torch on NVIDIA GPUs)"
+	@echo "                           VENV=$(VENV) TORCH_PAIR='$(TORCH_PAIR)'"
+	@echo "make demo                  synthetic set -> features -> phase-1 run -> report (records the defaults)"
+	@echo "                           DEMO_CACHE=$(DEMO_CACHE) DEMO_SET='$(DEMO_SET)' SET=..."
+	@echo "make features              embed images into a cache (records it as the default CACHE)"
+	@echo "                           DATA=folder|manifest|parquet WEIGHTS=$(WEIGHTS) BACKBONE=$(BACKBONE) CACHE=$(FEATURES_OUT)"
+	@echo "make train                 train + certify a preset on CACHE into RUN"
+	@echo "                           PHASE=$(PHASE) CACHE=$(CACHE) RUN=$(RUN) SET='$(strip $(CACHE_SET) $(SET))' OVERWRITE=$(OVERWRITE)"
+	@echo "make sweep                 vmapped hyperparameter sweep on CACHE into runs/sweep"
+	@echo "                           PHASE=$(PHASE) CACHE=$(CACHE) GRID='$(GRID)' SET=... OVERWRITE=$(OVERWRITE)"
+	@echo "make report                HTML/Markdown report with bootstrap intervals"
+	@echo "                           RUN=$(REPORT_RUN) (default: the last run trained)"
+	@echo "make export                bundle a run for serving (stage1 export)"
+	@echo "                           RUN=$(RUN) BUNDLE=$(BUNDLE)"
+	@echo "make predict               answer images with a bundle (stage1 predict)"
+	@echo "                           BUNDLE=$(BUNDLE) IMAGES=$(IMAGES) PREDS=$(PREDS)"
+	@echo "make test                  pytest -m 'not slow and not gpu'; PYTEST_ARGS='$(PYTEST_ARGS)'"
+	@echo "make lint                  ruff check + ruff format --check"
+	@echo "make clean                 remove runs/, $(FEATURES_CACHE), $(LAST_MK) and tool caches"
+	@echo "defaults: LAST_MK=$(LAST_MK) (written by make demo / features / train) when present, else"
+	@echo "                           CACHE=FEATURES_CACHE=$(FEATURES_CACHE) RUN=runs/phase\$$PHASE"
 
 setup: $(VENV)/.installed
 
@@ -25,31 +77,31 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q $(TORCH_PAIR)
 	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m stage1.setup_env
 	touch $@
-
-# The demo embeds at 128 px with a random-init ViT-S/16 (no weights can be downloaded): with
-# random weights the CLS token is constant (LayerScale 1e-5), so the head reads patch_mean.
-DEMO_CACHE ?= data/demo_features.h5
 
 demo: setup
 	$(STAGE1) features --out $(DEMO_CACHE) --weights none --backbone $(BACKBONE) --image-size 128
-	$(STAGE1) train --cache $(DEMO_CACHE) --phase 1 --out runs/demo --set head.feature=patch_mean $(SET)
+	$(STAGE1) train --cache $(DEMO_CACHE) --phase 1 --out runs/demo $(OVERWRITE) $(DEMO_SET) $(SET)
+	$(call record,$(DEMO_CACHE),$(DEMO_SET),runs/demo)
 	$(STAGE1) report --run runs/demo
 	$(STAGE1) export --run runs/demo --out runs/demo/bundle --overwrite
 	$(STAGE1) demo-data --out data/demo_heldout --n 8 --seed 1
 	$(STAGE1) predict --bundle runs/demo/bundle data/demo_heldout --out runs/demo/heldout.jsonl
 
 features: setup
-	$(STAGE1) features $(if $(DATA),--data $(DATA)) --out $(CACHE) --weights $(WEIGHTS) --backbone $(BACKBONE)
+	$(STAGE1) features $(if $(DATA),--data $(DATA)) --out $(FEATURES_OUT) --weights $(WEIGHTS) --backbone $(BACKBONE)
+	$(call record,$(FEATURES_OUT),,$(LAST_RUN))
 
 train: setup
-	$(STAGE1) train --cache $(CACHE) --phase $(PHASE) --out $(RUN) $(if $(DATA),--data $(DATA)) $(SET)
+	$(STAGE1) train --cache $(CACHE) --phase $(PHASE) --out $(RUN) $(OVERWRITE) $(if $(DATA),--data $(DATA)) $(CACHE_SET) $(SET)
+	$(call record,$(CACHE),$(CACHE_SET),$(RUN))
 
 sweep: setup
-	$(STAGE1) sweep --cache $(CACHE) --phase $(PHASE) --out runs/sweep $(GRID) $(SET)
+	$(STAGE1) sweep --cache $(CACHE) --phase $(PHASE) --out runs/sweep $(OVERWRITE) $(GRID) $(CACHE_SET) $(SET)
 
 report: setup
-	$(STAGE1) report --run $(RUN)
+	$(STAGE1) report --run $(REPORT_RUN)
 
 # Serving: BUNDLE from RUN; IMAGES are files, folders or CSV/JSONL manifests.
 BUNDLE    ?= $(RUN)/bundle
@@ -72,4 +124,4 @@ lint: setup
 	$(PY) -m ruff format --check $(PY_DIRS)
 
 clean:
-	rm -rf runs data/features.h5 .pytest_cache .ruff_cache
+	rm -rf runs $(FEATURES_CACHE) $(LAST_MK) .pytest_cache .ruff_cache

@@ -108,6 +108,15 @@ def guarantee_text(method: str, alpha: float, delta: float) -> str:
     return "none (empirical quantile; realised FNR exceeds alpha about half the time)"
 
 
+def short_guarantee(method: str, alpha: float, delta: float) -> str:
+    """``guarantee_text`` in a few words, for the terminal summary next to the exit rate."""
+    if method == "crc":
+        return f"E[FNR] <= {alpha:g}"
+    if method == "pac":
+        return f"P(FNR <= {alpha:g}) >= {1 - delta:g}"
+    return "none (empirical)"
+
+
 class FNRThreshold(Policy):
     """Exit as "no roadwork" iff ``p < t`` with FNR <= alpha certified on calib."""
 
@@ -183,6 +192,7 @@ class FNRThreshold(Policy):
         return [
             (f"exit threshold ({r.method}, alpha={r.alpha})", f"{self.t:.4g}"),
             ("test exit rate (p < t)", f"{m['exit_rate']:.4f}"),
+            ("  certified on calib", short_guarantee(r.method, r.alpha, r.delta)),
             ("test FNR at t", f"{m['fnr']:.4f}"),
             ("test FPR at t", f"{m['fpr']:.4f}"),
         ]
@@ -289,6 +299,14 @@ class Selective(Policy):
         }
         return {"scrcparams.json": (jsonable(scrc), "scrcparams")}
 
+    def _guarantee(self) -> str:
+        """SCRC-I's certificate in a few words (both bounds hold together w.p. >= 1 - delta)."""
+        r = self.risk
+        if self.pol.chosen is None:
+            return "none (defers every image)"
+        risk = "FNR" if r.scrc_risk == "fnr" else "selected error"
+        return f"P({risk} <= {r.alpha:g}, coverage >= {r.target_coverage:g}) >= {1 - r.delta:g}"
+
     def summary(self, metrics):
         m, r = metrics["metrics"], self.risk
 
@@ -302,6 +320,7 @@ class Selective(Policy):
             rows.append((f"  {name} on test", val))
         rows += [
             ("test coverage (exit rate)", f(m["coverage"])),
+            ("  certified on calib", self._guarantee()),
             ("test selected risk", f(m["selected_risk"])),
             ("test FNR", f(m["fnr"])),
             ("test FPR", f(m["fpr"])),

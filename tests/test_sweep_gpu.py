@@ -115,7 +115,10 @@ def test_gpu_sam_at_rho_zero_is_the_plain_mixed_precision_step():
     hp = specs.hparams(dataclasses.replace(cfgs[0], optim=dataclasses.replace(
         cfgs[0].optim, sam_rho=0.0)), 1.0)  # fmt: skip
     plain, zero = fit(spec, hp, *data), fit(sam, hp, *data)
-    np.testing.assert_allclose(zero.val_auroc, plain.val_auroc, atol=1e-6)
+    # AUROC is a rank statistic: GPU reductions are not bitwise deterministic run to run, and a
+    # last-ulp difference that swaps two tied val scores moves it by 1/(n+ n-) ~ 1e-5 (seen once
+    # on an H200); the losses below hold the step to 1e-6.
+    np.testing.assert_allclose(zero.val_auroc, plain.val_auroc, atol=1e-4)
     np.testing.assert_allclose(zero.train_loss, plain.train_loss, rtol=1e-6)
     moved = fit(sam, hp._replace(sam_rho=np.float32(0.5)), *data)
     assert not np.allclose(moved.train_loss, plain.train_loss, rtol=1e-4)

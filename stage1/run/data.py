@@ -19,7 +19,15 @@ import numpy as np
 
 from stage1.cache import CacheError, open_cache
 
-__all__ = ["SplitData", "ViewData", "check_disjoint", "load_cache", "load_splits"]
+__all__ = [
+    "SplitData",
+    "ViewData",
+    "check_disjoint",
+    "constant_feature_warning",
+    "load_cache",
+    "load_splits",
+]
+NEAR_CONSTANT = 1e-3  # relative spread below which a feature carries no usable signal
 
 
 @dataclass
@@ -97,3 +105,25 @@ def check_disjoint(splits: dict[str, SplitData]) -> None:
         both = calib & set(splits[other].ids.tolist())
         if both:
             raise CacheError(f"calib and {other} share {len(both)} ids (e.g. {sorted(both)[0]!r})")
+
+
+def constant_feature_warning(x: np.ndarray, variant: str) -> str | None:
+    """A warning when the features a head reads hardly vary across images, else None.
+
+    Relative spread = mean over dimensions of the standard deviation across rows / mean |x|.
+    A random-init DINOv3's CLS token is constant (LayerScale at 1e-5 makes every block a
+    near-identity, so CLS stays the learned token): about 5e-5 on the demo cache, against 0.7
+    for its patch mean; a trained head on such features is chance however long it trains.
+    """
+    x = np.asarray(x, np.float32)
+    if len(x) < 2:
+        return None
+    scale = float(np.abs(x).mean())
+    spread = float(x.std(axis=0).mean()) / scale if scale > 0 else 0.0
+    if spread >= NEAR_CONSTANT:
+        return None
+    return (
+        f"head.feature={variant} is (nearly) constant across the train images (relative spread "
+        f"{spread:.1e}), as the CLS token of a random-init DINOv3 is: the head cannot learn from "
+        "it; use --set head.feature=patch_mean (the mean of the patch tokens)"
+    )

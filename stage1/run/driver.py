@@ -34,7 +34,7 @@ import numpy as np
 from stage1.artifacts import write_json
 from stage1.config import Config, to_dict
 from stage1.run import specs
-from stage1.run.data import load_cache
+from stage1.run.data import constant_feature_warning, load_cache
 from stage1.run.provenance import from_cache
 from stage1.run.records import save_predictions, small_sample_warnings, training_record
 from stage1.rundir import check_out, staged
@@ -119,6 +119,9 @@ def run_training(
     cfg, provenance, notes = from_cache(cfg, cache_meta, cache_path)
     if cache_meta.get("random_init"):
         notes.append("features come from a RANDOM-INIT backbone (no pretrained weights)")
+    if warning := constant_feature_warning(tr.x, cfg.head.feature):
+        print(f"warning: {warning}", flush=True)
+        notes.append(warning)
 
     fam = specs.family(cfg)
     warnings = _check_calibration_size(fam.policy, cfg.risk, splits["calib"].y, allow_uncertified)
