@@ -79,7 +79,7 @@ class OptimConfig:
     epochs: int = 40  # passes over the train split
     batch_size: int = 256  # examples per step (capped at the train size)
     label_smoothing: float = swept(0.0)  # symmetric label smoothing of the CE targets
-    pos_weight: float = swept(-1.0)  # weight of the positive class in the CE; -1 = automatic
+    pos_weight: float = swept(-1.0)  # weight of the positive class in the CE (> 0); -1 = automatic
     ema_decay: float = swept(0.99)  # weight EMA (with (1+t)/(10+t) warm-up); 0 disables
     ema_every: int = 4  # EMA every k steps with decay**k (same time constant)
     # auto = bfloat16 GEMMs + bfloat16 first moment on GPU/TPU (float32 master weights,
@@ -161,7 +161,11 @@ class Config:
         _check(o.lr > 0 and o.weight_decay >= 0, "optim.lr must be > 0, weight_decay >= 0")
         _check(0.0 <= o.warmup_frac <= 1.0, "optim.warmup_frac must be in [0, 1]")
         _check(0.0 <= o.label_smoothing < 1.0, "optim.label_smoothing must be in [0, 1)")
-        _check(o.pos_weight > 0 or o.pos_weight == -1, "optim.pos_weight must be > 0 or -1")
+        _check(
+            o.pos_weight > 0 or o.pos_weight == -1,
+            f"optim.pos_weight must be > 0, or -1 for automatic (n_neg/n_pos), got {o.pos_weight}"
+            " (0 would give roadwork images no weight in the loss)",
+        )
         _check(0 <= o.seed < 2**31, "optim.seed must be in [0, 2**31)")
         _check(o.optimizer in ("adamw", "sgd"), "optim.optimizer must be adamw|sgd")
         _check(o.sam in ("none", "sam", "asam", "fsam"), "optim.sam must be none|sam|asam|fsam")
