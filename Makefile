@@ -14,7 +14,7 @@ TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 GRID      ?= --grid lr=1e-4:1e-2:log8 --grid weight_decay=0,1e-4,1e-2 --grid seed=0,1,2
 
-.PHONY: setup demo features train sweep report test lint clean help
+.PHONY: setup demo features train sweep report test lint clean help mutate
 
 help:
 	@echo "make demo | make test | make features [DATA=...] [WEIGHTS=...] | make train PHASE=n | make lint"
@@ -50,6 +50,16 @@ report: setup
 
 test: setup
 	$(PY) -m pytest -q -m "not slow and not gpu" $(PYTEST_ARGS)
+
+# Mutation testing of calibrate/ and stage1/run/ (configuration: [tool.mutmut] in pyproject.toml;
+# score and the surviving mutants in docs/testing.md). Not part of `make test`: about 25 min on 2
+# cores. MUTANTS narrows the run, e.g. MUTANTS='calibrate.thresholds*'.
+MUTANTS   ?=
+mutate: setup
+	rm -rf mutants
+	$(PY) -m mutmut run --max-children $(or $(JOBS),2) $(MUTANTS)
+	$(PY) -m mutmut export-cicd-stats
+	$(PY) -m mutmut results
 
 PY_DIRS := stage1 feature_extract heads calibrate schemas tests bench
 
