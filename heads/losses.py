@@ -79,7 +79,7 @@ def resolve_pos_weight(pos_weight: float, labels: np.ndarray) -> float:
         return float(pos_weight)
     if pos_weight != -1:
         raise ValueError(
-            f"pos_weight must be > 0, or -1 for n_neg/n_pos, got {pos_weight} "
+            f"pos_weight must be > 0 or -1 (automatic: n_neg/n_pos), got {pos_weight} "
             "(0 would give the positive class no weight)"
         )
     y = np.asarray(labels)

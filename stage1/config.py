@@ -163,7 +163,7 @@ class Config:
         _check(0.0 <= o.label_smoothing < 1.0, "optim.label_smoothing must be in [0, 1)")
         _check(
             o.pos_weight > 0 or o.pos_weight == -1,
-            f"optim.pos_weight must be > 0, or -1 for automatic (n_neg/n_pos), got {o.pos_weight}"
+            f"optim.pos_weight must be > 0 or -1 (automatic: n_neg/n_pos), got {o.pos_weight}"
             " (0 would give roadwork images no weight in the loss)",
         )
         _check(0 <= o.seed < 2**31, "optim.seed must be in [0, 2**31)")

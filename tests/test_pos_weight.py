@@ -28,13 +28,13 @@ def _with(preset: str, pos_weight: float):
 
 @pytest.mark.parametrize("bad", [0.0, -0.5, -2.0])
 def test_zero_and_other_non_positive_weights_are_refused_everywhere(bad):
-    with pytest.raises(ValueError, match="pos_weight must be > 0"):
+    with pytest.raises(ValueError, match="pos_weight must be > 0 or -1"):
         losses.resolve_pos_weight(bad, Y)
     for kind, fam in families.FAMILIES.items():
         cfg = _with("phase2" if kind == "selective" else "phase1", bad)
-        with pytest.raises(ValueError, match="pos_weight must be > 0"):
+        with pytest.raises(ValueError, match="pos_weight must be > 0 or -1"):
             fam.resolve_pos_weight(specs.head_spec(cfg), bad, Y)
-        with pytest.raises(ConfigError, match="optim.pos_weight must be > 0"):
+        with pytest.raises(ConfigError, match="optim.pos_weight must be > 0 or -1"):
             cfg.validate()
     with pytest.raises(Exception, match="pos_weight"):
         validate(to_dict(_with("phase1", bad)), "config")
@@ -42,7 +42,7 @@ def test_zero_and_other_non_positive_weights_are_refused_everywhere(bad):
 
 def test_a_sweep_grid_over_zero_weight_is_refused():
     base = load_preset("phase1")
-    with pytest.raises(ValueError, match="grid pos_weight=0.0: optim.pos_weight must be > 0"):
+    with pytest.raises(ValueError, match="grid pos_weight=0.0: optim.pos_weight must be > 0 or -1"):
         expand_grid(base, parse_grid(["pos_weight=0,1"], base))
     assert [c.optim.pos_weight for c in expand_grid(base, parse_grid(["pos_weight=-1,2"]))] == [
         -1.0,
@@ -55,7 +55,7 @@ def test_cli_set_zero_weight_is_a_one_line_error(tmp_path, capsys):
               + ["--set", "optim.pos_weight=0"])  # fmt: skip
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "optim.pos_weight must be > 0" in err[0]
+    assert len(err) == 1 and "optim.pos_weight must be > 0 or -1" in err[0]
     assert not (tmp_path / "r").exists()
 
 
