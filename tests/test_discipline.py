@@ -20,6 +20,8 @@ tell them apart.
 
 from __future__ import annotations
 
+import re
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -48,6 +50,7 @@ from stage1.config import Config, HeadConfig, OptimConfig, RiskConfig, Selective
 SIZES = {"train": 400, "val": 300, "calib": 700, "test": 500}
 DIM = 8
 B, SEED = 200, 7  # report resamples and seed
+SUMMARIES = {}  # preset -> the RunSummary run_training returned
 
 
 def _cache(path, seed):
@@ -94,7 +97,7 @@ def phase1(tmp_path_factory):
         optim=OptimConfig(lr=0.05, epochs=8, batch_size=128, ema_decay=0.0),
         risk=RiskConfig(alpha=0.1, method="pac", delta=0.1),
     ).validate()
-    run_training(cfg, cache, tmp / "run")
+    SUMMARIES[cfg.preset] = run_training(cfg, cache, tmp / "run")
     return tmp / "run", cache, cfg
 
 
@@ -113,7 +116,7 @@ def phase2(tmp_path_factory):
             alpha=0.1, method="crc", delta=0.2, beta=0.1, target_coverage=0.3, scrc_risk="fnr"
         ),
     ).validate()
-    run_training(cfg, cache, tmp / "run")
+    SUMMARIES[cfg.preset] = run_training(cfg, cache, tmp / "run")
     return tmp / "run", cache, cfg
 
 
@@ -146,6 +149,9 @@ def test_phase1_threshold_is_fitted_on_the_calib_rows_alone(phase1):
     with np.load(run / "predictions.npz") as z:  # the stored calib rows are the cache's
         np.testing.assert_array_equal(z["calib_ids"], _rows(cache, "calib")[2])
         np.testing.assert_allclose(z["calib_probs"], p, rtol=1e-6)
+        # the threshold is exactly one of the stored float32 probabilities (an order statistic),
+        # so a deployment comparing stored probabilities with t reproduces the calib exits
+        assert t_run in set(z["calib_probs"].tolist())
 
 
 def test_phase1_test_metrics_come_from_the_test_rows(phase1):
@@ -349,3 +355,80 @@ def test_the_rule_ships_the_candidate_with_fewer_wrong_exits_whichever_it_is(goo
     other = next(c for c in CANDIDATES if c != good)
     assert wrong[good] < wrong[other]
     assert pol.chosen == good
+
+
+# ---------------------------------------------------------------------------------------------
+# what the user reads: the guarantee text and the terminal summary
+
+
+@pytest.mark.parametrize(
+    ("method", "delta", "want"),
+    [
+        ("crc", None, "E[FNR] <= 0.1 (conformal risk control, marginal over calibration draws)"),
+        ("pac", 0.2, "P(FNR <= 0.1) >= 0.8 over calibration draws (binomial order statistic)"),
+        (
+            "empirical",
+            None,
+            "none (empirical quantile; realised FNR exceeds alpha about half the time)",
+        ),
+    ],
+)
+def test_threshold_records_state_the_guarantee_and_delta_of_their_method(method, delta, want):
+    from calibrate.policies import fit_policy
+
+    rng = np.random.default_rng(0)
+    y = (rng.random(400) < 0.5).astype(np.int32)
+    p = expit(rng.normal(size=400) + 2 * y).astype(np.float32)
+    risk = RiskConfig(alpha=0.1, method=method, delta=0.2)
+    pol = fit_policy("fnr_threshold", {"p": p}, y, risk)
+    ex = pol.records(y)["thresholds.json"][0]["exit_negative"]
+    assert ex["guarantee"] == want
+    assert ex["delta"] == delta  # only PAC has a failure probability
+    assert pol.t == fnr_threshold(p, y, 0.1, method=method, delta=0.2)
+
+
+def test_phase1_terminal_summary_shows_the_run_numbers(phase1, capsys):
+    from stage1.run import print_summary
+
+    run, _, cfg = phase1
+    s = SUMMARIES["phase1"]
+    m = s.metrics
+    t, mm = m["threshold"], m["metrics"]
+    assert s.policy.summary(m) == [
+        ("exit threshold (pac, alpha=0.1)", f"{t:.4g}"),
+        ("test exit rate (p < t)", f"{mm['exit_rate']:.4f}"),
+        ("test FNR at t", f"{mm['fnr']:.4f}"),
+        ("test FPR at t", f"{mm['fpr']:.4f}"),
+    ]
+    print_summary(s)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == f"stage1 phase1 — {run}"
+    rows = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in lines if "  " in line)
+    assert rows["head family / shipped policy"] == "linear / fnr_threshold"
+    assert rows["test AUROC"] == f"{mm['auroc']:.4f}"
+    assert rows["test accuracy @0.5"] == f"{mm['accuracy']:.4f}"
+    assert rows["test MCC @0.5"] == f"{mm['mcc']:.4f}"
+    assert rows["test FNR at t"] == f"{mm['fnr']:.4f}"
+    assert rows["challenge score, clean @0.5"] == f"{m['challenge']['clean']['score']:.4f}"
+    assert rows["best epoch (val)"] == str(m["training"]["best_epoch"])
+    assert rows["wall time"] == f"{s.seconds:.1f} s"
+    assert not any(line.startswith("note:") for line in lines)  # no random-init cache here
+
+
+def test_phase2_terminal_summary_lists_every_policy(phase2, capsys):
+    from stage1.run import print_summary
+
+    s = SUMMARIES["phase2"]
+    m, r = s.metrics, s.cfg.risk
+    rows = dict(s.policy.summary(m))
+    assert rows[f"shipped policy (SCRC-I {r.scrc_risk} <= {r.alpha})"] == m["policy"]
+    for name in ("scrc_gate", "scrc_softmax_response", "two_sided"):
+        t = m["policies"][name]["test"]
+        assert rows[f"  {name} on test"] == f"cov {t['coverage']:.4f}  FNR {t['fnr']:.4f}"
+    mm = m["metrics"]
+    assert rows["test coverage (exit rate)"] == f"{mm['coverage']:.4f}"
+    assert rows["test selected risk"] == f"{mm['selected_risk']:.4f}"
+    assert rows["test FNR"] == f"{mm['fnr']:.4f}" and rows["test FPR"] == f"{mm['fpr']:.4f}"
+    print_summary(s)
+    out = capsys.readouterr().out
+    assert "scrc_softmax_response on test  " in out and "selective / scrc_" in out
