@@ -20,6 +20,7 @@ tell them apart.
 
 from __future__ import annotations
 
+import os
 import re
 
 import jax.numpy as jnp
@@ -51,6 +52,34 @@ SIZES = {"train": 400, "val": 300, "calib": 700, "test": 500}
 DIM = 8
 B, SEED = 200, 7  # report resamples and seed
 SUMMARIES = {}  # preset -> the RunSummary run_training returned
+_HIT = {}  # fixture name -> the mutated functions its run called (only under `make mutate`)
+
+
+def _mutmut_stats() -> set | None:
+    """mutmut's set of functions hit by the current test, during its stats pass (else None).
+
+    mutmut maps each function to the tests that call it, per test item; a module-scoped run is
+    built during the first test's setup only, so without help every later test of the module
+    would look unrelated to the run driver and its mutants would be tested by the first one
+    alone. ``_credit_the_shared_runs`` re-adds what a fixture's run called to each test using it.
+    """
+    if os.environ.get("MUTANT_UNDER_TEST") != "stats":
+        return None
+    try:
+        from mutmut.state import state
+    except ImportError:
+        return None
+    return state()._stats
+
+
+@pytest.fixture(autouse=True)
+def _credit_the_shared_runs(request):
+    stats = _mutmut_stats()
+    if stats is not None:
+        for name in ("phase1", "phase2"):
+            if name in request.fixturenames:
+                request.getfixturevalue(name)
+                stats |= _HIT.get(name, set())
 
 
 def _cache(path, seed):
@@ -98,6 +127,7 @@ def phase1(tmp_path_factory):
         risk=RiskConfig(alpha=0.1, method="pac", delta=0.1),
     ).validate()
     SUMMARIES[cfg.preset] = run_training(cfg, cache, tmp / "run")
+    _HIT[cfg.preset] = set(_mutmut_stats() or ())
     return tmp / "run", cache, cfg
 
 
@@ -117,6 +147,7 @@ def phase2(tmp_path_factory):
         ),
     ).validate()
     SUMMARIES[cfg.preset] = run_training(cfg, cache, tmp / "run")
+    _HIT[cfg.preset] = set(_mutmut_stats() or ())
     return tmp / "run", cache, cfg
 
 
@@ -152,6 +183,13 @@ def test_phase1_threshold_is_fitted_on_the_calib_rows_alone(phase1):
         # the threshold is exactly one of the stored float32 probabilities (an order statistic),
         # so a deployment comparing stored probabilities with t reproduces the calib exits
         assert t_run in set(z["calib_probs"].tolist())
+        # the stored decisions are the exit rule p < t (strict: the calib point at t stays)
+        for split in ("calib", "test"):
+            d, ps = z[f"{split}_decision"], z[f"{split}_probs"]
+            assert d.dtype == np.int8
+            np.testing.assert_array_equal(d, np.where(ps < t_run, 0, -1))
+    assert th["exit_negative"]["calib_exit_rate"] == pytest.approx(np.mean(p < t), rel=1e-9)
+    assert np.mean(p <= t) > np.mean(p < t)  # t is attained on calib: < and <= differ here
 
 
 def test_phase1_test_metrics_come_from_the_test_rows(phase1):
