@@ -15,6 +15,8 @@ import pytest
 from stage1.artifacts import read_json
 from stage1.cache import open_cache
 from stage1.cli import main
+from stage1.config import SPLITS, DataConfig
+from stage1.manifest import load_manifest
 
 TINY_VIT = json.dumps({"depth": 1, "embed_dim": 32, "num_heads": 2})
 N_IMAGES = 96
@@ -81,7 +83,7 @@ def test_demo_data_writes_n_images(chain):
 
 
 def test_features_flags_reach_the_cache(chain):
-    _, _, cache, *_ = chain
+    _, data, cache, *_ = chain
     c = open_cache(cache)
     md = c.metadata
     assert md["image_size"] == 32  # --image-size
@@ -93,11 +95,16 @@ def test_features_flags_reach_the_cache(chain):
     test = c.mask("test", view=None)
     assert set(np.unique(c.view[test]).tolist()) == {0, 1, 2, 3, 4}
     assert not np.any(c.view[~test] > 0)
-    # --set data.fractions: the split sizes follow the configured fractions (hash splits)
+    # --set data.fractions: each image's split is the one the configured fractions give
     n0 = c.view == 0
-    frac_train = float(np.mean(c.split[n0] == "train")) if c.split.dtype.kind in "UO" else None
-    if frac_train is not None:
-        assert 0.25 < frac_train < 0.55
+    cached = dict(zip(c.ids[n0].tolist(), (SPLITS[k] for k in c.split[n0]), strict=True))
+
+    def splits_with(fractions):
+        samples = load_manifest(data, DataConfig(fractions=fractions))
+        return {smp.id: smp.split for smp in samples}
+
+    assert cached == splits_with((0.4, 0.2, 0.2, 0.2))
+    assert cached != splits_with(DataConfig().fractions)  # the default would differ
 
 
 def test_train_flags_reach_the_run_config(chain):
