@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -470,3 +471,47 @@ def test_phase2_terminal_summary_lists_every_policy(phase2, capsys):
     print_summary(s)
     out = capsys.readouterr().out
     assert "scrc_softmax_response on test  " in out and "selective / scrc_" in out
+
+
+def test_terminal_summary_with_validator_views_and_missing_numbers(capsys):
+    """A constructed RunSummary: the validator-mix row appears when the run scored the views, a
+    missing number (one-class test split) prints "-", values are right-aligned in one column."""
+    from calibrate.policies import fit_policy
+    from stage1.run import RunSummary, print_summary
+
+    y = np.r_[np.zeros(50, np.int32), np.ones(50, np.int32)]
+    p = np.linspace(0.01, 0.99, 100).astype(np.float32)
+    risk = RiskConfig(alpha=0.1, method="crc")
+    pol = fit_policy("fnr_threshold", {"p": p}, y, risk)
+    metrics = {
+        "family": "mlp",
+        "policy": "fnr_threshold",
+        "threshold": pol.t,
+        "metrics": {
+            "auroc": None,
+            "accuracy": 0.5,
+            "mcc": 0.25,
+            "fnr": 0.1,
+            "fpr": 0.2,
+            "exit_rate": 0.3,
+        },  # fmt: skip
+        "challenge": {"clean": {"score": 0.75}, "validator_mix": {"score": 0.625}},
+        "training": {"best_epoch": 3},
+    }
+    cfg = Config(preset="phase1", risk=risk)
+    print_summary(RunSummary(Path("runs/x"), cfg, metrics, pol, 1.25, ["a note"]))
+    lines = capsys.readouterr().out.splitlines()
+    rows = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in lines if "  " in line)
+    assert rows["test AUROC"] == "-"
+    assert rows["challenge score, validator mix"] == "0.6250"
+    assert rows["challenge score, clean @0.5"] == "0.7500"
+    assert lines[-1] == "note: a note"
+    width = max(len(k) for k in rows)
+    vw = max(10, *(len(v) for v in rows.values()))  # "mlp / fnr_threshold" sets it here
+    table = [line for line in lines if "  " in line]
+    assert all(len(line) == width + 2 + vw for line in table)  # one aligned column
+    best = next(line for line in lines if line.startswith("best epoch (val)"))
+    assert best.endswith(" " * (vw - 1) + "3")  # right-aligned
+    metrics["challenge"].pop("validator_mix")
+    print_summary(RunSummary(Path("runs/x"), cfg, metrics, pol, 1.25))
+    assert "validator mix" not in capsys.readouterr().out
