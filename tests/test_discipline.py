@@ -171,6 +171,7 @@ def test_phase1_threshold_is_fitted_on_the_calib_rows_alone(phase1):
     assert t == np.sort(p[y == 1])[k_star - 1]
     assert t_run == pytest.approx(t, rel=1e-6, abs=1e-7)
     assert th["n_calib"] == len(y) == SIZES["calib"] and th["n_calib_positives"] == n_pos
+    assert th["score"] == "p_roadwork" and th["fitted_on"] == "calib"
     assert th["exit_negative"]["method"] == r.method and th["exit_negative"]["delta"] == r.delta
     assert th["exit_negative"]["calib_fnr"] == pytest.approx(np.mean(p[y == 1] < t))
     # The nearest wrong answers are far: val rows, or the empirical/CRC rule on calib.
