@@ -86,8 +86,9 @@ class Family(abc.ABC):
     # -- training ------------------------------------------------------------------------------
 
     def resolve_pos_weight(self, head: HeadSpec, pos_weight: float, labels: np.ndarray) -> float:
-        """The positive-class CE weight to train with; ``pos_weight < 0`` means "balance the
-        classes" (``n_neg / n_pos``) unless the family decides otherwise."""
+        """The positive-class CE weight to train with: ``pos_weight > 0`` itself; -1 means
+        "balance the classes" (``n_neg / n_pos``) unless the family decides otherwise; any other
+        value (0 included: no weight on roadwork) raises ValueError, as ``stage1.config`` does."""
         from heads.losses import resolve_pos_weight
 
         return resolve_pos_weight(pos_weight, labels)

@@ -64,15 +64,24 @@ def mean_ce(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def resolve_pos_weight(pos_weight: float, labels: np.ndarray) -> float:
-    """The positive-class weight to train with: ``pos_weight`` itself, or ``n_neg / n_pos`` if < 0.
+    """The positive-class weight to train with: ``pos_weight`` itself if > 0, or ``n_neg / n_pos``
+    for -1.
 
-    ``OptimConfig.pos_weight = -1`` means "balance the classes of this training set".
+    ``OptimConfig.pos_weight = -1`` means "balance the classes of this training set". 0 is not
+    "automatic": it would drop every roadwork image from the loss (a head that never learns the
+    positive class), so it is refused here as in ``stage1.config`` (issue 14, item 5).
 
     Raises:
-        ValueError: automatic weighting asked for but the labels hold no positive or no negative.
+        ValueError: ``pos_weight`` neither > 0 nor -1, or automatic weighting asked for but the
+            labels hold no positive or no negative.
     """
-    if pos_weight >= 0:
+    if pos_weight > 0:
         return float(pos_weight)
+    if pos_weight != -1:
+        raise ValueError(
+            f"pos_weight must be > 0 or -1 (automatic: n_neg/n_pos), got {pos_weight} "
+            "(0 would give the positive class no weight)"
+        )
     y = np.asarray(labels)
     n_pos = int(np.sum(y == 1))
     n_neg = int(np.sum(y == 0))

@@ -121,9 +121,10 @@ class SelectiveFamily(Family):
         )
 
     def resolve_pos_weight(self, head: SelectiveSpec, pos_weight: float, labels) -> float:
-        """An explicit ``pos_weight >= 0`` wins; otherwise (-1) ``n_neg / n_pos`` for
-        ``risk_loss="weighted"`` and 1 for ``"lagrangian"`` (module docstring)."""
-        if pos_weight < 0 and head.risk_loss == "lagrangian":
+        """An explicit ``pos_weight > 0`` wins; -1 means ``n_neg / n_pos`` for
+        ``risk_loss="weighted"`` and 1 for ``"lagrangian"`` (module docstring); anything else
+        (0 included) is a ValueError (``heads.losses.resolve_pos_weight``)."""
+        if pos_weight == -1 and head.risk_loss == "lagrangian":
             return 1.0
         return super().resolve_pos_weight(head, pos_weight, np.asarray(labels))
 

@@ -153,18 +153,42 @@ def test_grouped_jackknife_bca_close_to_exact():
         assert getattr(grouped, end) == pytest.approx(getattr(exact, end), abs=0.03 * exact.se)
 
 
-def test_percentile_coverage_by_simulation():
-    # 300 normal samples of size 40, nominal 90%: empirical coverage within MC error
-    # (sd 0.017; the percentile interval of a mean undercovers slightly at this n).
-    rng = np.random.default_rng(9)
-    hits = [
-        (r.low <= 0.0 <= r.high)
-        for r in (
-            bootstrap_ci(wmean, rng.normal(size=40), n_resamples=500, confidence=0.9, seed=i)
-            for i in range(300)
+def _percentile_mean_coverage(n: int, confidence: float) -> float:
+    """Oracle: the percentile bootstrap interval of a normal mean is, up to Monte Carlo error of
+    the resamples, x_bar +- z s0 / sqrt(n) with s0 the ddof-0 standard deviation. Since
+    (x_bar - mu) / (s / sqrt(n)) ~ t(n - 1) and s0 = s sqrt((n - 1) / n), its coverage is
+    2 F_t(z sqrt((n - 1) / n); n - 1) - 1 (slightly under nominal)."""
+    z = scipy.stats.norm.ppf(0.5 + confidence / 2)
+    return 2 * scipy.stats.t.cdf(z * np.sqrt((n - 1) / n), n - 1) - 1
+
+
+def _colmean(x, weights=None):
+    """Column means of (n, k): k independent data sets resampled in one call."""
+    w = jnp.ones(x.shape[0]) if weights is None else weights
+    return jnp.sum(w[:, None] * x, axis=0) / jnp.sum(w)
+
+
+@pytest.mark.parametrize("confidence", [0.95, 0.90])
+def test_percentile_coverage_by_simulation(confidence):
+    # 2000 normal samples of size 40 (20 calls x 100 independent columns; the shared resample
+    # indices correlate the columns only through the resampling noise, which is small at
+    # B = 1000). Binomial window of 4 sd around the oracle: at 2000 trials sd ~ 0.005, while
+    # the oracle coverage of the other level is 0.05 away, so 95 % and 90 % are told apart.
+    n, k, calls, trials = 40, 100, 20, 2000
+    rng = np.random.default_rng(9 if confidence == 0.95 else 10)
+    hits = []
+    for i in range(calls):
+        x = rng.normal(size=(n, k)).astype(np.float32)
+        r = bootstrap_ci(
+            _colmean, x, n_resamples=1000, confidence=confidence, seed=i, weighted=True
         )
-    ]
-    assert abs(np.mean(hits) - 0.885) < 0.05
+        hits.append((np.asarray(r.low) <= 0.0) & (0.0 <= np.asarray(r.high)))
+    rate = np.mean(np.concatenate(hits))
+    want = _percentile_mean_coverage(n, confidence)
+    window = 4 * np.sqrt(want * (1 - want) / trials)
+    assert abs(rate - want) <= window
+    other = _percentile_mean_coverage(n, 0.90 if confidence == 0.95 else 0.95)
+    assert abs(other - want) > 1.5 * window  # the nearest wrong level lies well outside
 
 
 def test_bad_arguments_raise():

@@ -3,6 +3,7 @@ coverage and risk of each fitted rule, computed by quadrature from the known dat
 
 import json
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -197,20 +198,37 @@ def test_two_sided_pac_guarantee_by_simulation():
     fnr, fpr = _policy_draws("pac", alpha, beta, delta, n_pos, n_neg, draws, seed=12).T
     viol = (fnr > alpha) | (fpr > beta)
     assert viol.mean() <= delta + 3 * math.sqrt(delta * (1 - delta) / draws)
+
     # The two sides are independent: the exact failure rate is 1 - (1 - a)(1 - b).
-    k_lo = certified_rank(n_pos, alpha, "pac", delta / 2)
-    k_hi = certified_rank(n_neg, beta, "pac", delta / 2)
-    a, b = stats.binom.cdf(k_lo - 1, n_pos, alpha), stats.binom.cdf(k_hi - 1, n_neg, beta)
-    exact = 1 - (1 - a) * (1 - b)
-    assert abs(viol.mean() - exact) <= 4 * math.sqrt(exact * (1 - exact) / draws)
+    # Ranks from the oracle k* = max{k : BinomCDF(k - 1; n, level) <= delta / 2}, not the code.
+    def pac_rank(n, level):
+        return max(k for k in range(1, n + 1) if stats.binom.cdf(k - 1, n, level) <= delta / 2)
+
+    def exact(k_lo, k_hi):
+        a, b = stats.binom.cdf(k_lo - 1, n_pos, alpha), stats.binom.cdf(k_hi - 1, n_neg, beta)
+        return 1 - (1 - a) * (1 - b)
+
+    k_lo, k_hi = pac_rank(n_pos, alpha), pac_rank(n_neg, beta)
+    want = exact(k_lo, k_hi)
+    window = 4 * math.sqrt(want * (1 - want) / draws)
+    assert abs(viol.mean() - want) <= window
+    # delta instead of delta / 2 on each side (no union bound) lies outside the window
+    assert abs(exact(pac_rank(n_pos, alpha) + 1, pac_rank(n_neg, beta) + 1) - want) > window
 
 
 def test_two_sided_crc_expectation_by_simulation():
-    alpha, beta, n_pos, n_neg, draws = 0.1, 0.05, 150, 400, 2000
+    # (n, level) with floor(n level) != floor((n + 1) level): 149 * 0.1 -> 14 vs 15 and
+    # 419 * 0.05 -> 20 vs 21. FNR(t_lo) = U_(k) ~ Beta(k, n - k + 1) has mean k / (n + 1), with
+    # the oracle rank k = floor((n + 1) level); the rank from n alone is > 8 se away.
+    alpha, beta, n_pos, n_neg, draws = 0.1, 0.05, 149, 419, 2000
     fnr, fpr = _policy_draws("crc", alpha, beta, None, n_pos, n_neg, draws, seed=13).T
     for rate, level, n in ((fnr, alpha, n_pos), (fpr, beta, n_neg)):
+        k = math.floor((n + 1) * Fraction(level).limit_denominator(1000))
+        assert k != math.floor(n * Fraction(level).limit_denominator(1000))
         se = rate.std() / math.sqrt(draws)
         assert rate.mean() <= level + 3 * se
+        assert abs(rate.mean() - k / (n + 1)) <= 4 * se
+        assert abs(rate.mean() - (k - 1) / (n + 1)) > 8 * se
         assert rate.mean() > level - 2 / (n + 1)
 
 

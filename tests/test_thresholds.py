@@ -1,6 +1,9 @@
 """FNR exit thresholds: sklearn roc_curve oracle, METHODS.md worked example and table, and
 simulated CRC / PAC guarantees with the true FNR computed from the known score law."""
 
+import math
+from fractions import Fraction
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -77,11 +80,37 @@ def test_ties_are_conservative():
     assert fnr_threshold(s, np.ones(100, int), 0.29, "empirical") == 29.0
 
 
+def _crc_rank(n: int, alpha: Fraction) -> int:
+    """Oracle: CRC rank k = floor((n + 1) alpha) (METHODS.md §3.2), in exact rationals."""
+    return math.floor((n + 1) * alpha)
+
+
+def _pac_rank(n: int, alpha: float, delta: float) -> int:
+    """Oracle: k* = max{k : BinomCDF(k - 1; n, alpha) <= delta} (METHODS.md §3.3), by scan."""
+    return max((k for k in range(1, n + 1) if stats.binom.cdf(k - 1, n, alpha) <= delta), default=0)
+
+
+@pytest.mark.parametrize("n_pos, alpha", [(149, "1/10"), (1049, "1/50"), (59, "1/20")])
+def test_crc_rank_is_floor_of_n_plus_one_alpha(n_pos, alpha):
+    # (n, alpha) chosen so that floor(n alpha) != floor((n + 1) alpha): a rank computed from n
+    # instead of n + 1 (or the empirical floor(n alpha) + 1 shifted by one) fails here.
+    a = Fraction(alpha)
+    k = _crc_rank(n_pos, a)
+    assert k != math.floor(n_pos * a)
+    rng = np.random.default_rng(n_pos)
+    s, y = _with_negatives(rng.permutation(np.arange(1.0, n_pos + 1.0)), rng)
+    assert fnr_threshold(s, y, float(a), "crc") == float(k)
+    assert certified_rank(n_pos, float(a), "crc") == k
+
+
 def test_crc_expectation_guarantee_by_simulation():
-    # Positive scores ~ N(0, 1): FNR(t) = Phi(t) exactly. E[FNR(s_(k))] = k / (n+ + 1).
+    # Positive scores ~ N(0, 1): FNR(s_(k)) = U_(k) ~ Beta(k, n+ - k + 1), mean k / (n+ + 1).
+    # n+ = 149, alpha = 0.1: the CRC rank is 15 (mean 0.1); a rank of floor(n+ alpha) = 14 would
+    # give 0.0933, 12 standard errors away with 2000 draws.
     rng = np.random.default_rng(2)
-    n_pos, alpha, draws = 150, 0.1, 2000
-    k = certified_rank(n_pos, alpha, "crc")
+    n_pos, alpha, draws = 149, 0.1, 2000
+    k = _crc_rank(n_pos, Fraction(1, 10))
+    assert k == 15
     fnr = np.empty(draws)
     for i in range(draws):
         s, y = _with_negatives(rng.normal(size=n_pos), rng, n_neg=20)
@@ -89,13 +118,15 @@ def test_crc_expectation_guarantee_by_simulation():
     se = fnr.std() / np.sqrt(draws)
     assert fnr.mean() <= alpha + 3 * se
     assert abs(fnr.mean() - k / (n_pos + 1)) <= 4 * se
+    for wrong in (k - 1, k + 1):
+        assert abs(fnr.mean() - wrong / (n_pos + 1)) > 8 * se  # the test can tell them apart
     assert fnr.mean() > alpha - 2 / (n_pos + 1)  # non-vacuous (CRC lower bound)
 
 
 def test_pac_high_probability_guarantee_by_simulation():
     rng = np.random.default_rng(3)
     n_pos, alpha, delta, draws = 300, 0.1, 0.1, 2000
-    k = certified_rank(n_pos, alpha, "pac", delta)
+    k = _pac_rank(n_pos, alpha, delta)  # 23
     exact = stats.binom.cdf(k - 1, n_pos, alpha)  # P(FNR(s_(k)) > alpha), continuous scores
     viol = np.empty(draws, bool)
     for i in range(draws):
@@ -103,7 +134,11 @@ def test_pac_high_probability_guarantee_by_simulation():
         viol[i] = stats.norm.cdf(fnr_threshold(s, y, alpha, "pac", delta=delta)) > alpha
     sigma = np.sqrt(delta * (1 - delta) / draws)
     assert viol.mean() <= delta + 3 * sigma
-    assert abs(viol.mean() - exact) <= 4 * np.sqrt(exact * (1 - exact) / draws)
+    window = 4 * np.sqrt(exact * (1 - exact) / draws)
+    assert abs(viol.mean() - exact) <= window
+    # The nearest wrong ranks k - 1 and k + 1 lie outside the window (0.046 and 0.102 vs 0.070).
+    for wrong in (k - 1, k + 1):
+        assert abs(stats.binom.cdf(wrong - 1, n_pos, alpha) - exact) > window
     assert exact > delta / 2  # the rank is not needlessly conservative
 
 

@@ -1,0 +1,520 @@
+"""Data discipline, read off finished runs: each step used the rows and settings it must.
+
+A phase-1 and a phase-2 run are built once per module on a tiny synthetic cache. The tests then
+recompute from the cache alone (the head's outputs through ``heads.predict`` on the cache's rows
+of one split, then calibrate's public functions or scipy/sklearn oracles) what each step must
+have used, and compare with what the run wrote:
+
+- the exit threshold: ``fnr_threshold`` on the calib rows alone, at the configured method,
+  alpha and delta (METHODS.md §3.4: calib is disjoint from fitting, selection, calibration);
+- the calibrators (phase 2): Dirichlet and Platt fitted on val;
+- the test metrics: from the test rows;
+- the report's intervals: ``bootstrap_ci`` at 95 %, stratified by class, at the report's seed;
+- phase 2: every SCRC-I candidate fitted at delta / 2 (Bonferroni over the two candidates) and
+  the shipped one the candidate with the fewest wrong calib exits.
+
+Each comparison also checks that the nearest wrong answer (val instead of calib, calib instead
+of val, delta instead of delta / 2, ...) gives a different value on this data, so the test can
+tell them apart.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.special import expit
+from scipy.stats import binom
+from sklearn.metrics import roc_auc_score
+
+from calibrate import metrics as M
+from calibrate.bootstrap import bootstrap_ci
+from calibrate.calibration import DIRICHLET_REG
+from calibrate.calibrators import DirichletCalibrator
+from calibrate.exit_policies import (
+    CANDIDATES,
+    decision_codes,
+    fit_exit_policies,
+    selection_score,
+)
+from calibrate.scrc import SCRCResult, fit_scrc_i
+from calibrate.thresholds import fnr_threshold
+from heads.checkpoint import load_params
+from heads.predict import predict
+from stage1.artifacts import read_json
+from stage1.cache import open_cache, synthetic_metadata, write_cache
+from stage1.config import Config, HeadConfig, OptimConfig, RiskConfig, SelectiveConfig
+
+SIZES = {"train": 400, "val": 300, "calib": 700, "test": 500}
+DIM = 8
+B, SEED = 200, 7  # report resamples and seed
+SUMMARIES = {}  # preset -> the RunSummary run_training returned
+_HIT = {}  # fixture name -> the mutated functions its run called (only under `make mutate`)
+
+
+def _mutmut_stats() -> set | None:
+    """mutmut's set of functions hit by the current test, during its stats pass (else None).
+
+    mutmut maps each function to the tests that call it, per test item; a module-scoped run is
+    built during the first test's setup only, so without help every later test of the module
+    would look unrelated to the run driver and its mutants would be tested by the first one
+    alone. ``_credit_the_shared_runs`` re-adds what a fixture's run called to each test using it.
+    """
+    if os.environ.get("MUTANT_UNDER_TEST") != "stats":
+        return None
+    try:
+        from mutmut.state import state
+    except ImportError:
+        return None
+    return state()._stats
+
+
+@pytest.fixture(autouse=True)
+def _credit_the_shared_runs(request):
+    stats = _mutmut_stats()
+    if stats is not None:
+        for name in ("phase1", "phase2"):
+            if name in request.fixturenames:
+                request.getfixturevalue(name)
+                stats |= _HIT.get(name, set())
+
+
+def _cache(path, seed):
+    """Features x ~ N(0, I), P(y = 1 | x) = sigmoid(3 x0 + x1): a smooth, noisy boundary, so the
+    scores of different splits differ and every fitted quantity depends on its rows."""
+    rng = np.random.default_rng(seed)
+    n = sum(SIZES.values())
+    x = rng.normal(size=(n, DIM)).astype(np.float32)
+    y = (rng.random(n) < expit(3 * x[:, 0] + x[:, 1])).astype(np.int32)
+    split = np.concatenate([[s] * k for s, k in SIZES.items()])
+    return write_cache(
+        path,
+        {"cls": x},
+        ids=[f"img{i:05d}" for i in range(n)],
+        labels=y,
+        split=split,
+        metadata=synthetic_metadata(),
+        domain=rng.choice(np.array(["city", "rural"]), n),
+    )
+
+
+def _rows(cache_path, split):
+    c = open_cache(cache_path)
+    m = c.mask(split, view=0) & (c.labels >= 0)
+    return c.features("cls")[m], c.labels[m].astype(np.int32), c.ids[m]
+
+
+def _outputs(run, cache_path, split):
+    """The head's outputs on one split, recomputed from head.safetensors and the cache."""
+    params, _ = load_params(run / "head.safetensors")
+    x, y, ids = _rows(cache_path, split)
+    return {k: np.asarray(v, np.float64) for k, v in predict(params, x).items()}, y, ids
+
+
+@pytest.fixture(scope="module")
+def phase1(tmp_path_factory):
+    from stage1.run import run_training
+
+    tmp = tmp_path_factory.mktemp("discipline1")
+    cache = _cache(tmp / "c.h5", seed=0)
+    cfg = Config(
+        preset="phase1",
+        head=HeadConfig(kind="linear", feature="cls"),
+        optim=OptimConfig(lr=0.05, epochs=8, batch_size=128, ema_decay=0.0),
+        risk=RiskConfig(alpha=0.1, method="pac", delta=0.1),
+    ).validate()
+    SUMMARIES[cfg.preset] = run_training(cfg, cache, tmp / "run")
+    _HIT[cfg.preset] = set(_mutmut_stats() or ())
+    return tmp / "run", cache, cfg
+
+
+@pytest.fixture(scope="module")
+def phase2(tmp_path_factory):
+    from stage1.run import run_training
+
+    tmp = tmp_path_factory.mktemp("discipline2")
+    cache = _cache(tmp / "c.h5", seed=1)
+    cfg = Config(
+        preset="phase2",
+        head=HeadConfig(kind="selective", feature="cls"),
+        optim=OptimConfig(lr=0.02, epochs=10, batch_size=400, ema_decay=0.0),
+        selective=SelectiveConfig(trunk_hidden=16, target_coverage=0.6, fnr_target=0.05),
+        risk=RiskConfig(
+            alpha=0.1, method="crc", delta=0.2, beta=0.1, target_coverage=0.3, scrc_risk="fnr"
+        ),
+    ).validate()
+    SUMMARIES[cfg.preset] = run_training(cfg, cache, tmp / "run")
+    _HIT[cfg.preset] = set(_mutmut_stats() or ())
+    return tmp / "run", cache, cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# phase 1
+
+
+def test_phase1_threshold_is_fitted_on_the_calib_rows_alone(phase1):
+    run, cache, cfg = phase1
+    r = cfg.risk
+    th = read_json(run / "thresholds.json", schema="thresholds")
+    t_run = th["exit_negative"]["threshold"]
+    out, y, _ = _outputs(run, cache, "calib")
+    p = expit(out["logit"].astype(np.float32))  # phase 1 ships sigmoid(logit) in float32
+    t = fnr_threshold(p, y, r.alpha, method=r.method, delta=r.delta)
+    # Oracle (METHODS.md §3.3): k* = max{k : BinomCDF(k - 1; n+, alpha) <= delta}, t = s_(k*).
+    n_pos = int(y.sum())
+    ks = np.arange(1, n_pos + 1)
+    k_star = int(ks[binom.cdf(ks - 1, n_pos, r.alpha) <= r.delta].max())
+    assert t == np.sort(p[y == 1])[k_star - 1]
+    assert t_run == pytest.approx(t, rel=1e-6, abs=1e-7)
+    assert th["n_calib"] == len(y) == SIZES["calib"] and th["n_calib_positives"] == n_pos
+    assert th["score"] == "p_roadwork" and th["fitted_on"] == "calib"
+    assert th["exit_negative"]["method"] == r.method and th["exit_negative"]["delta"] == r.delta
+    assert th["exit_negative"]["calib_fnr"] == pytest.approx(np.mean(p[y == 1] < t))
+    # The nearest wrong answers are far: val rows, or the empirical/CRC rule on calib.
+    out_v, y_v, _ = _outputs(run, cache, "val")
+    t_val = fnr_threshold(expit(out_v["logit"]), y_v, r.alpha, method=r.method, delta=r.delta)
+    for wrong in (t_val, fnr_threshold(p, y, r.alpha, method="crc")):
+        assert abs(wrong - t) > 1e-3
+    with np.load(run / "predictions.npz") as z:  # the stored calib rows are the cache's
+        np.testing.assert_array_equal(z["calib_ids"], _rows(cache, "calib")[2])
+        np.testing.assert_allclose(z["calib_probs"], p, rtol=1e-6)
+        # the threshold is exactly one of the stored float32 probabilities (an order statistic),
+        # so a deployment comparing stored probabilities with t reproduces the calib exits
+        assert t_run in set(z["calib_probs"].tolist())
+        # the stored decisions are the exit rule p < t (strict: the calib point at t stays)
+        for split in ("calib", "test"):
+            d, ps = z[f"{split}_decision"], z[f"{split}_probs"]
+            assert d.dtype == np.int8
+            np.testing.assert_array_equal(d, np.where(ps < t_run, 0, -1))
+    assert th["exit_negative"]["calib_exit_rate"] == pytest.approx(np.mean(p < t), rel=1e-9)
+    assert np.mean(p <= t) > np.mean(p < t)  # t is attained on calib: < and <= differ here
+
+
+def test_phase1_test_metrics_come_from_the_test_rows(phase1):
+    run, cache, _ = phase1
+    m = read_json(run / "metrics.json", schema="metrics")
+    t = m["threshold"]
+    out, y, _ = _outputs(run, cache, "test")
+    p = expit(out["logit"].astype(np.float32))
+    assert m["n"] == len(y) == SIZES["test"] and m["n_positives"] == int(y.sum())
+    mm = m["metrics"]
+    assert mm["auroc"] == pytest.approx(roc_auc_score(y, p), abs=1e-6)
+    assert mm["accuracy"] == pytest.approx(np.mean((p >= 0.5) == y), abs=1e-6)
+    assert mm["fnr"] == pytest.approx(np.mean(p[y == 1] < t), abs=1e-6)
+    assert mm["fpr"] == pytest.approx(np.mean(p[y == 0] >= t), abs=1e-6)
+    assert mm["exit_rate"] == pytest.approx(np.mean(p < t), abs=1e-6)
+    # val's AUROC is reported apart and is not the test one
+    out_v, y_v, _ = _outputs(run, cache, "val")
+    assert m["val"]["auroc"] == pytest.approx(roc_auc_score(y_v, expit(out_v["logit"])), abs=1e-6)
+    assert abs(m["val"]["auroc"] - mm["auroc"]) > 1e-4
+
+
+def _independent_stat(p, y, t):
+    """The headline numbers from gathered rows with calibrate.metrics (not the report's stat)."""
+    pos = y == 1
+    return {
+        "auroc": M.auroc(p, y),
+        "brier": jnp.mean((p - y) ** 2),
+        "accuracy": jnp.mean((p >= 0.5) == pos),
+        "fnr": jnp.sum(pos & (p < t)) / jnp.sum(pos),
+        "fpr": jnp.sum(~pos & (p >= t)) / jnp.sum(~pos),
+        "exit_rate": jnp.mean(p < t),
+    }
+
+
+def test_phase1_report_intervals_are_a_stratified_95_percent_bootstrap(phase1, tmp_path):
+    from stage1.report import build_report
+
+    run, cache, _ = phase1
+    build_report(run, tmp_path / "report", n_bootstrap=B, seed=SEED)
+    m = read_json(run / "metrics.json", schema="metrics")["metrics"]
+    with np.load(run / "predictions.npz") as z:
+        p, y = z["test_probs"], z["test_labels"].astype(np.int32)
+    t = np.full(
+        len(y), np.float32(read_json(run / "thresholds.json")["exit_negative"]["threshold"])
+    )
+    kw = dict(n_resamples=B, seed=SEED)
+    r = bootstrap_ci(_independent_stat, p, y, t, confidence=0.95, stratify=y, **kw)
+    wrong = {
+        "90 %": bootstrap_ci(_independent_stat, p, y, t, confidence=0.90, stratify=y, **kw),
+        "80 %": bootstrap_ci(_independent_stat, p, y, t, confidence=0.80, stratify=y, **kw),
+        "unstratified": bootstrap_ci(_independent_stat, p, y, t, confidence=0.95, **kw),
+        "other seed": bootstrap_ci(
+            _independent_stat, p, y, t, confidence=0.95, stratify=y, n_resamples=B, seed=SEED + 1
+        ),
+    }
+    for key in r.point:
+        e = m[key]
+        assert e["confidence"] == 0.95 and "stratified by class" in e["method"], key
+        assert e["value"] == pytest.approx(float(r.point[key]), rel=1e-6, abs=1e-7), key
+        assert e["low"] == pytest.approx(float(r.low[key]), rel=1e-6, abs=1e-7), key
+        assert e["high"] == pytest.approx(float(r.high[key]), rel=1e-6, abs=1e-7), key
+    # On this data each wrong construction moves at least one interval end visibly.
+    for name, w in wrong.items():
+        gap = max(
+            max(abs(float(w.low[k]) - float(r.low[k])), abs(float(w.high[k]) - float(r.high[k])))
+            for k in ("auroc", "fnr", "fpr")
+        )
+        assert gap > 1e-3, name
+
+
+# ---------------------------------------------------------------------------------------------
+# phase 2
+
+
+def test_phase2_calibrators_are_fitted_on_val(phase2):
+    from sklearn.calibration import _SigmoidCalibration
+
+    run, cache, _ = phase2
+    cal = read_json(run / "calibration.json", schema="calibration")
+    gp = read_json(run / "gateparams.json", schema="gateparams")
+
+    def fitted(split):
+        out, y, _ = _outputs(run, cache, split)
+        p_raw = expit(out["logit"])
+        d = DirichletCalibrator(reg_lambda=DIRICHLET_REG).fit(p_raw, y)
+        right = ((d.predict_proba(p_raw) >= 0.5).astype(int) == y).astype(int)
+        sk = _SigmoidCalibration().fit(out["gate_logit"], right)  # oracle for Platt
+        return np.asarray(d.coef_), np.asarray(d.intercept_), -sk.a_, -sk.b_, len(y)
+
+    W, b, slope, intercept, n = fitted("val")
+    assert cal["fitted_on"] == gp["fitted_on"] == "val" and cal["n_fit"] == n == SIZES["val"]
+    np.testing.assert_allclose(cal["classifier"]["coef"], W, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(cal["classifier"]["intercept"], b, rtol=1e-4, atol=1e-6)
+    assert gp["slope"] == pytest.approx(slope, rel=1e-4)
+    assert gp["intercept"] == pytest.approx(intercept, rel=1e-4, abs=1e-6)
+    assert cal["gate"]["slope"] == gp["slope"]
+    # fitted on calib (or test) instead, the parameters would differ well beyond the tolerance
+    for split in ("calib", "test"):
+        W2, _, slope2, _, _ = fitted(split)
+        assert np.max(np.abs(W2 - W)) > 1e-2 or abs(slope2 - slope) > 1e-2, split
+    # and the shipped probabilities are that val fit applied to each split's outputs
+    out, _, _ = _outputs(run, cache, "test")
+    d = DirichletCalibrator(reg_lambda=DIRICHLET_REG).fit(
+        expit(_outputs(run, cache, "val")[0]["logit"]), _outputs(run, cache, "val")[1]
+    )
+    with np.load(run / "predictions.npz") as z:
+        np.testing.assert_allclose(
+            z["test_probs"], d.predict_proba(expit(out["logit"])), rtol=1e-5, atol=1e-6
+        )
+        np.testing.assert_allclose(
+            z["test_gate_calibrated"], expit(slope * out["gate_logit"] + intercept), atol=1e-5
+        )
+
+
+def _calib_scores(run):
+    with np.load(run / "predictions.npz") as z:
+        return (
+            z["calib_gate_calibrated"].astype(np.float64),
+            z["calib_probs"].astype(np.float64),
+            z["calib_labels"].astype(np.int32),
+        )
+
+
+def _same_result(a: dict, b: dict) -> bool:
+    ints = ("n_calib", "n_selected", "n_trials", "n_events")
+    floats = ("lambda1", "lambda2", "coverage_lcb", "risk_ucb", "delta", "delta_cov")
+    return all(a[k] == b[k] for k in ints) and all(
+        a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6) for k in floats
+    )
+
+
+def test_phase2_each_candidate_is_fitted_at_delta_over_two(phase2):
+    run, _, cfg = phase2
+    r = cfg.risk
+    sc = read_json(run / "scrcparams.json", schema="scrcparams")
+    assert sc["fitted_on"] == "calib" and sc["delta_per_candidate"] == r.delta / len(CANDIDATES)
+    g, q, y = _calib_scores(run)
+    assert sc["n_calib"] == len(y) == SIZES["calib"]
+    differs = 0
+    for name in CANDIDATES:
+        entry = sc["candidates"][name]
+        assert entry["feasible"], (name, entry.get("reason"))
+
+        def fit(delta, name=name):
+            return fit_scrc_i(
+                selection_score(name, g, q),
+                q,
+                y,
+                alpha=r.alpha,
+                delta=delta,
+                target_coverage=r.target_coverage,
+                risk=r.scrc_risk,
+            ).to_dict()
+
+        assert _same_result(entry["result"], fit(r.delta / 2)), name
+        assert entry["result"]["delta"] == pytest.approx(r.delta / 2)
+        differs += not _same_result(fit(r.delta), fit(r.delta / 2))
+    assert differs  # on this data a fit at the full delta certifies something else
+
+
+def _wrong_exits(result: dict, name: str, g, q, y) -> int:
+    codes = decision_codes(SCRCResult.from_dict(result).decide(selection_score(name, g, q), q))
+    return int(np.sum((codes >= 0) & (codes != y)))
+
+
+def test_phase2_ships_the_candidate_with_fewest_wrong_calib_exits(phase2):
+    run, _, _ = phase2
+    sc = read_json(run / "scrcparams.json", schema="scrcparams")
+    m = read_json(run / "metrics.json", schema="metrics")
+    g, q, y = _calib_scores(run)
+    wrong = {n: _wrong_exits(sc["candidates"][n]["result"], n, g, q, y) for n in CANDIDATES}
+    best = min(CANDIDATES, key=lambda n: (wrong[n], CANDIDATES.index(n)))
+    assert sc["chosen"] == best and m["policy"] == f"scrc_{best}"
+    with np.load(run / "predictions.npz") as z:  # the stored decisions are the shipped rule's
+        for s in ("calib", "test"):
+            g_s, q_s = z[f"{s}_gate_calibrated"], z[f"{s}_probs"]
+            res = SCRCResult.from_dict(sc["candidates"][best]["result"])
+            want = decision_codes(res.decide(selection_score(best, g_s, q_s), q_s))
+            assert np.mean(want == z[f"{s}_decision"]) > 0.995  # float32 ties at a threshold
+
+
+@pytest.mark.parametrize("good", CANDIDATES)
+def test_the_rule_ships_the_candidate_with_fewer_wrong_exits_whichever_it_is(good):
+    """Scores built so one candidate is clearly better: an informative gate (P(f right)) or a
+    noisy one. Both orders are checked, so neither "always the gate" nor "the worse one" pass."""
+    rng = np.random.default_rng(3)
+    n = 3000
+    q = rng.uniform(size=n)
+    y = (rng.uniform(size=n) < q).astype(np.int32)  # q is calibrated
+    right = (q >= 0.5).astype(int) == y
+    if good == "gate":  # the gate knows where f is right; the softmax response only guesses
+        gate = np.where(right, 0.6 + 0.4 * rng.uniform(size=n), 0.4 * rng.uniform(size=n))
+    else:  # a noisy copy of the softmax response
+        gate = np.maximum(q, 1 - q) + rng.normal(0, 0.15, size=n)
+    risk = RiskConfig(
+        alpha=0.2, method="crc", delta=0.2, beta=0.2, target_coverage=0.3, scrc_risk="fnr"
+    )
+    pol = fit_exit_policies(risk, gate, q, y)
+    assert set(pol.fitted) == set(CANDIDATES)
+    wrong = {k: _wrong_exits(v.to_dict(), k, gate, q, y) for k, v in pol.fitted.items()}
+    other = next(c for c in CANDIDATES if c != good)
+    assert wrong[good] < wrong[other]
+    assert pol.chosen == good
+
+
+# ---------------------------------------------------------------------------------------------
+# what the user reads: the guarantee text and the terminal summary
+
+
+@pytest.mark.parametrize(
+    ("method", "delta", "want"),
+    [
+        ("crc", None, "E[FNR] <= 0.1 (conformal risk control, marginal over calibration draws)"),
+        ("pac", 0.2, "P(FNR <= 0.1) >= 0.8 over calibration draws (binomial order statistic)"),
+        (
+            "empirical",
+            None,
+            "none (empirical quantile; realised FNR exceeds alpha about half the time)",
+        ),
+    ],
+)
+def test_threshold_records_state_the_guarantee_and_delta_of_their_method(method, delta, want):
+    from calibrate.policies import fit_policy
+
+    rng = np.random.default_rng(0)
+    y = (rng.random(400) < 0.5).astype(np.int32)
+    p = expit(rng.normal(size=400) + 2 * y).astype(np.float32)
+    risk = RiskConfig(alpha=0.1, method=method, delta=0.2)
+    pol = fit_policy("fnr_threshold", {"p": p}, y, risk)
+    ex = pol.records(y)["thresholds.json"][0]["exit_negative"]
+    assert ex["guarantee"] == want
+    assert ex["delta"] == delta  # only PAC has a failure probability
+    assert pol.t == fnr_threshold(p, y, 0.1, method=method, delta=0.2)
+
+
+def test_phase1_terminal_summary_shows_the_run_numbers(phase1, capsys):
+    from stage1.run import print_summary
+
+    run, _, cfg = phase1
+    s = SUMMARIES["phase1"]
+    m = s.metrics
+    t, mm = m["threshold"], m["metrics"]
+    assert s.policy.summary(m) == [
+        ("exit threshold (pac, alpha=0.1)", f"{t:.4g}"),
+        ("test exit rate (p < t)", f"{mm['exit_rate']:.4f}"),
+        ("  certified on calib", f"P(FNR <= 0.1) >= {1 - cfg.risk.delta:g}"),
+        ("test FNR at t", f"{mm['fnr']:.4f}"),
+        ("test FPR at t", f"{mm['fpr']:.4f}"),
+    ]
+    print_summary(s)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == f"stage1 phase1 — {run}"
+    rows = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in lines if "  " in line)
+    assert rows["head family / shipped policy"] == "linear / fnr_threshold"
+    assert rows["test AUROC"] == f"{mm['auroc']:.4f}"
+    assert rows["test accuracy @0.5"] == f"{mm['accuracy']:.4f}"
+    assert rows["test MCC @0.5"] == f"{mm['mcc']:.4f}"
+    assert rows["test FNR at t"] == f"{mm['fnr']:.4f}"
+    assert rows["challenge score, clean @0.5"] == f"{m['challenge']['clean']['score']:.4f}"
+    assert rows["best epoch (val)"] == str(m["training"]["best_epoch"])
+    assert rows["wall time"] == f"{s.seconds:.1f} s"
+    notes = [line for line in lines if line.startswith("note:")]
+    assert not any("RANDOM-INIT" in n for n in notes)  # no random-init cache here
+
+
+def test_phase2_terminal_summary_lists_every_policy(phase2, capsys):
+    from stage1.run import print_summary
+
+    s = SUMMARIES["phase2"]
+    m, r = s.metrics, s.cfg.risk
+    rows = dict(s.policy.summary(m))
+    assert rows[f"shipped policy (SCRC-I {r.scrc_risk} <= {r.alpha})"] == m["policy"]
+    for name in ("scrc_gate", "scrc_softmax_response", "two_sided"):
+        t = m["policies"][name]["test"]
+        assert rows[f"  {name} on test"] == f"cov {t['coverage']:.4f}  FNR {t['fnr']:.4f}"
+    mm = m["metrics"]
+    assert rows["test coverage (exit rate)"] == f"{mm['coverage']:.4f}"
+    assert rows["test selected risk"] == f"{mm['selected_risk']:.4f}"
+    assert rows["test FNR"] == f"{mm['fnr']:.4f}" and rows["test FPR"] == f"{mm['fpr']:.4f}"
+    print_summary(s)
+    out = capsys.readouterr().out
+    assert "scrc_softmax_response on test  " in out and "selective / scrc_" in out
+
+
+def test_terminal_summary_with_validator_views_and_missing_numbers(capsys):
+    """A constructed RunSummary: the validator-mix row appears when the run scored the views, a
+    missing number (one-class test split) prints "-", values are right-aligned in one column."""
+    from calibrate.policies import fit_policy
+    from stage1.run import RunSummary, print_summary
+
+    y = np.r_[np.zeros(50, np.int32), np.ones(50, np.int32)]
+    p = np.linspace(0.01, 0.99, 100).astype(np.float32)
+    risk = RiskConfig(alpha=0.1, method="crc")
+    pol = fit_policy("fnr_threshold", {"p": p}, y, risk)
+    metrics = {
+        "family": "mlp",
+        "policy": "fnr_threshold",
+        "threshold": pol.t,
+        "metrics": {
+            "auroc": None,
+            "accuracy": 0.5,
+            "mcc": 0.25,
+            "fnr": 0.1,
+            "fpr": 0.2,
+            "exit_rate": 0.3,
+        },  # fmt: skip
+        "challenge": {"clean": {"score": 0.75}, "validator_mix": {"score": 0.625}},
+        "training": {"best_epoch": 3},
+    }
+    cfg = Config(preset="phase1", risk=risk)
+    print_summary(RunSummary(Path("runs/x"), cfg, metrics, pol, 1.25, ["a note"]))
+    lines = capsys.readouterr().out.splitlines()
+    rows = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in lines if "  " in line)
+    assert rows["test AUROC"] == "-"
+    assert rows["challenge score, validator mix"] == "0.6250"
+    assert rows["challenge score, clean @0.5"] == "0.7500"
+    assert lines[-1] == "note: a note"
+    width = max(len(k) for k in rows)
+    vw = max(10, *(len(v) for v in rows.values()))  # "mlp / fnr_threshold" sets it here
+    table = [line for line in lines if "  " in line]
+    assert all(len(line) == width + 2 + vw for line in table)  # one aligned column
+    best = next(line for line in lines if line.startswith("best epoch (val)"))
+    assert best.endswith(" " * (vw - 1) + "3")  # right-aligned
+    metrics["challenge"].pop("validator_mix")
+    print_summary(RunSummary(Path("runs/x"), cfg, metrics, pol, 1.25))
+    assert "validator mix" not in capsys.readouterr().out
