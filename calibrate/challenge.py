@@ -23,15 +23,16 @@ from typing import Any
 
 import numpy as np
 
-BOUNDARY = 0.5
-DECISION = "roadwork iff p > 0.5 (np.round: exactly 0.5 counts as no roadwork)"
+from calibrate.decision import BOUNDARY, is_roadwork
+from calibrate.decision import RULE as DECISION
+
 REWARD = "(0.5 * max(MCC, 0) + 0.5 * accuracy) ** 3"
 KEYS = ("accuracy", "mcc", "score", "balanced_accuracy", "balanced_mcc", "balanced_score")
 
 
 def decisions(p) -> np.ndarray:
     """The validator's ``np.round(p)`` for p in [0, 1], as booleans (p > 0.5)."""
-    return np.asarray(p, np.float64) > BOUNDARY
+    return is_roadwork(np.asarray(p, np.float64))
 
 
 def _mcc(tp, fp, fn, tn) -> np.ndarray:

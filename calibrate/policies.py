@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from calibrate import metrics as M
+from calibrate.decision import is_roadwork
 from calibrate.exit_policies import (
     CANDIDATES,
     fit_exit_policies,
@@ -154,7 +155,7 @@ class Selective(Policy):
                 s: policy_metrics(self._decide(name, scores_by_split[s]), labels_by_split[s])
                 for s in ("test", "calib")
             }
-        errors = (sc["p"] >= 0.5).astype(np.int32) != y
+        errors = is_roadwork(sc["p"]).astype(np.int32) != y
         return {
             "metrics": {k: head[k] for k in keys},
             "policies": policies,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from calibrate.decision import is_roadwork
 from calibrate.exit_policies import decision_codes, policy_metrics, selection_score
 from stage1.report.common import N_BINS, num
 from stage1.report.threshold import HEADLINE, subset_metrics
@@ -82,7 +83,7 @@ def selective_stat(q, y, p_raw, gate, codes, alpha, weights):
     out = {k: s[k] for k in CLASSIFIER if k in s}
     out["ece_raw"] = M.ece(p_raw, y, N_BINS, weights=weights)
     pos = y == 1
-    err = ((q >= 0.5) != pos).astype(jnp.float32)
+    err = (is_roadwork(q) != pos).astype(jnp.float32)
     out["auroc_gate_right"] = M.auroc(gate, 1.0 - err, weights)
 
     w, c, pos_c = weights[:, None], codes, pos[:, None]
@@ -186,7 +187,7 @@ def operating_points(run: dict, decisions: dict[str, np.ndarray]) -> list[dict]:
     for SCRC-I candidates those of the same exits decided at q >= 1/2 (the curves' rule)."""
     d = run["preds"]["test"]
     y, pos = d["y"], d["y"] == 1
-    pred = (d["q"] >= 0.5).astype(np.int32)
+    pred = is_roadwork(d["q"]).astype(np.int32)
     points = []
     for name, codes in decisions.items():
         if name == "defer_all":

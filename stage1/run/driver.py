@@ -63,6 +63,7 @@ def run_training(cfg: Config, cache_path: Path, out: Path) -> RunSummary:
     from calibrate import metrics as M
     from calibrate.calibration import fit_calibration
     from calibrate.challenge import challenge_block
+    from calibrate.decision import is_roadwork
     from calibrate.exit_policies import jsonable
     from calibrate.policies import fit_policy
     from heads.checkpoint import save_params
@@ -101,7 +102,7 @@ def run_training(cfg: Config, cache_path: Path, out: Path) -> RunSummary:
 
     te = splits["test"]
     pt = scores["test"]["p"]
-    pred = (pt >= 0.5).astype(np.int32)
+    pred = is_roadwork(pt).astype(np.int32)
     view_p = None if views is None else cal.apply(predict(res.params, views.x, spec.head))["p"]
     pol = policy.metrics(scores, labels)
     metrics = {
