@@ -234,7 +234,7 @@ def test_risk_coverage_figure_draws_both_scores_and_each_policys_test_point(repo
     assert plots.to_png(fig) == paths["risk_coverage"].read_bytes()  # inspect what was written
     drawn = {a.get_gid(): a for ax in fig.axes for a in ax.lines if a.get_gid()}
     q, y = npz["test_probs"].astype(np.float64), npz["test_labels"]
-    err, missed = (q >= 0.5) != y, (q < 0.5) & (y == 1)
+    err, missed = (q > 0.5) != y, (q <= 0.5) & (y == 1)
     scores = {"gate": npz["test_gate_calibrated"], "softmax_response": np.maximum(q, 1 - q)}
     for name, conf in scores.items():
         cov, risk = _rc_by_hand(conf, err)
