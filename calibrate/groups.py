@@ -93,6 +93,8 @@ def one_per_group(groups, seed: int = 0, eligible=None) -> GroupDraw:
     """
     n = len(np.asarray(groups))
     codes = group_codes(groups, n)
+    if eligible is not None and np.shape(eligible) != (n,):
+        raise ValueError(f"eligible must have one flag per row: {np.shape(eligible)} vs ({n},)")
     idx = np.arange(n) if eligible is None else np.flatnonzero(np.asarray(eligible, bool))
     rng = np.random.default_rng(seed)
     keys = rng.random(n)[idx]  # one uniform key per row, independent of the eligibility mask

@@ -16,7 +16,13 @@ split only (METHODS.md §3-§5). Two exist:
 
 Each policy also builds its part of metrics.json (``metrics``), the records it writes
 (``records``) and its lines of the terminal summary (``summary``). ``risk`` is any object with
-the run config's risk attributes (alpha, method, delta, beta, target_coverage, scrc_risk).
+the run config's risk attributes (alpha, method, delta, beta, target_coverage, scrc_risk,
+coverage_bound, group_seed).
+
+Groups (``fit_policy(..., groups=)``): the certificate is fitted on one seeded random calib image
+per group (``calibrate.groups``); the records carry the effective calibration size. Each policy
+lists what it certifies (``bounds``); ``guarantee_report`` puts every bound next to the value
+measured on test, under each test condition (clean images, validator views).
 """
 
 from __future__ import annotations
@@ -36,9 +42,12 @@ from calibrate.exit_policies import (
     selection_quality,
     selection_score,
 )
-from calibrate.thresholds import fnr_threshold
+from calibrate.thresholds import fnr_threshold_fit
 
 __all__ = ["POLICIES", "Policy", "fit_policy", "guarantee_text"]
+
+# Certified quantity -> key of ``exit_policies.policy_metrics``.
+MEASURED = {"coverage": "coverage", "fnr": "fnr", "fpr": "fpr", "error": "selected_risk"}
 
 
 class Policy(abc.ABC):
@@ -46,6 +55,32 @@ class Policy(abc.ABC):
 
     shipped: str  # name of the decision rule that ships ("fnr_threshold", "scrc_gate", ...)
     notes: list[str]  # one line per thing the user must know (infeasible candidates, ...)
+    calibration: dict  # what the certificate was fitted on (grouped, n_effective, views, ...)
+
+    @abc.abstractmethod
+    def bounds(self) -> dict[str, dict]:
+        """Certified quantities: ``{name: {"bound", "side", "certified", "guarantee"}}``
+        (names in ``MEASURED``); empty when nothing ships."""
+
+    def guarantee_report(self, conditions: dict[str, tuple]) -> dict[str, Any]:
+        """Each certified bound next to its test value under each condition.
+
+        Args:
+            conditions: ``{name: (scores, labels)}`` of the test images (e.g. "clean", and
+                "validator" for the validator views).
+        """
+        measured = {
+            c: policy_metrics(self.decide(sc), np.asarray(y)) for c, (sc, y) in conditions.items()
+        }
+        out = {}
+        for q, b in self.bounds().items():
+            test = {c: m[MEASURED[q]] for c, m in measured.items()}
+            ok = {}
+            for c, v in test.items():
+                if v is not None:
+                    ok[c] = bool(v >= b["bound"] if b["side"] == ">=" else v <= b["bound"])
+            out[q] = {**b, "test": test, "within": ok}
+        return out
 
     @abc.abstractmethod
     def decide(self, scores: dict[str, np.ndarray]) -> np.ndarray:
@@ -77,14 +112,33 @@ class FNRThreshold(Policy):
 
     shipped = "fnr_threshold"
 
-    def __init__(self, scores: dict[str, np.ndarray], labels: np.ndarray, risk):
+    def __init__(self, scores: dict[str, np.ndarray], labels: np.ndarray, risk, groups=None):
         p, y = scores["p"], np.asarray(labels)
         self.risk = risk
         self.delta = risk.delta if risk.method == "pac" else None
-        self.t = float(fnr_threshold(p, y, risk.alpha, method=risk.method, delta=self.delta))
+        self.t, self.calibration = fnr_threshold_fit(
+            p,
+            y,
+            risk.alpha,
+            method=risk.method,
+            delta=self.delta,
+            groups=groups,
+            group_seed=int(getattr(risk, "group_seed", 0)),
+        )
         self.calib_fnr = float(np.mean(p[y == 1] < self.t))
         self.calib_exit_rate = float(np.mean(p < self.t))
         self.notes = []
+
+    def bounds(self):
+        r = self.risk
+        return {
+            "fnr": {
+                "bound": r.alpha,
+                "side": "<=",
+                "certified": r.method != "empirical",
+                "guarantee": guarantee_text(r.method, r.alpha, r.delta),
+            }
+        }
 
     def decide(self, scores):
         return np.where(scores["p"] < self.t, 0, -1).astype(np.int8)
@@ -113,8 +167,9 @@ class FNRThreshold(Policy):
             "fitted_on": "calib",
             "n_calib": int(len(y_calib)),
             "n_calib_positives": int(np.sum(y_calib)),
+            "calibration": self.calibration,
         }
-        return {"thresholds.json": (thresholds, "thresholds")}
+        return {"thresholds.json": (jsonable(thresholds), "thresholds")}
 
     def summary(self, metrics):
         m, r = metrics["metrics"], self.risk
@@ -129,13 +184,33 @@ class FNRThreshold(Policy):
 class Selective(Policy):
     """SCRC-I (gate, softmax response) and the two-sided policy (``calibrate.exit_policies``)."""
 
-    def __init__(self, scores: dict[str, np.ndarray], labels: np.ndarray, risk):
+    def __init__(self, scores: dict[str, np.ndarray], labels: np.ndarray, risk, groups=None):
         self.risk = risk
-        self.pol = fit_exit_policies(risk, scores["gate_calibrated"], scores["p"], labels)
+        self.pol = fit_exit_policies(
+            risk, scores["gate_calibrated"], scores["p"], labels, groups=groups
+        )
+        self.calibration = _calibration_record(labels, groups, int(getattr(risk, "group_seed", 0)))
         self.notes = self.pol.reasons()
         if self.pol.chosen is None:
             self.notes.append("no SCRC-I policy certified: stage 1 defers every image (coverage 0)")
         self.shipped = f"scrc_{self.pol.chosen}" if self.pol.chosen else "defer_all"
+
+    def bounds(self):
+        if self.pol.chosen is None:
+            return {}
+        res, r = self.pol.fitted[self.pol.chosen], self.risk
+        parts = " and ".join(
+            f"{q.upper() if q != 'coverage' else 'coverage'} {b['side']} {b['bound']:g}"
+            for q, b in res.bounds().items()
+        )
+        text = (
+            f"P({parts}) >= {1 - r.delta:g} over calibration draws (SCRC-I, union bound; "
+            f"each candidate at delta/2)"
+        )
+        return {
+            q: {"bound": b["bound"], "side": b["side"], "certified": True, "guarantee": text}
+            for q, b in res.bounds().items()
+        }
 
     def _decide(self, name: str, scores) -> np.ndarray:
         return self.pol.decide(name, scores["gate_calibrated"], scores["p"])
@@ -178,6 +253,9 @@ class Selective(Policy):
             "delta_per_candidate": r.delta / 2,
             "target_coverage": r.target_coverage,
             "risk": r.scrc_risk,
+            "beta": r.beta,
+            "coverage_bound": getattr(r, "coverage_bound", "order_statistic"),
+            "calibration": self.calibration,
             "probability": "dirichlet-calibrated P(roadwork) of f",
             "candidates": self.pol.entries,
             "chosen": self.pol.chosen,
@@ -193,7 +271,9 @@ class Selective(Policy):
         def f(v):
             return "-" if v is None else f"{v:.4f}"
 
-        rows = [(f"shipped policy (SCRC-I {r.scrc_risk} <= {r.alpha})", self.shipped)]
+        level = f"FNR <= {r.alpha}, FPR <= {r.beta}" if r.scrc_risk == "fnr_fpr" else None
+        level = level or f"{r.scrc_risk} <= {r.alpha}"
+        rows = [(f"shipped policy (SCRC-I {level})", self.shipped)]
         for name in ("scrc_gate", "scrc_softmax_response", "two_sided"):
             t = metrics["policies"].get(name, {}).get("test")
             val = "infeasible" if t is None else f"cov {f(t['coverage'])}  FNR {f(t['fnr'])}"
@@ -207,11 +287,35 @@ class Selective(Policy):
         return rows
 
 
+def _calibration_record(labels, groups, seed: int) -> dict:
+    """The calibration the SCRC-I fits used: grouped or not, rows and effective size."""
+    from calibrate.groups import one_per_group
+
+    n = int(len(labels))
+    if groups is None:
+        return {"grouped": False, "n_rows": n, "n_effective": n}
+    rec = one_per_group(groups, seed).record()
+    return rec
+
+
 POLICIES = {"fnr_threshold": FNRThreshold, "selective": Selective}
 
 
-def fit_policy(name: str, scores_calib: dict[str, np.ndarray], y_calib, risk) -> Policy:
-    """Fit exit policy ``name`` on the calib scores (``calibrate.calibration``)."""
+def fit_policy(
+    name: str,
+    scores_calib: dict[str, np.ndarray],
+    y_calib,
+    risk,
+    groups=None,
+    calib_views: str = "clean",
+) -> Policy:
+    """Fit exit policy ``name`` on the calib scores (``calibrate.calibration``).
+
+    ``groups``: group id per calib row (None: rows assumed exchangeable). ``calib_views``:
+    which images the calib rows are ("clean" or "validator"), recorded with the calibration.
+    """
     if name not in POLICIES:
         raise ValueError(f"unknown exit policy {name!r}; known: {', '.join(POLICIES)}")
-    return POLICIES[name](scores_calib, np.asarray(y_calib), risk)
+    pol = POLICIES[name](scores_calib, np.asarray(y_calib), risk, groups=groups)
+    pol.calibration = {**pol.calibration, "views": calib_views}
+    return pol

@@ -117,7 +117,14 @@ class RiskConfig:
     delta: float = 0.05  # failure probability of the PAC guarantee
     beta: float = 0.05  # target false-positive rate of the exit-as-positive rule (gate-free)
     target_coverage: float = 0.5  # SCRC-I: certified lower bound on the exit rate
-    scrc_risk: str = "fnr"  # SCRC-I risk: fnr (missed roadwork / all roadwork) | error
+    # SCRC-I risk: fnr_fpr (FNR <= alpha of the negative exits AND FPR <= beta of the positive
+    # exits, jointly with coverage) | fnr (negative exits only) | error (wrong exits / exits)
+    scrc_risk: str = "fnr_fpr"
+    coverage_bound: str = "order_statistic"  # SCRC-I coverage bound: order_statistic | dkw
+    # Calibration images: validator (one seeded random validator view per calib image, when the
+    # cache has them; else clean, and the run says so) | clean (the clean images)
+    calib_views: str = "validator"
+    group_seed: int = 0  # seed of the one-image-per-group draw and of the calib view draw
 
 
 @dataclass(frozen=True)
@@ -170,7 +177,16 @@ class Config:
         _check(0.0 <= o.fsam_lambda < 1.0, "optim.fsam_lambda must be in [0, 1)")
         _check(0.0 < self.risk.beta < 1.0, f"risk.beta must be in (0, 1), got {self.risk.beta}")
         _check(0.0 < self.risk.target_coverage < 1.0, "risk.target_coverage must be in (0, 1)")
-        _check(self.risk.scrc_risk in ("fnr", "error"), "risk.scrc_risk must be fnr|error")
+        _check(
+            self.risk.scrc_risk in ("fnr_fpr", "fnr", "error"),
+            "risk.scrc_risk must be fnr_fpr|fnr|error",
+        )
+        _check(
+            self.risk.coverage_bound in ("order_statistic", "dkw"),
+            "risk.coverage_bound must be order_statistic|dkw",
+        )
+        _check(self.risk.calib_views in ("clean", "validator"), "risk.calib_views: clean|validator")
+        _check(0 <= self.risk.group_seed < 2**31, "risk.group_seed must be in [0, 2**31)")
         sel = self.selective
         _check(sel.loss_form in ("paper", "code"), "selective.loss_form must be paper|code")
         _check(

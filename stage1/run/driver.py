@@ -29,6 +29,7 @@ from stage1.artifacts import write_json
 from stage1.config import Config, to_dict
 from stage1.run import specs
 from stage1.run.data import load_cache
+from stage1.run.guarantees import calibration_sets, guarantees_block
 from stage1.run.records import save_predictions, training_record
 
 __all__ = ["RunSummary", "run_training"]
@@ -96,14 +97,31 @@ def run_training(cfg: Config, cache_path: Path, out: Path) -> RunSummary:
     cal = fit_calibration(fam.calibration, outputs["val"], va.y)
     scores = {s: cal.apply(o) for s, o in outputs.items()}
     labels = {s: d.y for s, d in splits.items()}
-    policy = fit_policy(fam.policy, scores["calib"], splits["calib"].y, cfg.risk)
+    # The exit policy is certified on clean calib images or on one validator view per calib
+    # image (risk.calib_views), one image per group when the cache has groups.
+    sets, calib_cond, cal_notes = calibration_sets(
+        splits["calib"],
+        scores["calib"],
+        lambda x: cal.apply(predict(res.params, x, spec.head)),
+        cfg.risk,
+    )
+    notes += cal_notes
+
+    def fit_on(cs, cond):
+        return fit_policy(fam.policy, cs.scores, cs.y, cfg.risk, groups=cs.groups, calib_views=cond)
+
+    policy = fit_on(sets[calib_cond], calib_cond)
     notes += policy.notes
     decisions = {s: policy.decide(sc) for s, sc in scores.items()}
 
     te = splits["test"]
     pt = scores["test"]["p"]
     pred = is_roadwork(pt).astype(np.int32)
-    view_p = None if views is None else cal.apply(predict(res.params, views.x, spec.head))["p"]
+    view_scores = None if views is None else cal.apply(predict(res.params, views.x, spec.head))
+    view_p = None if views is None else view_scores["p"]
+    tests = {"clean": (scores["test"], te.y)}
+    if views is not None:
+        tests["validator"] = (view_scores, views.y)
     pol = policy.metrics(scores, labels)
     metrics = {
         "split": "test",
@@ -125,6 +143,7 @@ def run_training(cfg: Config, cache_path: Path, out: Path) -> RunSummary:
             te.ids,
             *(() if views is None else (view_p, views.y, views.level, views.ids)),
         ),
+        "guarantees": guarantees_block(fit_on, sets, calib_cond, policy, tests),
         "val": {"auroc": _auroc(scores["val"]["p"], va.y), "best_epoch": int(res.best_epoch)},
         "training": training_record(cfg, spec, res, pos_weight, round(time.perf_counter() - t0, 3)),
     }
@@ -134,7 +153,7 @@ def run_training(cfg: Config, cache_path: Path, out: Path) -> RunSummary:
     write_json(out / "config.json", to_dict(cfg), schema="config")
     for name, (obj, schema) in {
         **cal.records(scores, va.y),
-        **policy.records(labels["calib"]),
+        **policy.records(sets[calib_cond].y),
     }.items():
         write_json(out / name, obj, schema=schema)
     write_json(out / "metrics.json", metrics, schema="metrics")
