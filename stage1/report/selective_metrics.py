@@ -14,7 +14,7 @@ import numpy as np
 from calibrate.decision import is_roadwork
 from calibrate.exit_policies import decision_codes, policy_metrics, selection_score
 from stage1.report.common import N_BINS, num
-from stage1.report.threshold import HEADLINE, subset_metrics
+from stage1.report.threshold import HEADLINE, interval_method, subset_metrics
 
 CONFIDENCE = 0.95
 CANDIDATE_POLICY = {"gate": "scrc_gate", "softmax_response": "scrc_softmax_response"}
@@ -109,14 +109,15 @@ def selective_stat(q, y, p_raw, gate, codes, alpha, weights):
     return out
 
 
-def _entry(point, low, high) -> dict[str, float | None]:
+def _plain_entry(point, low, high) -> dict[str, float | None]:
     return {"value": num(point), "low": num(low), "high": num(high)}
 
 
 def bootstrap_test(run: dict, decisions: dict[str, np.ndarray], n_resamples: int, seed: int):
     """``(classifier, policies, scores)``: {key: {value, low, high}} of q, {policy: {key: ...}}
     for each of ``decisions`` (test codes) and {key: ...} of the selection-score comparison,
-    all from one stratified percentile bootstrap of the test split."""
+    all from one stratified percentile bootstrap of the test split (resampling whole street
+    groups when the test images carry group ids; each entry's ``method`` says which)."""
     import jax.numpy as jnp
 
     from calibrate.bootstrap import bootstrap_ci
@@ -142,7 +143,13 @@ def bootstrap_test(run: dict, decisions: dict[str, np.ndarray], n_resamples: int
         seed=seed,
         method="percentile",
         weighted=True,
+        groups=d.get("groups"),
     )
+    method = interval_method(r.scheme, n_resamples)
+
+    def _entry(point, low, high):
+        return _plain_entry(point, low, high) | {"method": method}
+
     classifier = {}
     for k, (label, definition) in CLASSIFIER.items():
         classifier[k] = {"label": label, "definition": definition}
