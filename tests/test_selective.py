@@ -558,7 +558,14 @@ def test_phase2_certifies_per_group_on_validator_views(phase2_run, tmp_path):
     from stage1.run import run_training
 
     cache = _write_problem_cache(tmp_path / "c.h5", groups=True, views=True)
-    cfg = _phase2_cfg(scrc_risk="fnr_fpr", method="pac", calib_views="validator")
+    cfg = _phase2_cfg(
+        scrc_risk="fnr_fpr",
+        method="pac",
+        calib_views="validator",
+        alpha=0.1,
+        beta=0.1,
+        target_coverage=0.3,
+    )
     s = run_training(cfg, cache, tmp_path / "run")
     sc = read_json(tmp_path / "run" / "scrcparams.json", schema="scrcparams")
     cal = sc["calibration"]
@@ -568,7 +575,7 @@ def test_phase2_certifies_per_group_on_validator_views(phase2_run, tmp_path):
         if cand["feasible"]:
             r = cand["result"]
             assert r["grouped"] and r["n_calib"] == N_CALIB // 2 and r["risk"] == "fnr_fpr"
-            assert r["fpr_ucb"] <= 0.1 and r["risk_ucb"] <= 0.05
+            assert r["fpr_ucb"] <= 0.1 and r["risk_ucb"] <= 0.1
             assert r["lambda2"] == np.nextafter(0.5, 1)  # the validator rule p > 0.5
     assert sc["two_sided"]["result"]["grouped"] is True
     m = read_json(tmp_path / "run" / "metrics.json", schema="metrics")
@@ -591,7 +598,7 @@ def test_phase2_certifies_per_group_on_validator_views(phase2_run, tmp_path):
     fnr = shipped["bounds"]["fnr"]
     assert fnr["test"]["clean"] == pytest.approx(np.sum((y == 1) & (d == 0)) / np.sum(y == 1))
     assert set(fnr["test"]) == {"clean", "validator"}
-    assert fnr["within"]["clean"] == (fnr["test"]["clean"] <= 0.05)
+    assert fnr["within"]["clean"] == (fnr["test"]["clean"] <= 0.1)
     assert any("group-level certificate" in n for n in s.notes)
 
     # The same cache without groups or views: clean calibration, and the run says both.
