@@ -54,9 +54,9 @@ Procedure (built from LTT, Clopper–Pearson and DKW; inspired by, not verified 
      positive, non-increasing in ``lambda2``; certified set ``lambda2 > t_(k*)`` with ``t`` the
      selected negatives' ``p`` in decreasing order and ``k*`` the PAC rank for ``n-`` at beta.
      ``fnr_fpr`` returns the point of the intersection of both certified sets nearest to the
-     decision boundary (``nextafter(0.5)``: "exit positive iff p > 0.5", the validator's rule);
-     an empty intersection (the selected positives and negatives overlap too much) is
-     infeasible, never silently replaced.
+     decision boundary (``nextafter(0.5)``: "exit positive iff p > 0.5", the validator's rule,
+     whenever that rule is certified); an empty intersection (the selected positives and
+     negatives overlap too much) is infeasible, never silently replaced.
    The FNR/FPR tests are exact for a ``lambda1`` fixed in advance; here ``lambda1`` is a rank
    statistic of all gate scores, a weak dependence not covered by the proof. Measured by
    simulation (tests/test_scrc.py): with the misses concentrated in a strip right where
@@ -74,9 +74,13 @@ FNR test certifies every ``lambda2 <= s_(k*)``; taking the largest one exits as 
 every selected image with ``p < s_(k*)``, which can lie far above 0.5. That was the anomaly seen
 on the demo set: a softmax-response policy with ``lambda1 = 0.7676 < lambda2 = 0.7696`` exited
 images the classifier calls roadwork (q in [0.7676, 0.7696)) as "no roadwork" — valid for FNR,
-but a contradiction of the classifier's own decision, and one nothing bounded. Every
-``lambda2`` is now capped at ``nextafter(boundary)``, so an image with ``p > 0.5`` never exits
-negative (a subset of the certified set, so the certificate is unchanged).
+but a contradiction of the classifier's own decision, and one nothing bounded. With ``fnr`` and
+``error`` the ``lambda2`` is now capped at ``nextafter(boundary)``, so an image with ``p > 0.5``
+never exits negative (a subset of the certified set, so the certificate is unchanged). With
+``fnr_fpr`` (default) both error types are bounded, so ``lambda2`` is the point of the certified
+interval nearest the boundary: the validator's rule whenever it is certified, and otherwise the
+nearest edge — e.g. ``lambda2 > 0.5`` when the rule at 0.5 exits too many negatives as roadwork;
+the ``p > 0.5`` images it then exits as "no roadwork" count against the certified FNR.
 
 Why not search ``lambda1`` and ``lambda2`` jointly: FNR is non-increasing in ``lambda1`` (and the
 selective error is, for a gate that ranks confidence, too), so the most selective admissible
@@ -356,7 +360,7 @@ def fit_scrc_i(
         d_side = delta_risk / 2.0
         t_fnr, n_trials = _fnr_limit(p, y, sel, alpha, d_side)
         t_fpr, n_neg = _fpr_limit(p, y, sel, beta, d_side)
-        hi = min(t_fnr, cap)
+        hi = t_fnr
         if t_fpr > hi:
             raise ValueError(
                 f"SCRC-I (fnr_fpr) cannot certify FNR <= {alpha:g} and FPR <= {beta:g} together "
@@ -366,6 +370,8 @@ def fit_scrc_i(
             )
         # The certified interval [t_fpr, hi]: its point nearest to the decision boundary.
         lambda2 = min(max(cap if math.isfinite(cap) else 0.5, t_fpr), hi)
+        if not math.isfinite(lambda2):  # unbounded interval on the side of the boundary
+            lambda2 = cap if math.isfinite(cap) else 0.5
         n_events = int(np.count_nonzero(sel & (y == 1) & (p < lambda2)))
         n_fp = int(np.count_nonzero(sel & (y == 0) & (p >= lambda2)))
         extra = {

@@ -277,3 +277,19 @@ def test_grouped_records_and_messages_count_groups():
     assert t == drawn[certified_rank(100, 0.05, "crc") - 1]
     pol = fit_two_sided(s, np.r_[np.ones(200, int), np.zeros(200, int)], 0.1, 0.1, groups=groups)
     assert pol.grouped and pol.n_pos == 50 and pol.n_neg == 50  # groups 0-49 / 50-99
+
+
+def test_fnr_fpr_lambda2_is_the_validator_rule_when_certified():
+    rng = np.random.default_rng(4)
+    y = (rng.random(3000) < 0.5).astype(int)
+    q = special.expit(rng.normal(np.where(y == 1, 3.0, -3.0), 1.0))
+    sr = np.maximum(q, 1 - q)
+    res = fit_scrc_i(sr, q, y, 0.05, 0.1, 0.5, beta=0.05, decision_boundary=0.5)
+    assert res.lambda2 == np.nextafter(0.5, 1) and res.risk == "fnr_fpr"
+    assert res.risk_ucb <= 0.05 and res.fpr_ucb <= 0.05
+    # Negatives that look like roadwork around q ~ 0.6-0.7: the rule at 0.5 is not FPR-certified,
+    # lambda2 moves up to the FPR edge, and the exits above it stay within both bounds.
+    q2 = np.where((y == 0) & (rng.random(3000) < 0.15), 0.65, q)
+    res = fit_scrc_i(np.full(3000, 0.9), q2, y, 0.05, 0.1, 0.5, beta=0.05, decision_boundary=0.5)
+    assert res.lambda2 > 0.65
+    assert res.fpr_hat <= 0.05 and res.risk_hat <= 0.05
