@@ -328,3 +328,25 @@ def test_inconsistent_selective_runs_are_refused(reported, tmp_path):
     write_json(bad / "metrics.json", m | {"policy": "two_sided"}, schema="metrics")
     with pytest.raises(ReportError, match="scrcparams.json chose"):
         build_report(bad, n_bootstrap=B)
+
+
+def test_certified_bounds_section_puts_each_bound_next_to_its_test_value(reported):
+    run, before, _, paths = reported
+    md = paths["markdown"].read_text()
+    assert "## Certified bounds on test" in md
+    g = before["guarantees"]
+    assert g["shipped_calib"] == "clean" and not g["grouped"]  # no views, no groups here
+    fnr = g["fits"]["clean"]["bounds"]["fnr"]
+    # The reported test FNR is the stored decisions' FNR (metrics.json headline).
+    assert fnr["test"]["clean"] == pytest.approx(before["metrics"]["fnr"])
+    sec = md[md.index("## Certified bounds on test") :].split("\n## ", 1)[0]
+    rows = [
+        [c.strip() for c in r.strip("|").split("|")][1:]
+        for r in sec.splitlines()
+        if r.startswith("| clean images (shipped) |")
+    ]
+    assert [r[1] for r in rows] == ["coverage >= 0.4", "FNR <= 0.05"]
+    row = rows[1]
+    assert row[2].startswith(f"{fnr['test']['clean']:.4f}")
+    assert ("✓" in row[2]) == fnr["within"]["clean"]
+    assert "no group ids" in md

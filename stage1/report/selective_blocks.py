@@ -116,8 +116,8 @@ def _policy_blocks(run: dict, ctx: dict) -> list:
 def _certificate_blocks(run: dict) -> list:
     sc = run["scrc"]
     head = ["candidate", "λ1 (score ≥)", "λ2 (q ≥)", "calib coverage", "coverage LCB"]
-    head += ["calib risk", "risk UCB", "α", "calib FPR", "FPR UCB", "β", "δ", "δ cov / risk"]
-    head += ["bound", "calib n (groups)"]
+    head += ["calib risk", "risk UCB", "α", "δ", "δ cov / risk", "bound"]
+    head += ["calib FPR", "FPR UCB", "β", "calib n"]
     rows, reasons = [], []
     for cand, name in CANDIDATE_LABEL.items():
         e = sc["candidates"][cand]
@@ -130,10 +130,10 @@ def _certificate_blocks(run: dict) -> list:
         rows.append(
             [label]
             + [fmt(r.get(k)) for k in ("lambda1", "lambda2", "coverage_hat", "coverage_lcb")]
-            + [fmt(r.get(k)) for k in ("risk_hat", "risk_ucb", "alpha")]
-            + [fmt(r.get(k)) for k in ("fpr_hat", "fpr_ucb", "beta", "delta")]
+            + [fmt(r.get(k)) for k in ("risk_hat", "risk_ucb", "alpha", "delta")]
             + [f"{fmt(r.get('delta_cov'))} / {fmt(r.get('delta_risk'))}"]
             + [str(r.get("coverage_bound", "—"))]
+            + [fmt(r.get(k)) for k in ("fpr_hat", "fpr_ucb", "beta")]
             + [f"{r.get('n_calib')}" + (" groups" if r.get("grouped") else "")]
         )
     two = sc["two_sided"]
