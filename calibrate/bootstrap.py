@@ -131,7 +131,8 @@ def _cluster_plan(groups, stratify, n):
         gstrat = np.where(lo == hi, lo, codes.max() + 1)  # mixed groups: one more stratum
         gplan = _strata_plan(gstrat, n_groups)
         n_mixed = int(np.sum(lo != hi))
-        scheme += ", stratified" + (f" ({n_mixed} mixed groups as one stratum)" if n_mixed else "")
+        mixed = f" ({n_mixed} groups mixing strata form one more stratum)" if n_mixed else ""
+        scheme += ", stratified" + mixed
     return jnp.asarray(gcode, jnp.int32), gplan, n_groups, scheme
 
 

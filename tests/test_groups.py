@@ -251,7 +251,9 @@ def test_cluster_bootstrap_scheme_and_weights():
     r = bootstrap_ci(
         M.auroc, s, jnp.asarray(y), n_resamples=200, stratify=y, weighted=True, groups=groups
     )
-    assert r.scheme == "cluster bootstrap over 3 groups, stratified (1 mixed groups as one stratum)"
+    assert r.scheme == (
+        "cluster bootstrap over 3 groups, stratified (1 groups mixing strata form one more stratum)"
+    )
     # Stratified: the one all-positive and the one all-negative group are always drawn once, so
     # every resample is the point estimate of a weighted set with both classes (never NaN).
     assert r.n_nan == 0

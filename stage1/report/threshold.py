@@ -256,7 +256,7 @@ def headline_metrics(
 def interval_method(scheme: str, n_resamples: int) -> str:
     """The metrics.json ``method`` string of a bootstrap with ``BootstrapResult.scheme``."""
     if scheme.startswith("cluster"):
-        return f"percentile {scheme} (by class where a group has one), {n_resamples} resamples"
+        return f"percentile {scheme}, {n_resamples} resamples"
     return f"percentile bootstrap, stratified by class, {n_resamples} resamples"
 
 
