@@ -240,7 +240,6 @@ def test_cluster_bootstrap_coverage_at_scale():
     # 200 groups of 5 at correlation 0.5 (100 clusters per class). Measured: cluster 0.927 with
     # 100 groups (the percentile interval undercovers slightly with few clusters).
     cov, _ = _auroc_coverage(draws=1000, G=200, m=5, rho=0.5, n_resamples=1000, seed=4)
-    print(cov)
     assert cov["cluster"] >= 0.93 and cov["rows"] < 0.8
 
 

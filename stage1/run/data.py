@@ -55,9 +55,9 @@ def load_splits(cache_path: Path, variant: str) -> tuple[dict[str, SplitData], d
 
     Train takes every cached view *of train images* (augmented copies, if a cache ever holds
     them, are meant to be trained on). Views share their image's split, so the validator views
-    of test images (``feature_extract.extract.VIEW_SPLITS``) can never reach train; val, calib
-    and test use the clean view 0 only, so selection and the threshold are those of a clean
-    cache.
+    of calib and test images (``feature_extract.extract.VIEW_SPLITS``) can never reach train;
+    val, calib and test use the clean view 0 only here (``validator_calibration`` draws the
+    calib views for the policy).
     """
     splits, meta, _ = load_cache(cache_path, variant)
     return splits, meta
@@ -66,7 +66,8 @@ def load_splits(cache_path: Path, variant: str) -> tuple[dict[str, SplitData], d
 def load_cache(
     cache_path: Path, variant: str
 ) -> tuple[dict[str, SplitData], dict, ViewData | None]:
-    """``load_splits`` plus the labelled validator views of the test split (None if absent)."""
+    """``load_splits`` plus the labelled validator views of the test split (None if absent);
+    the calib split's views ride along as ``splits["calib"].views``."""
     cache = open_cache(cache_path)
     # "a+b" concatenates variants column-wise (DINOv3's linear eval uses CLS + patch mean).
     names = variant.split("+")
