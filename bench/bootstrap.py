@@ -27,12 +27,13 @@ from sklearn.metrics import roc_auc_score
 
 from calibrate import metrics
 from calibrate.bootstrap import bootstrap_ci
+from calibrate.decision import is_roadwork
 
 
 def three(probs, labels, weights=None):
     """AUROC, ECE and AURC in one jittable call (the benchmarked statistic)."""
     conf = jnp.maximum(probs, 1 - probs)
-    errors = (probs >= 0.5) != (labels > 0.5)
+    errors = is_roadwork(probs) != (labels > 0.5)
     return {
         "auroc": metrics.auroc(probs, labels, weights),
         "ece": metrics.ece(probs, labels, weights=weights),
@@ -59,7 +60,7 @@ def aurc_np(conf, err):
 
 def three_np(p, y):
     conf = np.maximum(p, 1 - p)
-    err = ((p >= 0.5) != (y > 0.5)).astype(np.float64)
+    err = (is_roadwork(p) != (y > 0.5)).astype(np.float64)
     return np.array([roc_auc_score(y, p), ece_np(p, y), aurc_np(conf, err)])
 
 

@@ -9,6 +9,8 @@ from calibrate.calibrators import (
     TemperatureCalibrator,
     odir_penalty,
 )
+from calibrate.decision import is_roadwork
+from calibrate.groups import one_per_group
 from calibrate.policy import TwoSidedPolicy, fit_two_sided
 from calibrate.scrc import SCRCResult, fit_scrc_i
 from calibrate.thresholds import fnr_threshold, min_calibration_size
@@ -24,7 +26,9 @@ __all__ = [
     "fit_scrc_i",
     "fit_two_sided",
     "fnr_threshold",
+    "is_roadwork",
     "metrics",
     "min_calibration_size",
     "odir_penalty",
+    "one_per_group",
 ]

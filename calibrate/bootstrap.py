@@ -28,6 +28,17 @@ Design:
   each group is deleted in turn. ``a`` is scale-free and the influence of a group is the sum
   of its rows' influences, whose second and third cumulants add, so the grouped estimate
   targets the same acceleration (with more Monte Carlo noise). The jackknife ignores strata.
+- Cluster bootstrap (``groups``: one id per row, e.g. the street or drive of an image): rows of
+  one group are correlated, so resampling rows understates the variance (95 % AUROC intervals
+  covered the truth 69 % of the time with groups of 5 at correlation 0.5). Each resample draws
+  the *groups* with replacement — as many as there are — and weights every row by its group's
+  count (Davison & Hinkley, "Bootstrap Methods and their Application", 1997, §3.8; Field &
+  Welsh, "Bootstrapping clustered data", JRSS B 69, 2007: resampling clusters is consistent when
+  clusters are i.i.d., whatever the within-cluster dependence). Stratified where it can be:
+  a group whose rows share one ``stratify`` code is resampled within that stratum, groups
+  mixing strata form one more stratum, so the number of all-positive, all-negative and mixed
+  groups stays fixed. Resamples are evaluated as count weights (``weighted=True`` is required),
+  and the BCa jackknife deletes whole groups. ``BootstrapResult.scheme`` says what was done.
 - NaN-safe: resamples whose statistic is NaN (e.g. AUROC of a one-class resample) are
   dropped from the quantiles, z0 and the standard error, and counted in ``n_nan``.
 """
@@ -61,6 +72,7 @@ class BootstrapResult(NamedTuple):
     se: Any
     n_nan: Any
     distribution: Any
+    scheme: str = "rows"  # what was resampled (rows, stratified rows, groups, ...)
 
 
 def _validate(stat_fn, arrays, n_resamples, confidence, method, chunk_size, jackknife_max):
@@ -97,6 +109,55 @@ def _strata_plan(stratify, n):
     starts = np.cumsum(sizes) - sizes
     c = codes[perm]
     return tuple(jnp.asarray(v, jnp.int32) for v in (perm, starts[c], sizes[c]))
+
+
+def _cluster_plan(groups, stratify, n):
+    """(gcode, gplan, n_groups, scheme): row -> group code, and the stratum plan over groups."""
+    from calibrate.groups import group_codes
+
+    gcode = group_codes(groups, n)
+    n_groups = int(gcode.max()) + 1 if n else 0
+    scheme = f"cluster bootstrap over {n_groups} groups"
+    gplan = None
+    if stratify is not None:
+        codes = np.asarray(stratify)
+        if codes.shape != (n,):
+            raise ValueError(f"stratify must have shape ({n},), got {codes.shape}")
+        codes = np.unique(codes, return_inverse=True)[1].reshape(-1)
+        lo = np.full(n_groups, np.iinfo(np.int64).max)
+        hi = np.full(n_groups, -1)
+        np.minimum.at(lo, gcode, codes)
+        np.maximum.at(hi, gcode, codes)
+        gstrat = np.where(lo == hi, lo, codes.max() + 1)  # mixed groups: one more stratum
+        gplan = _strata_plan(gstrat, n_groups)
+        n_mixed = int(np.sum(lo != hi))
+        mixed = f" ({n_mixed} groups mixing strata form one more stratum)" if n_mixed else ""
+        scheme += ", stratified" + mixed
+    return jnp.asarray(gcode, jnp.int32), gplan, n_groups, scheme
+
+
+@functools.partial(jax.jit, static_argnames=("stat_fn", "n_groups"))
+def _cluster_chunk(stat_fn, n_groups, keys, arrays, gcode, gplan):
+    def one(key):
+        if gplan is None:
+            pick = jax.random.randint(key, (n_groups,), 0, n_groups)
+        else:
+            perm, lo, span = gplan
+            pick = perm[lo + jax.random.randint(key, (n_groups,), 0, span)]
+        counts = jnp.zeros(n_groups, jnp.float32).at[pick].add(1.0)
+        return stat_fn(*arrays, weights=counts[gcode])
+
+    return jax.vmap(one)(keys)
+
+
+@functools.partial(jax.jit, static_argnames=("stat_fn", "n_groups", "d"))
+def _cluster_jackknife_chunk(stat_fn, n_groups, d, idx, perm, arrays, gcode):
+    def one(i):
+        drop = jax.lax.dynamic_slice(perm, (i * d,), (d,))
+        keep = jnp.ones(n_groups, jnp.float32).at[drop].set(0.0)
+        return stat_fn(*arrays, weights=keep[gcode])
+
+    return jax.vmap(one)(idx)
 
 
 def _evaluate(stat_fn, weighted, arrays, idx=None, w=None):
@@ -183,6 +244,7 @@ def bootstrap_ci(
     chunk_size: int | None = None,
     weighted: bool = False,
     jackknife_max: int = 5000,
+    groups=None,
 ) -> BootstrapResult:
     """Paired bootstrap confidence interval of ``stat_fn(*arrays)`` (a scalar or pytree of them).
 
@@ -201,6 +263,8 @@ def bootstrap_ci(
         chunk_size: resamples per vmapped chunk (default from n; see module docstring).
         weighted: evaluate resamples as count weights instead of gathered rows (O(n) each).
         jackknife_max: BCa only; exact jackknife up to this n, grouped jackknife above.
+        groups: optional (n,) group id per row: cluster bootstrap (module docstring); needs
+            ``weighted=True``.
 
     Returns:
         BootstrapResult(point, low, high, se, n_nan, distribution).
@@ -208,7 +272,11 @@ def bootstrap_ci(
     method = method.lower() if isinstance(method, str) else method
     n = _validate(stat_fn, arrays, n_resamples, confidence, method, chunk_size, jackknife_max)
     arrays = tuple(jnp.asarray(a) for a in arrays)
-    plan = _strata_plan(stratify, n)
+    if groups is not None and not weighted:
+        raise ValueError(
+            "a cluster bootstrap (groups=) evaluates resamples as count weights: pass "
+            "weighted=True and a stat_fn accepting weights="
+        )
     chunk = chunk_size or _default_chunk(n)
     key = jax.random.key(seed)
 
@@ -216,14 +284,37 @@ def bootstrap_ci(
     point = jax.device_get(point)
     leaves, treedef = jax.tree.flatten(point)
     keys = jax.random.split(key, n_resamples)
-    dist = _map_chunks(
-        functools.partial(_resample_chunk, stat_fn, weighted, arrays=arrays, plan=plan),
-        keys,
-        min(chunk, n_resamples),
-    )
+    if groups is None:
+        plan = _strata_plan(stratify, n)
+        scheme = "rows" if stratify is None else "rows, stratified"
+        resample = functools.partial(_resample_chunk, stat_fn, weighted, arrays=arrays, plan=plan)
+    else:
+        gcode, gplan, n_groups, scheme = _cluster_plan(groups, stratify, n)
+        resample = functools.partial(
+            _cluster_chunk, stat_fn, n_groups, arrays=arrays, gcode=gcode, gplan=gplan
+        )
+    dist = _map_chunks(resample, keys, min(chunk, n_resamples))
     dist_leaves = jax.tree.leaves(dist)
 
-    if method == "bca":
+    if method == "bca" and groups is not None:
+        # Delete-one-group jackknife (grouped above jackknife_max groups, as for rows).
+        d, n_jack = max(1, n_groups // jackknife_max), min(n_groups, jackknife_max)
+        perm = jax.random.permutation(jax.random.fold_in(key, 1), n_groups).astype(jnp.int32)
+        jack = _map_chunks(
+            functools.partial(
+                _cluster_jackknife_chunk,
+                stat_fn,
+                n_groups,
+                d,
+                perm=perm,
+                arrays=arrays,
+                gcode=gcode,
+            ),
+            jnp.arange(n_jack, dtype=jnp.int32),
+            min(chunk, n_jack),
+        )
+        jack_leaves, n_groups_jk = jax.tree.leaves(jack), n_jack
+    elif method == "bca":
         if n <= jackknife_max:
             d, n_groups, perm = 1, n, jnp.arange(n, dtype=jnp.int32)
         else:
@@ -234,7 +325,7 @@ def bootstrap_ci(
             jnp.arange(n_groups, dtype=jnp.int32),
             min(chunk, n_groups),
         )
-        jack_leaves = jax.tree.leaves(jack)
+        jack_leaves, n_groups_jk = jax.tree.leaves(jack), n_groups
 
     alpha = (1 - confidence) / 2
     out = {f: [] for f in ("point", "low", "high", "se", "n_nan", "distribution")}
@@ -245,7 +336,7 @@ def bootstrap_ci(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns give NaN
             if method == "bca":
-                jk = np.asarray(jack_leaves[i], np.float64).reshape(n_groups, -1)
+                jk = np.asarray(jack_leaves[i], np.float64).reshape(n_groups_jk, -1)
                 low, high = _bca_levels(flat, p_flat, jk, alpha)
             else:
                 low = np.nanpercentile(flat, 100 * alpha, axis=0)
@@ -261,4 +352,6 @@ def bootstrap_ci(
             out[field].append(shaped(value))
         out["n_nan"].append(shaped(n_nan))
         out["distribution"].append(flat.reshape((n_resamples, *shape)))
-    return BootstrapResult(**{f: jax.tree.unflatten(treedef, v) for f, v in out.items()})
+    return BootstrapResult(
+        **{f: jax.tree.unflatten(treedef, v) for f, v in out.items()}, scheme=scheme
+    )

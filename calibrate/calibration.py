@@ -33,6 +33,7 @@ from scipy.special import expit
 
 from calibrate import metrics as M
 from calibrate.calibrators import DirichletCalibrator, PlattCalibrator
+from calibrate.decision import is_roadwork
 
 __all__ = ["CALIBRATIONS", "SCORE_OPS", "Calibration", "fit_calibration", "serving_program"]
 
@@ -113,7 +114,7 @@ class DirichletGate(Calibration):
         y = np.asarray(y_val)
         p_raw = expit(np.asarray(outputs_val["logit"], np.float64))
         self.dirichlet = DirichletCalibrator(reg_lambda=DIRICHLET_REG).fit(p_raw, y)
-        right = ((self.dirichlet.predict_proba(p_raw) >= 0.5).astype(int) == y).astype(int)
+        right = (is_roadwork(self.dirichlet.predict_proba(p_raw)).astype(int) == y).astype(int)
         self.platt = PlattCalibrator().fit(np.asarray(outputs_val["gate_logit"], np.float64), right)
         self.n_right = int(right.sum())
 
@@ -171,7 +172,7 @@ class DirichletGate(Calibration):
 
     def metrics(self, scores, labels):
         y = np.asarray(labels)
-        right = ((scores["p"] >= 0.5).astype(int) == y).astype(int)
+        right = (is_roadwork(scores["p"]).astype(int) == y).astype(int)
         both = 0 < right.sum() < right.size
         return {
             "ece": float(M.ece(scores["p"], y)),
@@ -231,7 +232,7 @@ def _gate_stats(g: np.ndarray, g_cal: np.ndarray) -> dict[str, Any]:
         "std": float(np.std(g)),
         "min": float(np.min(g)),
         "max": float(np.max(g)),
-        "frac_ge_half": float(np.mean(g >= 0.5)),
+        "frac_above_half": float(np.mean(g > 0.5)),
         "quantiles": {f"q{round(100 * q):02d}": float(np.quantile(g, q)) for q in qs},
         "mean_calibrated": float(np.mean(g_cal)),
     }

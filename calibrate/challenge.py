@@ -23,15 +23,16 @@ from typing import Any
 
 import numpy as np
 
-BOUNDARY = 0.5
-DECISION = "roadwork iff p > 0.5 (np.round: exactly 0.5 counts as no roadwork)"
+from calibrate.decision import BOUNDARY, is_roadwork
+from calibrate.decision import RULE as DECISION
+
 REWARD = "(0.5 * max(MCC, 0) + 0.5 * accuracy) ** 3"
 KEYS = ("accuracy", "mcc", "score", "balanced_accuracy", "balanced_mcc", "balanced_score")
 
 
 def decisions(p) -> np.ndarray:
     """The validator's ``np.round(p)`` for p in [0, 1], as booleans (p > 0.5)."""
-    return np.asarray(p, np.float64) > BOUNDARY
+    return is_roadwork(np.asarray(p, np.float64))
 
 
 def _mcc(tp, fp, fn, tn) -> np.ndarray:
@@ -137,8 +138,10 @@ def challenge_bootstrap(
     n_resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    unit: str = "images",
 ) -> dict[str, dict[str, Any]]:
-    """Point metrics and percentile intervals of each group, resampling **images**.
+    """Point metrics and percentile intervals of each group, resampling **images** (or any
+    cluster id passed as ``image``, e.g. street groups: ``unit`` names it in the method).
 
     The views of one image are strongly correlated, so rows are not independent: each resample
     draws images with replacement within each class (the number of positive and negative images
@@ -157,10 +160,12 @@ def challenge_bootstrap(
     """
     p, y = np.asarray(p), np.asarray(y).astype(np.int64)
     names, img = np.unique(np.asarray(image, dtype=str), return_inverse=True)
-    img_y = np.zeros(len(names), np.int64)
-    img_y[img] = y
-    if np.any(img_y[img] != y):
-        raise ValueError("rows of one image carry different labels")
+    # Stratum of a cluster: its class, or 2 when it mixes classes (a street group may).
+    lo = np.full(len(names), 2)
+    hi = np.full(len(names), -1)
+    np.minimum.at(lo, img, y)
+    np.maximum.at(hi, img, y)
+    img_y = np.where(lo == hi, lo, 2)
     cells = _cells(decisions(p), y)
     groups = {g: np.asarray(m, bool) for g, m in groups.items() if np.any(m)}
     per_image = np.zeros((len(names), 4 * len(groups)))
@@ -169,7 +174,7 @@ def challenge_bootstrap(
 
     rng = np.random.default_rng(seed)
     counts = np.zeros((n_resamples, len(names)))
-    for cls in (0, 1):  # stratified: resample images within each class
+    for cls in (0, 1, 2):  # stratified: resample clusters within each class (2 = mixed)
         members = np.flatnonzero(img_y == cls)
         if len(members):
             counts[:, members] = rng.multinomial(
@@ -180,8 +185,8 @@ def challenge_bootstrap(
 
     lo, hi = 50 * (1 - confidence), 50 * (1 + confidence)
     method = (
-        f"percentile bootstrap over images, stratified by class, {n_resamples} resamples "
-        "(all views of a resampled image move together)"
+        f"percentile bootstrap over {unit}, stratified by class, {n_resamples} resamples "
+        f"(all rows of a resampled {unit.rstrip('s')} move together)"
     )
     out = challenge_groups(p, y, groups)
     for gi, g in enumerate(groups):
@@ -205,14 +210,20 @@ def challenge_block(
     *,
     n_resamples: int = 0,
     seed: int = 0,
+    clean_groups=None,
+    views_groups=None,
 ) -> dict[str, Any]:
     """The ``challenge`` object of metrics.json (``schemas/metrics.schema.json``).
 
     ``clean``: the test split's clean images (view 0). With validator views (``views_*``, level
     0-3 per row): ``levels`` per augmentation level and ``validator_mix``, all levels pooled —
     every image at every level, i.e. exactly the validators' uniform level draw. With
-    ``n_resamples > 0`` each entry gains image-clustered bootstrap intervals (``ci``).
+    ``n_resamples > 0`` each entry gains image-clustered bootstrap intervals (``ci``), clustered
+    by street group instead when ``clean_groups`` (and ``views_groups``) are given.
     """
+    grouped = clean_groups is not None and (views_p is None or views_groups is not None)
+    if grouped:
+        clean_ids, views_ids = clean_groups, views_groups
     p = [np.asarray(clean_p, np.float64)]
     y = [np.asarray(clean_y, np.int64)]
     ids = [np.asarray(clean_ids, dtype=str)]
@@ -227,7 +238,8 @@ def challenge_block(
     groups |= {f"level {k}": kind == k for k in range(4)}
     groups["validator_mix"] = kind >= 0
     if n_resamples > 0:
-        g = challenge_bootstrap(p, y, ids, groups, n_resamples, seed=seed)
+        unit = "street groups" if grouped else "images"
+        g = challenge_bootstrap(p, y, ids, groups, n_resamples, seed=seed, unit=unit)
     else:
         g = challenge_groups(p, y, groups)
     block: dict[str, Any] = {"boundary": BOUNDARY, "decision": DECISION, "reward": REWARD}

@@ -142,23 +142,36 @@ def scrc_needs(risk: Any) -> dict[str, int]:
     """Calibration counts below which no SCRC-I candidate can be certified (``scrc``)."""
     from calibrate.scrc import min_calibration
 
-    return min_calibration(risk.alpha, candidate_delta(risk), risk.target_coverage, risk.scrc_risk)
+    return min_calibration(
+        risk.alpha,
+        candidate_delta(risk),
+        risk.target_coverage,
+        risk.scrc_risk,
+        coverage_bound=getattr(risk, "coverage_bound", "dkw"),
+        beta=getattr(risk, "beta", None),
+    )
 
 
 def fit_exit_policies(
-    risk: Any, gate_calibrated: np.ndarray, q: np.ndarray, labels: np.ndarray
+    risk: Any, gate_calibrated: np.ndarray, q: np.ndarray, labels: np.ndarray, groups=None
 ) -> ExitPolicies:
     """Fit both SCRC-I candidates (each at ``delta / 2``) and the two-sided policy on calib.
 
     Args:
-        risk: any object with the attributes alpha, delta, target_coverage, scrc_risk (SCRC-I)
-            and alpha, beta, method (two-sided), e.g. the run config's risk section.
+        risk: any object with the attributes alpha, beta, delta, target_coverage, scrc_risk,
+            and optionally coverage_bound, group_seed (SCRC-I) and alpha, beta, method
+            (two-sided), e.g. the run config's risk section.
         gate_calibrated: Platt-calibrated gate of the calib images.
         q: calibrated P(roadwork) of the calib images.
         labels: their labels in {0, 1}.
+        groups: optional group id per calib image: every fit then uses one seeded random image
+            per group (``calibrate.groups``), the same draw for both candidates.
     """
+    from calibrate.decision import BOUNDARY
     from calibrate.policy import fit_two_sided
     from calibrate.scrc import fit_scrc_i
+
+    seed = int(getattr(risk, "group_seed", 0))
 
     y = np.asarray(labels)
     fitted, entries = {}, {}
@@ -173,6 +186,11 @@ def fit_exit_policies(
                 delta=candidate_delta(risk),
                 target_coverage=risk.target_coverage,
                 risk=risk.scrc_risk,
+                beta=risk.beta,
+                coverage_bound=getattr(risk, "coverage_bound", "order_statistic"),
+                groups=groups,
+                group_seed=seed,
+                decision_boundary=BOUNDARY,  # no image with q > 0.5 exits as "no roadwork"
             )
         except ValueError as e:
             entries[name] = {"feasible": False, "reason": str(e)}
@@ -187,7 +205,16 @@ def fit_exit_policies(
     ranked = sorted(fitted, key=lambda k: (wrong_exits(k), CANDIDATES.index(k)))
     try:
         delta = risk.delta if risk.method == "pac" else None
-        two = fit_two_sided(q, y, alpha=risk.alpha, beta=risk.beta, delta=delta, method=risk.method)
+        two = fit_two_sided(
+            q,
+            y,
+            alpha=risk.alpha,
+            beta=risk.beta,
+            delta=delta,
+            method=risk.method,
+            groups=groups,
+            group_seed=seed,
+        )
         two_entry = {"feasible": True, "result": jsonable(two.to_dict())}
     except ValueError as e:
         two, two_entry = None, {"feasible": False, "reason": str(e)}

@@ -36,6 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from calibrate.decision import is_roadwork
+
 _STRATEGIES = ("uniform", "quantile")
 _NORMS = ("l1", "l2", "max")
 # Relative slack for "coverage >= c" and "risk <= r", so that c * n computed in float does not
@@ -187,7 +189,7 @@ def _debiased_from_bins(n_b, y_sum, gap_sum, squared):
 def _top_label(probs, labels):
     """(confidence, correctness) of the top label; (n,) binary P(y=1) or (n, k) rows."""
     if probs.ndim == 1:
-        pred = probs >= 0.5
+        pred = is_roadwork(probs)
         return jnp.maximum(probs, 1 - probs), (pred == (labels > 0.5)).astype(probs.dtype)
     conf = probs.max(axis=1)
     return conf, (probs.argmax(axis=1) == labels).astype(probs.dtype)
@@ -235,7 +237,7 @@ def debiased_ece(
 def top_label_ece(
     probs, labels, n_bins: int = 15, strategy: str = "uniform", norm: str = "l1", weights=None
 ) -> jax.Array:
-    """Top-label ECE: confidence max(p, 1-p) against correctness of ``p >= 0.5``.
+    """Top-label ECE: confidence max(p, 1-p) against correctness of ``p > 0.5``.
 
     ``probs`` may also be (n, k) class probabilities with integer ``labels`` (argmax rule).
     Bins as in :func:`ece` over [0, 1].
@@ -325,7 +327,7 @@ def auprc(scores, labels, weights=None) -> jax.Array:
 
 def _confusion(preds, labels, weights):
     """Weighted (tp, fp, fn, tn) of hard {0,1} predictions."""
-    yhat = _as_float(jnp.asarray(preds) > 0.5)
+    yhat = _as_float(is_roadwork(jnp.asarray(preds)))  # hard {0,1} or probabilities alike
     y = jnp.asarray(labels).astype(yhat.dtype)
     w = _weights(weights, yhat)
     tp = jnp.sum(w * yhat * y)
@@ -475,7 +477,8 @@ def coverage_at_risk(confidence, errors, risk, weights=None) -> jax.Array:
 def summary(probs, labels, threshold=0.5, n_bins: int = 15, weights=None) -> dict:
     """All headline metrics of binary P(y=1) in one jitted call (two sorts in total).
 
-    Decisions are ``p >= threshold``; the selective metrics rank by the top-label confidence
+    Decisions are ``p > threshold`` (``calibrate.decision.is_roadwork``; the validator's rule at
+    the default 0.5); the selective metrics rank by the top-label confidence
     max(p, 1-p) and count errors of those decisions. Keys: auroc, auprc, ece (uniform, l1),
     ece_quantile (l1), ece_debiased (equal-mass, L2), top_label_ece, brier, accuracy, mcc,
     fnr, fpr, aurc, eaurc. Under ``vmap`` over ``weights`` only, the sorts are shared.
@@ -502,7 +505,7 @@ def summary(probs, labels, threshold=0.5, n_bins: int = 15, weights=None) -> dic
 
     # Confidence order: top-label calibration and the risk-coverage metrics share one sort.
     conf, correct = _top_label(p, y)
-    err = ((p >= threshold) != (y > 0.5)).astype(p.dtype)
+    err = (is_roadwork(p, threshold) != (y > 0.5)).astype(p.dtype)
     c = _sort(conf)
     wc = w[c.order]
     cum_wc = _cumsum0(wc)
@@ -515,7 +518,7 @@ def summary(probs, labels, threshold=0.5, n_bins: int = 15, weights=None) -> dic
     out["aurc"], opt = _aurc_terms(acc_w, acc_e, wc)
     out["eaurc"] = out["aurc"] - opt
 
-    tp, fp, fn, tn = _confusion(p >= threshold, y, w)
+    tp, fp, fn, tn = _confusion(is_roadwork(p, threshold), y, w)
     out["accuracy"] = (tp + tn) / (tp + fp + fn + tn)
     out["mcc"] = _mcc(tp, fp, fn, tn)
     out["fnr"] = _div(fn, tp + fn, jnp.nan)

@@ -27,7 +27,13 @@ its shipped rule as data (``serving_rule``) for runtimes that cannot import this
 
 Every other image is deferred; a null selection selects every image; "inf"/"-inf" strings
 stand for infinite thresholds (JSON has none). ``risk`` is any object with
-the run config's risk attributes (alpha, method, delta, beta, target_coverage, scrc_risk).
+the run config's risk attributes (alpha, method, delta, beta, target_coverage, scrc_risk,
+coverage_bound, group_seed).
+
+Groups (``fit_policy(..., groups=)``): the certificate is fitted on one seeded random calib image
+per group (``calibrate.groups``); the records carry the effective calibration size. Each policy
+lists what it certifies (``bounds``); ``guarantee_report`` puts every bound next to the value
+measured on test, under each test condition (clean images, validator views).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from calibrate import metrics as M
+from calibrate.decision import is_roadwork
 from calibrate.exit_policies import (
     CANDIDATES,
     fit_exit_policies,
@@ -47,7 +54,7 @@ from calibrate.exit_policies import (
     selection_quality,
     selection_score,
 )
-from calibrate.thresholds import fnr_threshold, min_calibration_size
+from calibrate.thresholds import fnr_threshold_fit, min_calibration_size
 
 __all__ = [
     "POLICIES",
@@ -58,12 +65,41 @@ __all__ = [
     "serving_rule",
 ]
 
+# Certified quantity -> key of ``exit_policies.policy_metrics``.
+MEASURED = {"coverage": "coverage", "fnr": "fnr", "fpr": "fpr", "error": "selected_risk"}
+
 
 class Policy(abc.ABC):
     """A fitted exit policy (``fit_policy``)."""
 
     shipped: str  # name of the decision rule that ships ("fnr_threshold", "scrc_gate", ...)
     notes: list[str]  # one line per thing the user must know (infeasible candidates, ...)
+    calibration: dict  # what the certificate was fitted on (grouped, n_effective, views, ...)
+
+    @abc.abstractmethod
+    def bounds(self) -> dict[str, dict]:
+        """Certified quantities: ``{name: {"bound", "side", "certified", "guarantee"}}``
+        (names in ``MEASURED``); empty when nothing ships."""
+
+    def guarantee_report(self, conditions: dict[str, tuple]) -> dict[str, Any]:
+        """Each certified bound next to its test value under each condition.
+
+        Args:
+            conditions: ``{name: (scores, labels)}`` of the test images (e.g. "clean", and
+                "validator" for the validator views).
+        """
+        measured = {
+            c: policy_metrics(self.decide(sc), np.asarray(y)) for c, (sc, y) in conditions.items()
+        }
+        out = {}
+        for q, b in self.bounds().items():
+            test = {c: m[MEASURED[q]] for c, m in measured.items()}
+            ok = {}
+            for c, v in test.items():
+                if v is not None:
+                    ok[c] = bool(v >= b["bound"] if b["side"] == ">=" else v <= b["bound"])
+            out[q] = {**b, "test": test, "within": ok}
+        return out
 
     @staticmethod
     @abc.abstractmethod
@@ -123,21 +159,34 @@ class FNRThreshold(Policy):
     shipped = "fnr_threshold"
 
     def __init__(
-        self, scores: dict[str, np.ndarray], labels: np.ndarray, risk, allow_uncertified=False
+        self,
+        scores: dict[str, np.ndarray],
+        labels: np.ndarray,
+        risk,
+        allow_uncertified=False,
+        groups=None,
     ):
         p, y = scores["p"], np.asarray(labels)
         self.risk = risk
         self.delta = risk.delta if risk.method == "pac" else None
+        seed = int(getattr(risk, "group_seed", 0))
         self.notes = []
         self.uncertified = None
-        short = calibration_shortfall(self, risk, {"positives": int(np.sum(y == 1))})
+        # With groups one positive per positive group certifies (calibrate.groups).
+        n_pos = int(np.sum(y == 1)) if groups is None else _n_groups(groups, y == 1)
+        short = calibration_shortfall(self, risk, {"positives": n_pos})
         if short and allow_uncertified:
             # Nothing is certifiable: t = 0 exits no calibrated probability (p >= 0), i.e. the
             # run ships "defer every image" and says so.
             self.shipped, self.t, self.uncertified = "defer_all", 0.0, short
+            self.calibration = _calibration_record(y, groups, seed)
             self.notes.append(f"not certified: {short}; stage 1 defers every image")
-        else:  # fnr_threshold raises the same numbers when nothing is certifiable
-            self.t = float(fnr_threshold(p, y, risk.alpha, method=risk.method, delta=self.delta))
+        else:  # fnr_threshold_fit raises the same numbers when nothing is certifiable
+            self.t, self.calibration = fnr_threshold_fit(
+                p, y, risk.alpha, method=risk.method, delta=self.delta, groups=groups,
+                group_seed=seed,
+            )  # fmt: skip
+            self.t = float(self.t)
         pos = p[y == 1]
         self.calib_fnr = float(np.mean(pos < self.t)) if pos.size else 0.0
         self.calib_exit_rate = float(np.mean(p < self.t))
@@ -152,6 +201,19 @@ class FNRThreshold(Policy):
         return f"FNR <= {risk.alpha:g} ({risk.method}" + (
             f", delta={risk.delta:g})" if risk.method == "pac" else ")"
         )
+
+    def bounds(self):
+        r = self.risk
+        if self.uncertified:  # defer_all: nothing exits, nothing is certified
+            return {}
+        return {
+            "fnr": {
+                "bound": r.alpha,
+                "side": "<=",
+                "certified": r.method != "empirical",
+                "guarantee": guarantee_text(r.method, r.alpha, r.delta),
+            }
+        }
 
     def decide(self, scores):
         return np.where(scores["p"] < self.t, 0, -1).astype(np.int8)
@@ -184,8 +246,9 @@ class FNRThreshold(Policy):
             "fitted_on": "calib",
             "n_calib": int(len(y_calib)),
             "n_calib_positives": int(np.sum(y_calib)),
+            "calibration": self.calibration,
         }
-        return {"thresholds.json": (thresholds, "thresholds")}
+        return {"thresholds.json": (jsonable(thresholds), "thresholds")}
 
     def summary(self, metrics):
         m, r = metrics["metrics"], self.risk
@@ -213,6 +276,8 @@ class FNRThreshold(Policy):
             "statement": neg.get("guarantee")
             or guarantee_text(neg["method"], neg["alpha"], neg.get("delta") or 0.0),
         }
+        if rec.get("calibration"):
+            guarantee["calibration"] = rec["calibration"]
         return {
             "shipped": FNRThreshold.shipped,
             "ops": [],
@@ -227,12 +292,20 @@ class Selective(Policy):
     """SCRC-I (gate, softmax response) and the two-sided policy (``calibrate.exit_policies``)."""
 
     def __init__(
-        self, scores: dict[str, np.ndarray], labels: np.ndarray, risk, allow_uncertified=False
+        self,
+        scores: dict[str, np.ndarray],
+        labels: np.ndarray,
+        risk,
+        allow_uncertified=False,
+        groups=None,
     ):
         # Nothing certifiable ships "defer_all" either way (the reasons are recorded); the
         # up-front ``calibration_shortfall`` check is what refuses without allow_uncertified.
         self.risk = risk
-        self.pol = fit_exit_policies(risk, scores["gate_calibrated"], scores["p"], labels)
+        self.pol = fit_exit_policies(
+            risk, scores["gate_calibrated"], scores["p"], labels, groups=groups
+        )
+        self.calibration = _calibration_record(labels, groups, int(getattr(risk, "group_seed", 0)))
         self.notes = self.pol.reasons()
         if self.pol.chosen is None:
             self.notes.append("no SCRC-I policy certified: stage 1 defers every image (coverage 0)")
@@ -248,6 +321,23 @@ class Selective(Policy):
             f"SCRC-I {risk.scrc_risk} <= {risk.alpha:g} with coverage >= "
             f"{risk.target_coverage:g} (delta={risk.delta:g})"
         )
+
+    def bounds(self):
+        if self.pol.chosen is None:
+            return {}
+        res, r = self.pol.fitted[self.pol.chosen], self.risk
+        parts = " and ".join(
+            f"{q.upper() if q != 'coverage' else 'coverage'} {b['side']} {b['bound']:g}"
+            for q, b in res.bounds().items()
+        )
+        text = (
+            f"P({parts}) >= {1 - r.delta:g} over calibration draws (SCRC-I, union bound; "
+            f"each candidate at delta/2)"
+        )
+        return {
+            q: {"bound": b["bound"], "side": b["side"], "certified": True, "guarantee": text}
+            for q, b in res.bounds().items()
+        }
 
     def _decide(self, name: str, scores) -> np.ndarray:
         return self.pol.decide(name, scores["gate_calibrated"], scores["p"])
@@ -267,7 +357,7 @@ class Selective(Policy):
                 s: policy_metrics(self._decide(name, scores_by_split[s]), labels_by_split[s])
                 for s in ("test", "calib")
             }
-        errors = (sc["p"] >= 0.5).astype(np.int32) != y
+        errors = is_roadwork(sc["p"]).astype(np.int32) != y
         return {
             "metrics": {k: head[k] for k in keys},
             "policies": policies,
@@ -290,6 +380,9 @@ class Selective(Policy):
             "delta_per_candidate": r.delta / 2,
             "target_coverage": r.target_coverage,
             "risk": r.scrc_risk,
+            "beta": r.beta,
+            "coverage_bound": getattr(r, "coverage_bound", "order_statistic"),
+            "calibration": self.calibration,
             "probability": "dirichlet-calibrated P(roadwork) of f",
             "candidates": self.pol.entries,
             "chosen": self.pol.chosen,
@@ -304,8 +397,11 @@ class Selective(Policy):
         r = self.risk
         if self.pol.chosen is None:
             return "none (defers every image)"
-        risk = "FNR" if r.scrc_risk == "fnr" else "selected error"
-        return f"P({risk} <= {r.alpha:g}, coverage >= {r.target_coverage:g}) >= {1 - r.delta:g}"
+        risk = {
+            "fnr_fpr": f"FNR <= {r.alpha:g}, FPR <= {r.beta:g}",
+            "fnr": f"FNR <= {r.alpha:g}",
+        }.get(r.scrc_risk, f"selected error <= {r.alpha:g}")
+        return f"P({risk}, coverage >= {r.target_coverage:g}) >= {1 - r.delta:g}"
 
     def summary(self, metrics):
         m, r = metrics["metrics"], self.risk
@@ -313,7 +409,9 @@ class Selective(Policy):
         def f(v):
             return "-" if v is None else f"{v:.4f}"
 
-        rows = [(f"shipped policy (SCRC-I {r.scrc_risk} <= {r.alpha})", self.shipped)]
+        level = f"FNR <= {r.alpha}, FPR <= {r.beta}" if r.scrc_risk == "fnr_fpr" else None
+        level = level or f"{r.scrc_risk} <= {r.alpha}"
+        rows = [(f"shipped policy (SCRC-I {level})", self.shipped)]
         for name in ("scrc_gate", "scrc_softmax_response", "two_sided"):
             t = metrics["policies"].get(name, {}).get("test")
             val = "infeasible" if t is None else f"cov {f(t['coverage'])}  FNR {f(t['fnr'])}"
@@ -359,16 +457,22 @@ class Selective(Policy):
         ops, score = [], "gate_calibrated"
         if chosen == "softmax_response":  # candidate names, not head kinds
             ops, score = [score_op("max_complement", "p", "confidence")], "confidence"
+        fpr = f" or FPR > {res['beta']}" if res.get("beta") is not None else ""
+        primary = "FNR" if rec["risk"] == "fnr_fpr" else rec["risk"]
         guarantee = base | {
             "coverage_lcb": res["coverage_lcb"],
             "risk_ucb": res["risk_ucb"],
+            "beta": res.get("beta"),
+            "fpr_ucb": res.get("fpr_ucb"),
             "delta_per_candidate": rec.get("delta_per_candidate"),
             "statement": (
-                f"P(coverage < {rec['target_coverage']} or {rec['risk']} > {rec['alpha']}) <= "
+                f"P(coverage < {rec['target_coverage']} or {primary} > {rec['alpha']}{fpr}) <= "
                 f"{rec['delta']} over calibration draws (SCRC-I, {chosen} selection, "
                 "Bonferroni over the two candidates)"
             ),
         }
+        if rec.get("calibration"):
+            guarantee["calibration"] = rec["calibration"]
         return {
             "shipped": f"scrc_{chosen}",
             "ops": ops,
@@ -377,6 +481,17 @@ class Selective(Policy):
             "exit_positive_at_or_above": res["lambda2"],
             "guarantee": guarantee,
         }
+
+
+def _calibration_record(labels, groups, seed: int) -> dict:
+    """The calibration the SCRC-I fits used: grouped or not, rows and effective size."""
+    from calibrate.groups import one_per_group
+
+    n = int(len(labels))
+    if groups is None:
+        return {"grouped": False, "n_rows": n, "n_effective": n}
+    rec = one_per_group(groups, seed).record()
+    return rec
 
 
 POLICIES = {"fnr_threshold": FNRThreshold, "selective": Selective}
@@ -394,14 +509,29 @@ def _policy(name: str) -> type[Policy]:
 
 
 def fit_policy(
-    name: str, scores_calib: dict[str, np.ndarray], y_calib, risk, allow_uncertified=False
+    name: str,
+    scores_calib: dict[str, np.ndarray],
+    y_calib,
+    risk,
+    allow_uncertified=False,
+    groups=None,
+    calib_views: str = "clean",
 ) -> Policy:
     """Fit exit policy ``name`` on the calib scores (``calibrate.calibration``).
 
     ``allow_uncertified``: where the calib split is too small to certify anything, ship
-    "defer_all" (with a note) instead of raising.
+    "defer_all" (with a note) instead of raising. ``groups``: group id per calib row (None: rows
+    assumed exchangeable). ``calib_views``: which images the calib rows are ("clean" or
+    "validator"), recorded with the calibration.
     """
-    return _policy(name)(scores_calib, np.asarray(y_calib), risk, allow_uncertified)
+    pol = _policy(name)(scores_calib, np.asarray(y_calib), risk, allow_uncertified, groups=groups)
+    pol.calibration = {**pol.calibration, "views": calib_views}
+    return pol
+
+
+def _n_groups(groups, mask) -> int:
+    """Number of distinct groups among the rows of ``mask``."""
+    return len(np.unique(np.asarray(groups)[np.asarray(mask, bool)].astype(str)))
 
 
 def calibration_shortfall(name: str | Policy, risk, counts: dict[str, int]) -> str | None:

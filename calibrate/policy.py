@@ -11,6 +11,10 @@ Overlap (``t_hi < t_lo``, a well-separated score): the band ``[t_hi, t_lo)`` is 
 exits. It is deferred — exit negative iff ``score < min(t_lo, t_hi)``, exit positive iff
 ``score >= max(t_lo, t_hi)`` — so stage 1 never emits a decision that one of the two rules
 contradicts. Both exits then shrink, so both certificates still hold.
+
+Groups (``groups=``): each side runs on one positive (negative) drawn uniformly at random per
+group holding one (``calibrate.groups``, seeded), so the ranks count groups, not correlated
+rows; the records carry the effective sizes.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from calibrate.groups import one_per_group
 from calibrate.scrc import DECISIONS
 from calibrate.thresholds import certified_rank, validate_scores_labels
 
@@ -34,8 +39,10 @@ class TwoSidedPolicy:
     beta: float
     delta: float | None
     method: str
-    n_pos: int
+    n_pos: int  # positives (positive groups when grouped) the FNR rank counts
     n_neg: int
+    grouped: bool = False
+    group_seed: int | None = None
 
     @property
     def overlap(self) -> bool:
@@ -56,7 +63,14 @@ class TwoSidedPolicy:
 
 
 def fit_two_sided(
-    scores, labels, alpha: float, beta: float, delta: float | None = None, method: str = "crc"
+    scores,
+    labels,
+    alpha: float,
+    beta: float,
+    delta: float | None = None,
+    method: str = "crc",
+    groups=None,
+    group_seed: int = 0,
 ) -> TwoSidedPolicy:
     """Fit ``t_lo`` (FNR <= alpha on positives) and ``t_hi`` (FPR <= beta on negatives).
 
@@ -65,6 +79,7 @@ def fit_two_sided(
       alpha: target FNR of exit_negative. beta: target FPR of exit_positive.
       delta: total failure probability for ``method="pac"`` (``delta/2`` per side).
       method: ``"crc"``, ``"pac"`` or ``"empirical"`` (no guarantee).
+      groups: optional group id per row (module docstring). group_seed: seed of the draw.
 
     Raises:
       ValueError: bad input, or a side that cannot be certified (the message names the minimum
@@ -76,11 +91,29 @@ def fit_two_sided(
     if method == "pac" and delta is None:
         raise ValueError("method='pac' needs delta, the failure probability of the guarantee")
     d_side = None if delta is None else delta / 2.0
-    pos = np.sort(s[y == 1])
-    neg = np.sort(s[y == 0])[::-1]  # descending: neg[k - 1] is the k-th largest
-    t_lo = float(pos[certified_rank(pos.size, alpha, method, d_side, "positives") - 1])
+    what = ("positives", "negatives")
+    if groups is None:
+        pos, neg = s[y == 1], s[y == 0]
+    else:
+        pos = s[one_per_group(groups, group_seed, eligible=y == 1).rows]
+        neg = s[one_per_group(groups, group_seed, eligible=y == 0).rows]
+        what = ("positive groups", "negative groups")
+    pos = np.sort(pos)
+    neg = np.sort(neg)[::-1]  # descending: neg[k - 1] is the k-th largest
+    t_lo = float(pos[certified_rank(pos.size, alpha, method, d_side, what[0]) - 1])
     # FPR side = the FNR rule on negated scores: #{neg : s >= t_hi} <= k - 1 holds for every t_hi
     # strictly above the k-th largest negative score; take the next float.
-    k_hi = certified_rank(neg.size, beta, method, d_side, "negatives", "beta")
+    k_hi = certified_rank(neg.size, beta, method, d_side, what[1], "beta")
     t_hi = float(np.nextafter(neg[k_hi - 1], math.inf))
-    return TwoSidedPolicy(t_lo, t_hi, alpha, beta, delta, method, int(pos.size), int(neg.size))
+    return TwoSidedPolicy(
+        t_lo,
+        t_hi,
+        alpha,
+        beta,
+        delta,
+        method,
+        int(pos.size),
+        int(neg.size),
+        grouped=groups is not None,
+        group_seed=group_seed if groups is not None else None,
+    )

@@ -3,52 +3,84 @@
 Rule on an image with gate score ``g`` and P(roadwork) ``p``: stage 1 decides alone iff
 ``g >= lambda1`` — then ``exit_positive`` iff ``p >= lambda2``, else ``exit_negative`` — and
 defers to stage 2 otherwise. Quantities are those of stage 1 alone: coverage = exits / images;
-``risk="error"``: wrong exits / exits; ``risk="fnr"``: roadwork images exited as negative / all
-roadwork images. Guarantee, over the calibration draw (union bound, ``delta = delta_cov +
-delta_risk``)::
+``risk="fnr"``: roadwork images exited as negative / all roadwork images; ``risk="fpr"`` side:
+non-roadwork images exited as positive / all non-roadwork images; ``risk="error"``: wrong exits
+/ exits. Guarantee, over the calibration draw (union bound over the certified quantities)::
 
-    P( coverage(lambda1) < target_coverage  or  risk(lambda1, lambda2) > alpha ) <= delta.
+    risk="fnr_fpr" (default):  P( coverage < target  or  FNR > alpha  or  FPR > beta ) <= delta
+    risk="fnr" | "error":      P( coverage < target  or  risk > alpha ) <= delta
+
+with ``delta = delta_cov + delta_risk`` and, for ``fnr_fpr``, ``delta_risk`` split equally
+between the FNR and the FPR test. ``fnr_fpr`` bounds *both* error types of the exits: what
+stage 1 wrongly exits as "no roadwork" (FNR) and what it wrongly exits as "roadwork" (FPR).
+``fnr`` alone leaves the positive exits unbounded and is kept for comparison only.
 
 Procedure (built from LTT, Clopper–Pearson and DKW; inspired by, not verified equal to, Xu, Guo
 & Wei, "Selective Conformal Risk Control", arXiv 2512.12844):
 
+0. Groups. With ``groups`` (correlated rows: frames of one drive, images of one site) the
+   procedure runs on one row drawn uniformly at random per group (``calibrate.groups``; seed
+   recorded); the drawn rows are i.i.d. when the groups are, so every step below holds with
+   ``n`` = number of groups. Without groups the rows are assumed exchangeable.
 1. Selection. ``lambda1`` admits exactly the calibration samples strictly above an order
    statistic ``u`` of the gate scores: ``lambda1 = nextafter(u, +inf)``, so ``g >= lambda1``
    iff ``g > u``. Its rank ``m`` (number of calibration exits) depends only on ``n``,
    ``target_coverage`` and ``delta_cov`` — it is the most selective rule whose coverage bound
    clears the target:
+   - ``coverage_bound="order_statistic"`` (default): for i.i.d. continuous gate scores with
+     c.d.f. F, the rule admits the m largest of n, so its coverage is ``1 - F(g_(n-m))`` with
+     ``F(g_(n-m)) = U_(n-m) ~ Beta(n - m, m + 1)`` (quantile transform), i.e. coverage ~
+     ``Beta(m + 1, n - m)``, stochastically larger than the ``Beta(m, n - m + 1)`` used here
+     (one rank of slack; with ties ``P(g > u)`` only grows). Because m is a function of
+     ``(n, target, delta_cov)`` alone — a *fixed rank*, chosen before the data are seen —
+     ``P(coverage < target) <= P(Beta(m, n-m+1) < target) = P(Binom(n, target) >= m) <=
+     delta_cov`` is exact, with no uniformity over thresholds needed. It is tighter than DKW
+     (1,038 vs 1,055 calibration exits for target 0.5 at n = 2,000, delta_cov = 0.05).
    - ``coverage_bound="dkw"``: ``coverage_lcb(t) = cov_hat(t) - sqrt(ln(1/delta_cov) / (2n))``,
      the one-sided DKW inequality with Massart's constant, valid *uniformly over all thresholds
-     t* and therefore for any data-chosen one (needs ``delta_cov <= 1/2``).
-   - ``coverage_bound="order_statistic"``: the coverage of a threshold sitting at the m-th
-     largest gate score is ``P(g >= .) >= 1 - U_(n-m+1) ~ Beta(m, n - m + 1)`` for iid data
-     (quantile transform; valid with ties). Exact for this rank rule, tighter than DKW, but
-     valid only because m is fixed before looking at the data, as it is here.
+     t* (needs ``delta_cov <= 1/2``). Needed only for data-chosen ranks, which we never use.
 2. Decision threshold. Fixed-sequence testing (LTT) of ``H(lambda2): risk > alpha`` with exact
    binomial p-values ``BinomCDF(e; N, alpha)`` along a pre-declared order of ``lambda2`` over
-   the whole real line, stopping at the first p-value above ``delta_risk``. The first true null
-   along a data-independent order is a fixed point, so the family-wise error is <= delta_risk
-   even though the p-values are only evaluated where the calibration decisions change.
-   - ``risk="error"``: ``N`` = calibration exits, ``e`` = wrong exits. Order: from
-     ``lambda2_start`` (default 0.5, the Bayes threshold for calibrated probabilities and the
-     minimum of the selective error) downwards, i.e. towards more ``exit_positive``; the
-     smallest certified evaluation point is returned — fewest missed roadwork images among
-     exits whose selective error is still certified; a calibration prob (or the start), so the
-     rule never extrapolates below the data (any subset of the certified set is valid).
-     Validity: conditionally on ``u``, the m calibration samples above it are iid from the law
-     of (g, p, y) given ``g > u`` (order-statistic property for continuous g), which is exactly
-     the population of the deployed rule; the binomial test is therefore exact given ``u``,
-     hence unconditionally.
+   the whole real line, stopping at the first p-value above the test's level. The first true
+   null along a data-independent order is a fixed point, so the family-wise error over the
+   whole certified set is <= the level, even though the p-values are only evaluated where the
+   calibration decisions change; any ``lambda2`` in the certified set may then be chosen.
    - ``risk="fnr"``: ``N = n+`` (all calibration positives), ``e`` = positives exited as
      negative — for a fixed rule the count is Binomial(n+, FNR). FNR is non-decreasing in
      ``lambda2``, so the order is increasing ``lambda2`` and the certified set is
      ``lambda2 <= s_(k*)``, with ``s`` the sorted ``p`` of the selected positives and ``k*`` the
-     PAC rank of ``fnr_threshold`` for ``n+`` at ``delta_risk``. This is exact for a
-     ``lambda1`` fixed in advance; here ``lambda1`` is a rank statistic of all gate scores, a
-     weak dependence not covered by the proof. Measured by simulation (tests/test_scrc.py): with
-     the misses concentrated in a strip right where ``lambda1`` lands, n = 2000, alpha = 0.05,
-     delta_risk = 0.05, P(FNR > alpha) was 0.044 +- 0.002 (10,000 draws) against 0.040 for a
-     fixed ``lambda1``; on smooth laws no excess was visible.
+     PAC rank of ``fnr_threshold`` for ``n+``.
+   - FPR side (``fnr_fpr``): the mirror image: ``N = n-``, ``e`` = negatives exited as
+     positive, non-increasing in ``lambda2``; certified set ``lambda2 > t_(k*)`` with ``t`` the
+     selected negatives' ``p`` in decreasing order and ``k*`` the PAC rank for ``n-`` at beta.
+     ``fnr_fpr`` returns the point of the intersection of both certified sets nearest to the
+     decision boundary (``nextafter(0.5)``: "exit positive iff p > 0.5", the validator's rule,
+     whenever that rule is certified); an empty intersection (the selected positives and
+     negatives overlap too much) is infeasible, never silently replaced.
+   The FNR/FPR tests are exact for a ``lambda1`` fixed in advance; here ``lambda1`` is a rank
+   statistic of all gate scores, a weak dependence not covered by the proof. Measured by
+   simulation (tests/test_scrc.py): with the misses concentrated in a strip right where
+   ``lambda1`` lands, n = 2000, alpha = 0.05, delta_risk = 0.05, P(FNR > alpha) was 0.044 +-
+   0.002 (10,000 draws) against 0.040 for a fixed ``lambda1``; on smooth laws no excess.
+   - ``risk="error"``: ``N`` = calibration exits, ``e`` = wrong exits. Order: from
+     ``lambda2_start`` (default: just above the decision boundary) downwards, i.e. towards more
+     ``exit_positive``; the smallest certified evaluation point is returned. Validity:
+     conditionally on ``u``, the m calibration samples above it are iid from the law of
+     (g, p, y) given ``g > u`` (order-statistic property for continuous g), which is exactly
+     the population of the deployed rule; the binomial test is therefore exact given ``u``.
+
+The decision boundary (``decision_boundary``, the pipeline passes 0.5). With ``risk="fnr"`` the
+FNR test certifies every ``lambda2 <= s_(k*)``; taking the largest one exits as "no roadwork"
+every selected image with ``p < s_(k*)``, which can lie far above 0.5. That was the anomaly seen
+on the demo set: a softmax-response policy with ``lambda1 = 0.7676 < lambda2 = 0.7696`` exited
+images the classifier calls roadwork (q in [0.7676, 0.7696)) as "no roadwork" — valid for FNR,
+but a contradiction of the classifier's own decision, and one nothing bounded. With ``fnr`` and
+``error`` the ``lambda2`` is now capped at ``nextafter(boundary)``, so an image with ``p > 0.5``
+never exits negative (a subset of the certified set, so the certificate is unchanged). With
+``fnr_fpr`` (default) both error types are bounded, so ``lambda2`` is the point of the certified
+interval nearest the boundary: the validator's rule whenever it is certified, and otherwise the
+nearest edge — e.g. ``lambda2 > 0.5`` when the rule at 0.5 exits too many negatives as roadwork;
+the ``p > 0.5`` images it then exits as "no roadwork" count against the certified FNR.
 
 Why not search ``lambda1`` and ``lambda2`` jointly: FNR is non-increasing in ``lambda1`` (and the
 selective error is, for a gate that ranks confidence, too), so the most selective admissible
@@ -65,6 +97,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import stats
 
+from calibrate.groups import one_per_group
 from calibrate.thresholds import (
     binomial_p_value,
     certified_rank,
@@ -73,8 +106,8 @@ from calibrate.thresholds import (
     validate_scores_labels,
 )
 
-RISKS = ("fnr", "error")
-COVERAGE_BOUNDS = ("dkw", "order_statistic")
+RISKS = ("fnr_fpr", "fnr", "error")
+COVERAGE_BOUNDS = ("order_statistic", "dkw")
 DECISIONS = ("exit_negative", "exit_positive", "defer")
 
 
@@ -158,21 +191,32 @@ def min_calibration(
     alpha: float,
     delta: float,
     target_coverage: float,
-    risk: str = "fnr",
+    risk: str = "fnr_fpr",
     delta_split: float = 0.5,
-    coverage_bound: str = "dkw",
+    coverage_bound: str = "order_statistic",
+    beta: float | None = None,
 ) -> dict[str, int]:
     """Calibration sizes below which ``fit_scrc_i`` refuses whatever the scores (same arguments).
 
     ``{"images": n}``: the coverage bound clears ``target_coverage`` only from ``n_calib >= n``
-    on; for ``risk="fnr"`` also ``{"positives": k}``: the PAC rank needs ``n_pos >= k`` (both
-    conditions are monotone in the count, so the numbers are exact). ``risk="error"`` needs
-    enough exits too, which depends on the scores and is only known after fitting.
+    on. The selected images all exit (negative or positive), and a binomial upper bound on a
+    rate with zero errors clears its level a only once ``(1 - a)^N <= delta`` (the PAC size of
+    ``calibrate.thresholds.min_calibration_size``), so ``risk="fnr"`` also needs
+    ``{"positives": k}`` at ``delta_risk = delta - delta_cov``, and ``risk="fnr_fpr"`` needs
+    positives for FNR <= alpha and negatives for FPR <= beta, each at ``delta_risk / 2``. Each
+    condition is monotone in its count, so the numbers are exact. ``risk="error"`` needs enough
+    exits too, which depends on the scores and is only known after fitting.
     """
     delta_cov = delta * delta_split
+    delta_risk = delta - delta_cov
     need = {"images": _min_n_for_coverage(target_coverage, delta_cov, coverage_bound)}
     if risk == "fnr":
-        need["positives"] = min_calibration_size(alpha, "pac", delta - delta_cov)
+        need["positives"] = min_calibration_size(alpha, "pac", delta_risk)
+    elif risk == "fnr_fpr":
+        need["positives"] = min_calibration_size(alpha, "pac", delta_risk / 2)
+        need["negatives"] = min_calibration_size(
+            alpha if beta is None else beta, "pac", delta_risk / 2
+        )
     return need
 
 
@@ -183,20 +227,54 @@ class SCRCResult:
     lambda1: float  # stage 1 decides alone iff gate >= lambda1
     lambda2: float  # among those, exit_positive iff prob >= lambda2
     coverage_lcb: float  # certified lower bound on coverage (level 1 - delta_cov)
-    risk_ucb: float  # Clopper-Pearson upper bound on the risk (level 1 - delta_risk)
-    n_calib: int
+    risk_ucb: float  # Clopper-Pearson upper bound on the primary risk (fnr for fnr_fpr)
+    n_calib: int  # calibration rows used (= groups when grouped)
     n_selected: int  # calibration images that stage 1 exits
     coverage_hat: float
     risk_hat: float  # n_events / n_trials
     alpha: float
     delta: float
     target_coverage: float
-    risk: str  # "fnr" | "error"
+    risk: str  # "fnr_fpr" | "fnr" | "error"
     delta_cov: float
     delta_risk: float
     coverage_bound: str
     n_trials: int  # binomial N of the risk test: n_selected (error) or n_pos (fnr)
     n_events: int  # wrong exits (error) or positives exited as negative (fnr)
+    beta: float | None = None  # FPR level (fnr_fpr)
+    fpr_ucb: float | None = None  # Clopper-Pearson upper bound on FPR (fnr_fpr)
+    fpr_hat: float | None = None
+    n_neg: int | None = None  # binomial N of the FPR test
+    n_fp: int | None = None  # negatives exited as positive
+    n_rows: int | None = None  # calibration rows before the group draw
+    grouped: bool = False  # True: one row per group (n_calib = number of groups)
+    group_seed: int | None = None
+
+    def bounds(self) -> dict[str, dict]:
+        """Each certified quantity: ``{"bound", "side", "calib_estimate", "confidence_bound"}``."""
+        out = {
+            "coverage": {
+                "bound": self.target_coverage,
+                "side": ">=",
+                "calib_estimate": self.coverage_hat,
+                "confidence_bound": self.coverage_lcb,
+            }
+        }
+        primary = "fnr" if self.risk == "fnr_fpr" else self.risk
+        out[primary] = {
+            "bound": self.alpha,
+            "side": "<=",
+            "calib_estimate": self.risk_hat,
+            "confidence_bound": self.risk_ucb,
+        }
+        if self.risk == "fnr_fpr":
+            out["fpr"] = {
+                "bound": self.beta,
+                "side": "<=",
+                "calib_estimate": self.fpr_hat,
+                "confidence_bound": self.fpr_ucb,
+            }
+        return out
 
     def decide(self, gate_scores, probs) -> np.ndarray:
         """Per-image decision in {"exit_negative", "exit_positive", "defer"}."""
@@ -231,10 +309,14 @@ def fit_scrc_i(
     alpha: float,
     delta: float,
     target_coverage: float,
-    risk: str = "fnr",
+    risk: str = "fnr_fpr",
     delta_split: float = 0.5,
-    coverage_bound: str = "dkw",
-    lambda2_start: float = 0.5,
+    coverage_bound: str = "order_statistic",
+    lambda2_start: float | None = None,
+    beta: float | None = None,
+    groups=None,
+    group_seed: int = 0,
+    decision_boundary: float | None = None,
 ) -> SCRCResult:
     """Fit SCRC-I on a calibration split (module docstring for the procedure and its validity).
 
@@ -242,12 +324,18 @@ def fit_scrc_i(
       gate_scores: selection score per image (higher = more confident stage 1 can decide).
       probs: P(roadwork) per image (any monotone score works; ``lambda2`` is in its units).
       labels: 0/1, 1 = roadwork.
-      alpha: target risk in (0, 1). delta: total failure probability in (0, 1).
+      alpha: target risk (FNR for ``fnr_fpr``) in (0, 1). delta: total failure probability.
       target_coverage: required fraction of images stage 1 decides alone, in (0, 1).
-      risk: ``"fnr"`` or ``"error"``.
+      risk: ``"fnr_fpr"`` (FNR <= alpha and FPR <= beta), ``"fnr"`` or ``"error"``.
       delta_split: fraction of ``delta`` spent on coverage (``delta_cov = delta * delta_split``).
-      coverage_bound: ``"dkw"`` (uniform over thresholds) or ``"order_statistic"`` (exact Beta).
-      lambda2_start: first ``lambda2`` tested for ``risk="error"`` (unused for ``"fnr"``).
+      coverage_bound: ``"order_statistic"`` (exact Beta, default) or ``"dkw"`` (uniform).
+      lambda2_start: first ``lambda2`` tested for ``risk="error"`` (default: just above the
+        decision boundary, or 0.5 without one).
+      beta: FPR level of ``fnr_fpr`` (default: alpha).
+      groups: optional group id per row; the fit then uses one seeded random row per group.
+      group_seed: seed of that draw.
+      decision_boundary: cap every ``lambda2`` at ``nextafter(boundary)`` so that no image with
+        ``p > boundary`` exits negative (the pipeline passes 0.5; None = no cap).
 
     Raises:
       ValueError: invalid input, or an infeasible request; the message names the calibration
@@ -261,7 +349,13 @@ def fit_scrc_i(
         )
     if risk not in RISKS or coverage_bound not in COVERAGE_BOUNDS:
         raise ValueError(f"risk must be in {RISKS} and coverage_bound in {COVERAGE_BOUNDS}")
-    for name, v in (("alpha", alpha), ("delta", delta), ("target_coverage", target_coverage)):
+    beta = alpha if beta is None else beta
+    for name, v in (
+        ("alpha", alpha),
+        ("beta", beta),
+        ("delta", delta),
+        ("target_coverage", target_coverage),
+    ):
         if not 0.0 < v < 1.0:
             raise ValueError(f"{name} must be in (0, 1), got {v}")
     if not 0.0 < delta_split < 1.0:
@@ -270,37 +364,79 @@ def fit_scrc_i(
     delta_risk = delta - delta_cov
     if coverage_bound == "dkw" and delta_cov > 0.5:
         raise ValueError(f"the one-sided DKW bound needs delta_cov <= 0.5, got {delta_cov:g}")
-    n = g.size
-    if n == 0:
+    n_rows = g.size
+    if n_rows == 0:
         raise ValueError("empty calibration set")
+    unit = "n_calib"
+    if groups is not None:
+        draw = one_per_group(groups, group_seed)
+        g, p, y = g[draw.rows], p[draw.rows], y[draw.rows]
+        unit = "calibration groups"
+    n = g.size
+    cap = math.inf if decision_boundary is None else float(np.nextafter(decision_boundary, 1e300))
+    if lambda2_start is None:
+        lambda2_start = 0.5 if decision_boundary is None else cap
 
     m = _selection_size(n, target_coverage, delta_cov, coverage_bound)
     if m > n:
         need = _min_n_for_coverage(target_coverage, delta_cov, coverage_bound)
         raise ValueError(
             f"SCRC-I cannot certify coverage >= {target_coverage:g} ({coverage_bound}, "
-            f"delta_cov={delta_cov:g}) with n_calib={n}; needs n_calib >= {need}"
+            f"delta_cov={delta_cov:g}) with {n} {unit}; needs {unit} >= {need}"
         )
     lambda1 = _selection_threshold(g, m)
     sel = g >= lambda1
     n_sel = int(sel.sum())
 
-    if risk == "fnr":
-        lambda2, n_trials, n_events = _fnr_stage(p, y, sel, alpha, delta_risk)
+    extra: dict = {}
+    if risk == "fnr_fpr":
+        d_side = delta_risk / 2.0
+        t_fnr, n_trials = _fnr_limit(p, y, sel, alpha, d_side)
+        t_fpr, n_neg = _fpr_limit(p, y, sel, beta, d_side)
+        hi = t_fnr
+        if t_fpr > hi:
+            raise ValueError(
+                f"SCRC-I (fnr_fpr) cannot certify FNR <= {alpha:g} and FPR <= {beta:g} together "
+                f"at coverage >= {target_coverage:g}: exiting the selected images as 'no "
+                f"roadwork' needs prob < {hi:.6g}, as 'roadwork' prob >= {t_fpr:.6g}; lower "
+                "risk.target_coverage or raise alpha/beta"
+            )
+        # The certified interval [t_fpr, hi]: its point nearest to the decision boundary.
+        lambda2 = min(max(cap if math.isfinite(cap) else 0.5, t_fpr), hi)
+        if not math.isfinite(lambda2):  # unbounded interval on the side of the boundary
+            lambda2 = cap if math.isfinite(cap) else 0.5
+        n_events = int(np.count_nonzero(sel & (y == 1) & (p < lambda2)))
+        n_fp = int(np.count_nonzero(sel & (y == 0) & (p >= lambda2)))
+        extra = {
+            "beta": beta,
+            "fpr_ucb": clopper_pearson_upper(n_fp, n_neg, d_side),
+            "fpr_hat": n_fp / n_neg,
+            "n_neg": n_neg,
+            "n_fp": n_fp,
+        }
+        risk_ucb = clopper_pearson_upper(n_events, n_trials, d_side)
+    elif risk == "fnr":
+        t_fnr, n_trials = _fnr_limit(p, y, sel, alpha, delta_risk)
+        lambda2 = min(t_fnr, cap)
+        if not math.isfinite(lambda2):  # fewer selected positives than the rank: all certified
+            lambda2 = float(np.nextafter(p[sel].max(), math.inf))
+        n_events = int(np.count_nonzero(sel & (y == 1) & (p < lambda2)))
+        risk_ucb = clopper_pearson_upper(n_events, n_trials, delta_risk)
     else:
         try:
             lambda2, n_events = _error_stage(p[sel], y[sel], alpha, delta_risk, lambda2_start)
         except _TooFewExits as err:
             need = _min_n_for_exits(err.exits, target_coverage, delta_cov, coverage_bound)
             raise ValueError(
-                f"{err.args[0]}; needs about {err.exits} exits, i.e. n_calib >= {need}"
+                f"{err.args[0]}; needs about {err.exits} exits, i.e. {unit} >= {need}"
             ) from None
         n_trials = n_sel
+        risk_ucb = clopper_pearson_upper(n_events, n_trials, delta_risk)
     return SCRCResult(
         lambda1=lambda1,
-        lambda2=lambda2,
+        lambda2=float(lambda2),
         coverage_lcb=_coverage_lcb(n, m, n_sel, delta_cov, coverage_bound),
-        risk_ucb=clopper_pearson_upper(n_events, n_trials, delta_risk),
+        risk_ucb=risk_ucb,
         n_calib=n,
         n_selected=n_sel,
         coverage_hat=n_sel / n,
@@ -314,32 +450,49 @@ def fit_scrc_i(
         coverage_bound=coverage_bound,
         n_trials=n_trials,
         n_events=n_events,
+        n_rows=n_rows,
+        grouped=groups is not None,
+        group_seed=group_seed if groups is not None else None,
+        **extra,
     )
 
 
-def _fnr_stage(p, y, sel, alpha, delta_risk) -> tuple[float, int, int]:
+def _fnr_limit(p, y, sel, alpha, level) -> tuple[float, int]:
+    """Largest FNR-certified ``lambda2`` (``s_(k*)`` of the selected positives; +inf when fewer
+    than k* positives are selected, i.e. every lambda2 is certified) and ``n+``."""
     n_pos = int(y.sum())
     try:
-        k = certified_rank(n_pos, alpha, "pac", delta_risk)
+        k = certified_rank(n_pos, alpha, "pac", level)
     except ValueError:
-        need_pos = min_calibration_size(alpha, "pac", delta_risk)
+        need_pos = min_calibration_size(alpha, "pac", level)
         approx = ""
         if n_pos:
             approx = (
                 f" (about n_calib >= {math.ceil(need_pos * y.size / n_pos)} at this prevalence)"
             )
         raise ValueError(
-            f"SCRC-I (fnr) cannot certify any negative exit at alpha={alpha:g}, "
-            f"delta_risk={delta_risk:g} with {n_pos} calibration positives; needs n_pos >= "
+            f"SCRC-I cannot certify any negative exit at FNR alpha={alpha:g}, "
+            f"delta={level:g} with {n_pos} calibration positives; needs n_pos >= "
             f"{need_pos}{approx}"
         ) from None
     s = np.sort(p[sel & (y == 1)])
-    # Certified set: lambda2 <= s_(k). With fewer than k selected positives every selected
-    # calibration image may exit negative; stop just above the largest selected prob rather
-    # than at +inf, so that a new image more confident than any seen still exits positive.
-    lambda2 = float(s[k - 1]) if s.size >= k else float(np.nextafter(p[sel].max(), math.inf))
-    n_events = int(np.count_nonzero(s < lambda2))
-    return lambda2, n_pos, n_events
+    return (float(s[k - 1]) if s.size >= k else math.inf), n_pos
+
+
+def _fpr_limit(p, y, sel, beta, level) -> tuple[float, int]:
+    """Smallest FPR-certified ``lambda2`` (just above the k*-th largest selected negative prob;
+    -inf when fewer than k* negatives are selected) and ``n-``."""
+    n_neg = int(y.size - y.sum())
+    try:
+        k = certified_rank(n_neg, beta, "pac", level, "negatives", "beta")
+    except ValueError:
+        need = min_calibration_size(beta, "pac", level)
+        raise ValueError(
+            f"SCRC-I cannot certify any positive exit at FPR beta={beta:g}, delta={level:g} "
+            f"with {n_neg} calibration negatives; needs n_neg >= {need}"
+        ) from None
+    s = np.sort(p[sel & (y == 0)])[::-1]
+    return (float(np.nextafter(s[k - 1], math.inf)) if s.size >= k else -math.inf), n_neg
 
 
 class _TooFewExits(ValueError):

@@ -23,10 +23,13 @@ case (quantile transform) — ties are conservative, never anti-conservative (ME
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 from scipy import stats
+
+from calibrate.groups import one_per_group
 
 METHODS = ("empirical", "crc", "pac")
 
@@ -73,6 +76,7 @@ def _check_levels(alpha: float, method: str, delta: float | None) -> None:
         raise ValueError(f"delta must be in (0, 1), got {delta}")
 
 
+@functools.lru_cache(maxsize=256)  # the rank depends on (n, alpha, method, delta) only
 def _raw_rank(n: int, alpha: float, method: str, delta: float | None) -> int:
     """Rank k (1-based) of the threshold among n sorted scores; 0 means nothing is certifiable."""
     if n <= 0:
@@ -138,9 +142,22 @@ def certified_rank(
 
 
 def fnr_threshold(
-    scores, labels, alpha: float, method: str = "empirical", delta: float | None = None
+    scores,
+    labels,
+    alpha: float,
+    method: str = "empirical",
+    delta: float | None = None,
+    groups=None,
+    group_seed: int = 0,
 ) -> float:
     """Exit-as-negative threshold ``t``: stage 1 exits an image as "no roadwork" iff ``score < t``.
+
+    With ``groups`` (one id per row: street, drive, site) the rows of one group are correlated
+    and only the groups are assumed exchangeable: the rank rule runs on one positive drawn
+    uniformly at random (seed ``group_seed``) from every group holding a positive
+    (``calibrate.groups``), so ``n+`` is the number of such groups and the certificate is about
+    a random positive of a random group. Without ``groups`` every row counts as its own group
+    (the rows are assumed exchangeable); ``fnr_threshold_fit`` returns the effective size too.
 
     Args:
       scores: calibration scores (any monotone score of P(roadwork): probability or logit).
@@ -149,18 +166,41 @@ def fnr_threshold(
       method: ``"empirical"`` (no guarantee), ``"crc"`` (``E[FNR] <= alpha``) or ``"pac"``
         (``P(FNR <= alpha) >= 1 - delta`` over the calibration draw).
       delta: failure probability for ``"pac"``; ignored (but range-checked) otherwise.
+      groups: optional group id per row (correlated rows); see above.
+      group_seed: seed of the one-positive-per-group draw.
 
     Returns:
       ``t = s_(k)``, an order statistic of the positive scores (module docstring).
 
     Raises:
       ValueError: bad inputs, or no certifiable threshold; the message names the minimum number
-        of calibration positives.
+        of calibration positives (positive groups when grouped).
     """
+    return fnr_threshold_fit(scores, labels, alpha, method, delta, groups, group_seed)[0]
+
+
+def fnr_threshold_fit(
+    scores,
+    labels,
+    alpha: float,
+    method: str = "empirical",
+    delta: float | None = None,
+    groups=None,
+    group_seed: int = 0,
+) -> tuple[float, dict]:
+    """``fnr_threshold`` plus a record of the calibration it used: ``{"grouped", "n_effective",
+    ...}`` (``GroupDraw.record()`` when grouped)."""
     s, y = validate_scores_labels(scores, labels)
-    s_pos = np.sort(s[y == 1])
-    k = certified_rank(s_pos.size, alpha, method, delta)
-    return float(s_pos[k - 1])
+    if groups is None:
+        s_pos = np.sort(s[y == 1])
+        what, info = "positives", {"grouped": False, "n_effective": int(s_pos.size)}
+    else:
+        draw = one_per_group(groups, group_seed, eligible=y == 1)
+        s_pos = np.sort(s[draw.rows])
+        what, info = "positive groups", draw.record()
+        info.pop("rows", None)
+    k = certified_rank(s_pos.size, alpha, method, delta, what)
+    return float(s_pos[k - 1]), info
 
 
 def binomial_p_value(n_events, n_trials, alpha: float):

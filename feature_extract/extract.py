@@ -21,11 +21,15 @@ Views (``BackboneConfig.views``): ``clean`` writes one row per sample (view 0, r
 i). ``validator`` appends, for every sample of the splits in ``VIEW_SPLITS``, one row per
 StreetVision augmentation level 0-3 (view = level + 1; same id, label, split and domain),
 rendered by ``feature_extract.validator_views`` (224 px, JPEG q75, then resized to
-``image_size`` like any image) and deterministic per (id, level, ``view_seed``). Only ``test``
-gets them: they measure the challenge score under validator conditions
-(``stage1.run.data``); train/val/calib stay clean, so the fitted head, the epoch choice and the
-conformal threshold are exactly those of a clean cache, and no augmented copy of a test image
+``image_size`` like any image) and deterministic per (id, level, ``view_seed``). ``calib`` and
+``test`` get them: test views measure the challenge score and the certificates under validator
+conditions, calib views let the exit policy be certified on what validators send
+(``risk.calib_views``, ``stage1.run.data``); train/val stay clean, so the fitted head and the
+epoch choice are exactly those of a clean cache, and no augmented copy of a calib or test image
 can reach training (views share their sample's split).
+
+Groups: each row also gets its sample's ``group`` (street, drive, site; "" when none), written
+as the cache's optional ``group`` column, for group-level certificates downstream.
 """
 
 from __future__ import annotations
@@ -63,8 +67,10 @@ _RESUME_KEYS = (
     "dtype",
     "views",
     "view_seed",
+    "view_splits",
 )
-VIEW_SPLITS: tuple[str, ...] = ("test",)  # splits that get validator views (evaluation only)
+# Splits that get validator views: calibration on validator views, evaluation on test.
+VIEW_SPLITS: tuple[str, ...] = ("calib", "test")
 VIEW_NAMES = {
     0: "clean image",
     1: "validator level 0: centre square crop, resize 224, JPEG q75",
@@ -300,6 +306,7 @@ def extract(
             dims=dims,
             metadata=meta,
             dtype=cfg.dtype,
+            group=[str(getattr(samples[k], "group", "") or "") for k in row_sample],
         )
         done = np.zeros(len(row_sample), dtype=bool)
 

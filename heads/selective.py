@@ -213,7 +213,7 @@ def fnr_surrogate(
     n_pos = jnp.sum(pos)
     z = margin(jnp.asarray(f_logits, jnp.float32)) - t0
     soft_miss = g * jax.nn.sigmoid(-z / jnp.asarray(temperature, jnp.float32))
-    hard_miss = ((g >= 0.5) & (z < 0)).astype(jnp.float32)
+    hard_miss = ((g > 0.5) & (z < 0)).astype(jnp.float32)  # accepted (g > 0.5, as everywhere)
     denom = jnp.maximum(n_pos, 1.0)
     return jnp.sum(pos * soft_miss) / denom, jnp.sum(pos * hard_miss) / denom, n_pos
 

@@ -9,6 +9,10 @@ Layout of one file (N rows, one per (image, view)):
     domain               utf-8  (N,)   data source / domain name
     view                 int16  (N,)   0 = clean image, k = k-th augmented view
     done                 bool   (N,)   row written (extraction resumes from the first gap)
+    group                utf-8  (N,)   optional: group id (street, drive, site; "" = none) of
+                                       correlated images, for group-level certificates and
+                                       the cluster bootstrap; caches written before it have
+                                       none (``FeatureCache.group is None``: no groups)
 
 File attributes are one JSON document under ``attrs["metadata"]`` validated against
 ``schemas/feature_cache.schema.json`` (format version, backbone, weights sha256 or
@@ -71,8 +75,12 @@ def create_cache(
     domain: Sequence[str] | None = None,
     view: Sequence[int] | np.ndarray | None = None,
     dtype: str = "float16",
+    group: Sequence[str] | None = None,
 ) -> Path:
     """Create an empty cache with all row-level columns filled and ``done`` all False.
+
+    ``group`` (one id per row, "" for none) is written only when given, so a reader can tell a
+    cache without groups from one whose rows have none.
 
     The file is built under a temporary name and renamed at the end, so a crash while creating
     it never leaves a file that looks valid.
@@ -103,6 +111,12 @@ def create_cache(
         v = np.zeros(n, np.int16) if view is None else np.asarray(view, dtype=np.int16)
         f.create_dataset("view", data=v)
         f.create_dataset("done", data=np.zeros(n, dtype=bool))
+        if group is not None:
+            if len(group) != n:
+                raise CacheError("group must have one id per row")
+            f.create_dataset(
+                "group", data=np.asarray(list(group), dtype=object), dtype=_str_dtype()
+            )
         f.attrs["metadata"] = json.dumps(meta)
     os.replace(tmp, path)
     return path
@@ -218,6 +232,7 @@ def write_cache(
     domain: Sequence[str] | None = None,
     view: Sequence[int] | np.ndarray | None = None,
     dtype: str = "float32",
+    group: Sequence[str] | None = None,
 ) -> Path:
     """One-shot writer: a complete cache from in-memory arrays (tests, synthetic benchmarks)."""
     dims = {k: int(np.asarray(v).shape[1]) for k, v in features.items()}
@@ -231,6 +246,7 @@ def write_cache(
         domain=domain,
         view=view,
         dtype=dtype,
+        group=group,
     )
     write_rows(path, np.arange(len(ids)), features)
     return Path(path)
@@ -248,6 +264,7 @@ class FeatureCache:
     domain: np.ndarray
     view: np.ndarray
     done: np.ndarray
+    group: np.ndarray | None = None  # None: the cache has no group column
 
     @property
     def variants(self) -> list[str]:
@@ -303,6 +320,7 @@ def open_cache(path: str | os.PathLike, *, require_complete: bool = True) -> Fea
             cols = {k: f[k][...] for k in ("labels", "split", "view", "done")}
             ids = f["ids"].asstr()[...]
             domain = f["domain"].asstr()[...]
+            group = f["group"].asstr()[...] if "group" in f else None
     except (OSError, KeyError) as e:
         raise CacheError(f"{path} is not a stage1 feature cache: {e}") from None
     if meta["format_version"] != FORMAT_VERSION:
@@ -316,6 +334,7 @@ def open_cache(path: str | os.PathLike, *, require_complete: bool = True) -> Fea
         np.asarray(domain, dtype=object),
         cols["view"],
         cols["done"].astype(bool),
+        None if group is None else np.asarray(group, dtype=object),
     )
     if require_complete and not cache.done.all():
         missing = int((~cache.done).sum())

@@ -235,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         choices=["clean", "validator"],
         help="clean: one view per image (default); validator: also cache the views StreetVision "
-        "validators send (224x224, augmentation levels 0-3, JPEG quality 75) as views 1-4",
+        "validators send (224x224, augmentation levels 0-3, JPEG quality 75) as views 1-4 of "
+        "every calib and test image",
     )
     p.add_argument(
         "--max-skip-frac",

@@ -202,8 +202,16 @@ class RiskConfig:
     # target false-positive rate of the exit-as-positive rule (gate-free)
     beta: float = rule(0.05, **UNIT_OPEN)
     target_coverage: float = rule(0.5, **UNIT_OPEN)  # SCRC-I: certified lower bound on exit rate
-    # SCRC-I risk: fnr (missed roadwork / all roadwork) | error
-    scrc_risk: str = rule("fnr", choices=("fnr", "error"))
+    # SCRC-I risk: fnr_fpr (FNR <= alpha of the negative exits AND FPR <= beta of the positive
+    # exits, jointly with coverage) | fnr (negative exits only) | error (wrong exits / exits)
+    scrc_risk: str = rule("fnr_fpr", choices=("fnr_fpr", "fnr", "error"))
+    # SCRC-I coverage bound: order_statistic | dkw
+    coverage_bound: str = rule("order_statistic", choices=("order_statistic", "dkw"))
+    # Calibration images: validator (one seeded random validator view per calib image, when the
+    # cache has them; else clean, and the run says so) | clean (the clean images)
+    calib_views: str = rule("validator", choices=("clean", "validator"))
+    # seed of the one-image-per-group draw and of the calib view draw
+    group_seed: int = rule(0, ge=0, le=2**31 - 1)
 
 
 FINETUNE_TARGETS: tuple[str, ...] = ("qkv", "proj", "fc1", "fc2", "fc1_g", "fc1_x")

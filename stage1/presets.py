@@ -41,9 +41,10 @@ def phase2() -> Config:
     """Calibration & risk: 3-head selective net (classifier f, gate g, auxiliary h) over a
     512-wide trainable trunk on CLS; paper-form selective loss (c = 0.8, lambda = 32, alpha mix
     0.5) plus a proxy-Lagrangian FNR constraint (alpha' = 0.01); Dirichlet calibration of f and
-    Platt calibration of g on val; on calib only, SCRC-I (FNR <= 0.02, certified coverage >= 0.5,
-    delta 0.05) for the learned gate and for the softmax response, and the gate-free two-sided
-    policy (FNR <= 0.02, FPR <= 0.05).
+    Platt calibration of g on val; on calib only (one image per street group when the data has
+    groups), SCRC-I (FNR <= 0.02 and FPR <= 0.05 of the exits, certified coverage >= 0.5, delta
+    0.05) for the learned gate and for the softmax response, and the gate-free two-sided policy
+    (FNR <= 0.02, FPR <= 0.05).
     """
     return Config(
         preset="phase2",
@@ -61,7 +62,12 @@ def phase2() -> Config:
             surrogate_temp=1.0,
         ),
         risk=RiskConfig(
-            alpha=0.02, method="pac", delta=0.05, beta=0.05, target_coverage=0.5, scrc_risk="fnr"
+            alpha=0.02,
+            method="pac",
+            delta=0.05,
+            beta=0.05,
+            target_coverage=0.5,
+            scrc_risk="fnr_fpr",
         ),
     )
 

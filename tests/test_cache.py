@@ -171,3 +171,45 @@ def test_pipeline_loads_concatenated_variants(tmp_path):
     np.testing.assert_allclose(both["train"].x, want)
     with pytest.raises(CacheError, match="no feature variant 'cls_last4'"):
         load_splits(p, "cls+cls_last4")
+
+
+def test_group_column_roundtrip_and_old_caches(tmp_path):
+    from stage1.run import load_cache
+    from stage1.run.data import validator_calibration
+
+    n = 48
+    rng = np.random.default_rng(2)
+    feats = {"cls": rng.normal(size=(n, 3))}
+    split = [("train", "val", "calib", "test")[i % 4] for i in range(40)] + ["calib"] * 8
+    view = [0] * 40 + [1, 2, 3, 4] * 2  # rows 40-47: the validator views of calib i2 and i6
+    ids = [f"i{i}" for i in range(40)] + ["i2"] * 4 + ["i6"] * 4
+    labels = [(i // 4) % 2 for i in range(40)] + [0] * 4 + [1] * 4
+    group = [f"street{i // 3}" if i % 7 else "" for i in range(40)] + ["street0"] * 4 + [""] * 4
+    kw = dict(ids=ids, labels=labels, split=split, view=view, metadata=meta())
+    with_g = write_cache(tmp_path / "g.h5", feats, group=group, **kw)
+    without = write_cache(tmp_path / "n.h5", feats, **kw)
+    c = open_cache(with_g)
+    assert list(c.group) == group
+    assert open_cache(without).group is None
+    with h5py.File(without, "r") as f:
+        assert "group" not in f  # a cache written without groups has no such column
+
+    splits, _, _ = load_cache(with_g, "cls")
+    calib = splits["calib"]
+    # A row without a group is its own group, keyed by its id.
+    want = [
+        f"group:{g}" if g else f"id:{i}"
+        for i, g, s, v in zip(ids, group, split, view, strict=True)
+        if s == "calib" and v == 0
+    ]
+    assert list(calib.groups) == want
+    assert load_cache(without, "cls")[0]["calib"].groups is None
+    # Validator calibration: one view per calib image that has views, drawn by seed.
+    assert calib.views is not None and len(calib.views.y) == 8
+    vc = validator_calibration(calib, seed=0)
+    assert sorted(vc.ids) == ["i2", "i6"] and len(set(vc.level.tolist())) >= 1
+    levels = {validator_calibration(calib, seed=s).level[0] for s in range(40)}
+    assert levels == {0, 1, 2, 3}  # every level gets drawn
+    assert np.array_equal(
+        validator_calibration(calib, seed=5).level, validator_calibration(calib, seed=5).level
+    )

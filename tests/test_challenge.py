@@ -130,13 +130,19 @@ def test_identical_views_give_the_clean_interval():
     assert b["validator_mix"]["n"] == 600 and b["levels"]["0"]["n"] == 150
 
 
-def test_bootstrap_keeps_class_counts_and_rejects_inconsistent_labels():
+def test_bootstrap_keeps_class_counts_and_mixed_clusters():
     p, y, ids = _toy(np.random.default_rng(3), 40, 0.2)
     y[:] = 1
     out = challenge_bootstrap(p, y, ids, {"all": np.ones(40, bool)}, n_resamples=200)
     assert out["all"]["ci"]["balanced_score"] is None  # one class: no 50/50 reweighting
-    with pytest.raises(ValueError, match="different labels"):
-        challenge_bootstrap(p[:2], np.array([0, 1]), ["a", "a"], {"all": np.ones(2, bool)})
+    # A street group may mix classes: mixed clusters are their own stratum, so a single mixed
+    # cluster is drawn once per resample and the interval collapses onto the point value.
+    p2, y2 = np.array([0.9, 0.2, 0.8]), np.array([1, 0, 1])
+    out = challenge_bootstrap(
+        p2, y2, ["a", "a", "b"], {"all": np.ones(3, bool)}, n_resamples=50, unit="street groups"
+    )
+    assert out["all"]["ci"]["accuracy"] == [1.0, 1.0]
+    assert out["all"]["ci"]["method"].startswith("percentile bootstrap over street groups")
 
 
 def test_interval_coverage_by_simulation():

@@ -92,10 +92,11 @@ def test_features_flags_reach_the_cache(chain):
     assert sorted(c.variants) == ["cls", "patch_mean"]  # --variants
     assert md["random_init"] is True  # --weights none
     assert c.features("cls").shape[1] == 32  # --set backbone.model_kwargs (embed_dim)
-    # --views validator: 4 extra views of every test image, none of any other split's image
-    test = c.mask("test", view=None)
-    assert set(np.unique(c.view[test]).tolist()) == {0, 1, 2, 3, 4}
-    assert not np.any(c.view[~test] > 0)
+    # --views validator: 4 extra views of every test and calib image (the policy is certified
+    # on one validator view per calib image), none of any train or val image
+    viewed = c.mask("test", view=None) | c.mask("calib", view=None)
+    assert set(np.unique(c.view[viewed]).tolist()) == {0, 1, 2, 3, 4}
+    assert not np.any(c.view[~viewed] > 0)
     # --set data.fractions: each image's split is the one the configured fractions give
     n0 = c.view == 0
     cached = dict(zip(c.ids[n0].tolist(), (SPLITS[k] for k in c.split[n0]), strict=True))

@@ -168,7 +168,10 @@ def test_phase2_summary_prints_the_certificate_or_none():
         {"test": y, "calib": y},
     )))  # fmt: skip
     assert pol.shipped != "defer_all"
-    assert rows["  certified on calib"] == "P(FNR <= 0.1, coverage >= 0.5) >= 0.95"
+    assert rows["  certified on calib"] == "P(FNR <= 0.1, FPR <= 0.05, coverage >= 0.5) >= 0.95"
+    fnr = fit_policy("selective", {"p": p, "gate_calibrated": gate}, y,
+                     dataclasses.replace(risk, scrc_risk="fnr"))  # fmt: skip
+    assert fnr._guarantee() == "P(FNR <= 0.1, coverage >= 0.5) >= 0.95"
     small = fit_policy("selective", {"p": p[:40], "gate_calibrated": gate[:40]}, y[:40],
                        dataclasses.replace(risk, alpha=0.01))  # fmt: skip
     assert small.shipped == "defer_all" and small._guarantee() == "none (defers every image)"

@@ -344,6 +344,9 @@ def test_phase2_each_candidate_is_fitted_at_delta_over_two(phase2):
                 delta=delta,
                 target_coverage=r.target_coverage,
                 risk=r.scrc_risk,
+                beta=r.beta,
+                coverage_bound=r.coverage_bound,
+                decision_boundary=0.5,  # the validator rule: q > 0.5 never exits as negative
             ).to_dict()
 
         assert _same_result(entry["result"], fit(r.delta / 2)), name

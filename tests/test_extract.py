@@ -424,16 +424,19 @@ def test_validator_views_rows_features_and_resume(tmp_path, samples, tiny_cfg):
     cfg = dataclasses.replace(tiny_cfg, views="validator")
     one = tmp_path / "one.h5"
     rep = extract(samples, one, cfg, progress=False)
-    test_idx = [k for k, s in enumerate(samples) if s.split == "test"]
-    assert len(test_idx) == 4 and (rep.n_total, rep.n_done) == (12 + 16, 28)
+    test_idx = [k for k, s in enumerate(samples) if s.split in ("calib", "test")]
+    assert len(test_idx) == 6 and (rep.n_total, rep.n_done) == (12 + 24, 36)
     c = open_cache(one)
     md = c.metadata
-    assert md["views"] == "validator" and md["view_seed"] == 0 and md["view_splits"] == ["test"]
+    assert md["views"] == "validator" and md["view_seed"] == 0
+    assert md["view_splits"] == ["calib", "test"]
     assert sorted(md["view_codes"]) == ["0", "1", "2", "3", "4"]
-    # rows 0..11: the clean images in sample order; then 4 views (levels 0-3) per test image
+    # rows 0..11: the clean images in sample order; then 4 views (levels 0-3) per calib and
+    # test image (calibration on validator views, risk.calib_views)
     rows = list(range(12)) + [k for k in test_idx for _ in range(4)]
     assert list(c.ids) == [samples[k].id for k in rows]
-    assert c.view.tolist() == [0] * 12 + [1, 2, 3, 4] * 4
+    assert c.view.tolist() == [0] * 12 + [1, 2, 3, 4] * 6
+    assert (c.view[c.mask("val", view=None)] == 0).all()  # val holds no validator view
     assert c.labels.tolist() == [samples[k].label for k in rows]
     assert [SPLITS[s] for s in c.split] == [samples[k].split for k in rows]
     assert list(c.domain) == [samples[k].domain for k in rows]
@@ -458,12 +461,12 @@ def test_validator_views_rows_features_and_resume(tmp_path, samples, tiny_cfg):
 
     part = tmp_path / "part.h5"
     rep = extract(samples, part, cfg, progress=False, limit_batches=2)
-    # pending rows are grouped by image: sample 3 (test) brings its 4 views along
+    # pending rows are grouped by image: sample 2 (calib) brings its 4 views along
     assert np.flatnonzero(open_cache(part, require_complete=False).done).tolist() == [
         0, 1, 2, 3, 12, 13, 14, 15
     ]  # fmt: skip
     rep = extract(samples, part, cfg, progress=False)
-    assert (rep.n_done, rep.n_already_done) == (20, 8)
+    assert (rep.n_done, rep.n_already_done) == (28, 8)
     for v in cfg.variants:
         np.testing.assert_allclose(open_cache(part).features(v), c.features(v), atol=1e-6)
     with pytest.raises(CacheError, match="views"):
@@ -475,10 +478,10 @@ def test_validator_views_rows_features_and_resume(tmp_path, samples, tiny_cfg):
 def test_validator_views_of_an_unreadable_image_are_skipped_once(tmp_path, samples, tiny_cfg):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(_png(7, size=(200, 200), fmt="JPEG")[:1500])
-    alls = samples[:4] + [Sample("bad", 1, "test", str(bad))]  # f3 and bad are test images
+    alls = samples[:4] + [Sample("bad", 1, "test", str(bad))]  # f2 calib; f3, bad test images
     cfg = dataclasses.replace(tiny_cfg, views="validator", batch_size=3)
     rep = extract(alls, tmp_path / "f.h5", cfg, progress=False)
-    assert rep.n_total == 5 + 8 and rep.n_skipped == 1 and rep.n_done == 8
+    assert rep.n_total == 5 + 12 and rep.n_skipped == 1 and rep.n_done == 12
     c = open_cache(tmp_path / "f.h5")
     assert [e["id"] for e in c.metadata["skipped"]] == ["bad"]
     assert (c.labels[c.ids == "bad"] == -1).all() and (c.ids == "bad").sum() == 5

@@ -120,7 +120,7 @@ def test_top_label_and_per_class_ece():
     rng = np.random.default_rng(2)
     p = rng.random(N).astype(np.float32)
     y = (rng.random(N) < p).astype(np.int32)
-    conf, correct = np.maximum(p, 1 - p), ((p >= 0.5) == y).astype(float)
+    conf, correct = np.maximum(p, 1 - p), ((p > 0.5) == y).astype(float)
     assert float(M.top_label_ece(p, y)) == pytest.approx(ece_np(conf, correct, 15), abs=1e-6)
     per = np.asarray(M.per_class_ece(p, y))
     assert per == pytest.approx([ece_np(1 - p, 1 - y, 15), ece_np(p, y, 15)], abs=1e-6)
@@ -140,12 +140,12 @@ def test_top_label_and_per_class_ece():
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_ranking_and_mcc_match_sklearn_with_ties(seed):
     s, y = _tied(seed)
-    want = (roc_auc_score(y, s), average_precision_score(y, s), matthews_corrcoef(y, s >= 0.5))
-    got = (M.auroc(s, y), M.auprc(s, y), M.mcc(s >= 0.5, y))
+    want = (roc_auc_score(y, s), average_precision_score(y, s), matthews_corrcoef(y, s > 0.5))
+    got = (M.auroc(s, y), M.auprc(s, y), M.mcc(s > 0.5, y))
     assert np.array(got, np.float64) == pytest.approx(want, abs=1e-6)  # float32
     with jax.enable_x64(True):  # float64 inside, locally
         s64 = jnp.asarray(s, jnp.float64)
-        got = (M.auroc(s64, y), M.auprc(s64, y), M.mcc(s64 >= 0.5, y))
+        got = (M.auroc(s64, y), M.auprc(s64, y), M.mcc(s64 > 0.5, y))
         assert got[0].dtype == jnp.float64
         assert np.array(got) == pytest.approx(want, abs=1e-12)
 
@@ -176,7 +176,7 @@ def test_frequency_weights_equal_repeated_rows():
     s = np.clip(s + np.random.default_rng(4).normal(0, 0.01, s.size), 0, 1).astype(np.float32)
     w = np.random.default_rng(5).poisson(1.0, s.size)  # includes zeros, like a resample
     rs, ry = np.repeat(s, w), np.repeat(y, w)
-    conf, err = np.maximum(s, 1 - s), (s >= 0.5) != y
+    conf, err = np.maximum(s, 1 - s), (s > 0.5) != y
 
     def others(s, y, conf, err, w=None):  # metrics and options that summary does not cover
         return jnp.stack([
@@ -243,7 +243,7 @@ def test_summary_vmaps_over_resamples_and_matches_individual_metrics():
     weighted = jax.vmap(lambda w: M.summary(s, y, 0.5, weights=w))(counts)
     for b in range(3):
         ps, ys = s[idx[b]], y[idx[b]]
-        conf, err = np.maximum(ps, 1 - ps), (ps >= 0.5) != ys
+        conf, err = np.maximum(ps, 1 - ps), (ps > 0.5) != ys
         single = {
             "auroc": M.auroc(ps, ys),
             "auprc": M.auprc(ps, ys),
@@ -252,10 +252,12 @@ def test_summary_vmaps_over_resamples_and_matches_individual_metrics():
             "ece_debiased": M.debiased_ece(ps, ys),
             "top_label_ece": M.top_label_ece(ps, ys),
             "brier": M.brier(ps, ys),
-            "accuracy": M.accuracy(ps >= 0.5, ys),
-            "mcc": M.mcc(ps >= 0.5, ys),
-            "fnr": M.fnr_fpr(ps, ys, 0.5)[0],
-            "fpr": M.fnr_fpr(ps, ys, 0.5)[1],
+            "accuracy": M.accuracy(ps > 0.5, ys),
+            "mcc": M.mcc(ps > 0.5, ys),
+            "fnr": M.fnr_fpr(ps, ys, np.nextafter(np.float32(0.5), np.float32(1)))[
+                0
+            ],  # p <= 0.5 exits negative
+            "fpr": M.fnr_fpr(ps, ys, np.nextafter(np.float32(0.5), np.float32(1)))[1],
             "aurc": M.aurc(conf, err),
             "eaurc": M.eaurc(conf, err),
         }

@@ -181,9 +181,9 @@ def test_metrics_json_gains_intervals_and_exact_values(report):
     assert m["fnr"]["value"] == pytest.approx(np.mean(p[y == 1] < t), abs=1e-6)
     assert m["fpr"]["value"] == pytest.approx(np.mean(p[y == 0] >= t), abs=1e-6)
     assert m["exit_rate"]["value"] == pytest.approx(np.mean(p < t), abs=1e-6)
-    assert m["accuracy"]["value"] == pytest.approx(np.mean((p >= 0.5) == y), abs=1e-6)
+    assert m["accuracy"]["value"] == pytest.approx(np.mean((p > 0.5) == y), abs=1e-6)
     assert m["auroc"]["value"] == pytest.approx(roc_auc_score(y, p), abs=1e-5)
-    assert m["mcc"]["value"] == pytest.approx(matthews_corrcoef(y, p >= 0.5), abs=1e-5)
+    assert m["mcc"]["value"] == pytest.approx(matthews_corrcoef(y, p > 0.5), abs=1e-5)
     assert m["brier"]["value"] == pytest.approx(brier_score_loss(y, p), abs=1e-6)
     assert obj["val"]["best_epoch"] == 7  # untouched fields survive
 

@@ -236,7 +236,7 @@ def test_risk_coverage_figure_draws_both_scores_and_each_policys_test_point(repo
     assert plots.to_png(fig) == paths["risk_coverage"].read_bytes()  # inspect what was written
     drawn = {a.get_gid(): a for ax in fig.axes for a in ax.lines if a.get_gid()}
     q, y = npz["test_probs"].astype(np.float64), npz["test_labels"]
-    err, missed = (q >= 0.5) != y, (q < 0.5) & (y == 1)
+    err, missed = (q > 0.5) != y, (q <= 0.5) & (y == 1)
     scores = {"gate": npz["test_gate_calibrated"], "softmax_response": np.maximum(q, 1 - q)}
     for name, conf in scores.items():
         cov, risk = _rc_by_hand(conf, err)
@@ -331,3 +331,25 @@ def test_inconsistent_selective_runs_are_refused(reported, tmp_path):
     write_json(bad / "metrics.json", m | {"policy": "two_sided"}, schema="metrics")
     with pytest.raises(ReportError, match="scrcparams.json chose"):
         build_report(bad, n_bootstrap=B)
+
+
+def test_certified_bounds_section_puts_each_bound_next_to_its_test_value(reported):
+    run, before, _, paths = reported
+    md = paths["markdown"].read_text()
+    assert "## Certified bounds on test" in md
+    g = before["guarantees"]
+    assert g["shipped_calib"] == "clean" and not g["grouped"]  # no views, no groups here
+    fnr = g["fits"]["clean"]["bounds"]["fnr"]
+    # The reported test FNR is the stored decisions' FNR (metrics.json headline).
+    assert fnr["test"]["clean"] == pytest.approx(before["metrics"]["fnr"])
+    sec = md[md.index("## Certified bounds on test") :].split("\n## ", 1)[0]
+    rows = [
+        [c.strip() for c in r.strip("|").split("|")][1:]
+        for r in sec.splitlines()
+        if r.startswith("| clean images (shipped) |")
+    ]
+    assert [r[1] for r in rows] == ["coverage >= 0.4", "FNR <= 0.05"]
+    row = rows[1]
+    assert row[2].startswith(f"{fnr['test']['clean']:.4f}")
+    assert ("✓" in row[2]) == fnr["within"]["clean"]
+    assert "no group ids" in md

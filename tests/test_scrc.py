@@ -103,7 +103,7 @@ def test_admit_all_reduces_to_pac_fnr_threshold():
     g, p, y = SMOOTH.sample(rng, 1000)
     # target + DKW margin >= 1 - 1/n: every calibration image exits, so stage 2 of SCRC-I is the
     # PAC FNR threshold at delta_risk.
-    res = fit_scrc_i(g, p, y, 0.05, 0.1, 0.9612, risk="fnr")
+    res = fit_scrc_i(g, p, y, 0.05, 0.1, 0.9612, risk="fnr", coverage_bound="dkw")
     assert res.lambda1 == -math.inf and res.n_selected == 1000
     assert res.lambda2 == fnr_threshold(p, y, 0.05, "pac", delta=0.05)
     assert res.n_events == certified_rank(int(y.sum()), 0.05, "pac", 0.05) - 1
@@ -124,7 +124,9 @@ def test_decide_labels_and_serialisation():
     assert wrong.sum() == res.n_events and exits.sum() == res.n_trials
     d = json.loads(json.dumps(res.to_dict(), allow_nan=False))
     assert SCRCResult.from_dict(d) == res
-    everything = fit_scrc_i(g[:1000], p[:1000], y[:1000], 0.05, 0.1, 0.9612, risk="fnr")
+    everything = fit_scrc_i(
+        g[:1000], p[:1000], y[:1000], 0.05, 0.1, 0.9612, risk="fnr", coverage_bound="dkw"
+    )
     d = json.loads(json.dumps(everything.to_dict(), allow_nan=False))
     assert d["lambda1"] == "-inf" and SCRCResult.from_dict(d) == everything
 
@@ -136,8 +138,8 @@ def test_infeasible_requests_name_the_needed_size():
 
     # Coverage: DKW needs n (1 - 0.9)^2 >= ln(1/0.05)/2, i.e. n >= 150.
     with pytest.raises(ValueError, match=r"needs n_calib >= 150\b"):
-        fit_scrc_i(*perfect(149, 75), 0.1, 0.1, 0.9, risk="error")
-    res = fit_scrc_i(*perfect(150, 75), 0.1, 0.1, 0.9, risk="error")
+        fit_scrc_i(*perfect(149, 75), 0.1, 0.1, 0.9, risk="error", coverage_bound="dkw")
+    res = fit_scrc_i(*perfect(150, 75), 0.1, 0.1, 0.9, risk="error", coverage_bound="dkw")
     assert res.coverage_lcb >= 0.9 and res.n_events == 0
     # FNR: the PAC rank at delta_risk = 0.05 needs n_pos >= 149 for alpha = 0.02.
     with pytest.raises(ValueError, match=r"needs n_pos >= 149 \(about n_calib >= 298"):

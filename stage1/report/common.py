@@ -153,7 +153,7 @@ def challenge_blocks(challenge: dict) -> list:
             "note",
             "StreetVision reward (0.5·MCC + 0.5·accuracy)³ with MCC clamped at 0, on the "
             "validator's decision np.round(p): roadwork iff p > 0.5 (exactly 0.5 is 'no "
-            "roadwork'; the headline accuracy/MCC use p ≥ 0.5). Balanced score: both classes "
+            "roadwork'; every accuracy/MCC figure uses this rule). Balanced score: both classes "
             "reweighted to 50/50, as validators draw labels. "
             + (f"Intervals: 95% {method}." if method else ""),
         )
@@ -167,6 +167,58 @@ def challenge_blocks(challenge: dict) -> list:
                 "`stage1 features --views validator` and train again.",
             )
         )
+    return B
+
+
+def guarantee_blocks(metrics: dict) -> list:
+    """The "Certified bounds on test" section: every bound of the policy fitted on each
+    calibration condition (clean calib images / one validator view per calib image) next to
+    its value on the clean test images and on the validator views of the test images."""
+    g = metrics.get("guarantees")
+    if not g:
+        return []
+    tests = sorted({c for f in g["fits"].values() for b in f["bounds"].values() for c in b["test"]})
+    tests.sort(key=lambda c: c != "clean")
+    cols = ["calibrated on", "policy", "certified", *(f"test, {c}" for c in tests)]
+    rows, notes = [], []
+    for cond, f in g["fits"].items():
+        shipped = " (shipped)" if cond == g["shipped_calib"] else ""
+        label = {"clean": "clean images", "validator": "validator views"}[cond] + shipped
+        if not f["bounds"]:
+            rows.append([label, f["policy"], "nothing certified", *("—" for _ in tests)])
+        for q, b in f["bounds"].items():
+            name = {"coverage": "coverage", "fnr": "FNR", "fpr": "FPR", "error": "error"}[q]
+            cells = []
+            for c in tests:
+                v, ok = b["test"].get(c), b["within"].get(c)
+                cells.append("—" if v is None else f"{fmt(v)} {'✓' if ok else '✗ OUTSIDE'}")
+            cert = f"{name} {b['side']} {b['bound']:g}" + ("" if b["certified"] else " (none)")
+            rows.append([label, f["policy"], cert, *cells])
+        cal = f.get("calibration") or {}
+        if cal.get("grouped"):
+            notes.append(
+                f"{label}: one seeded random image per street group — {cal.get('n_groups')} "
+                f"groups of {cal.get('n_rows')} images (effective calibration size)."
+            )
+        elif cal:
+            notes.append(
+                f"{label}: {cal.get('n_effective')} calib images, no group ids — the "
+                "certificate assumes they are exchangeable."
+            )
+        notes += [f"{label}: {n}" for n in f.get("notes", []) if "infeasible" in n]
+    guarantee = next(
+        (b.get("guarantee") for f in g["fits"].values() for b in f["bounds"].values()), None
+    )
+    B: list = [("h2", "Certified bounds on test"), ("table", cols, rows)]
+    B.append(
+        (
+            "note",
+            (f"Guarantee: {guarantee}. " if guarantee else "")
+            + "A bound holds over calibration draws, so one test value outside it does not by "
+            "itself contradict it. Test 'validator' pools all four validator views of every "
+            "test image (the expectation over a uniform level). " + " ".join(notes),
+        )
+    )
     return B
 
 

@@ -199,12 +199,14 @@ def reliability_figure(probs, labels, n_bins: int = 15, ece: float | None = None
 
 
 def risk_coverage_figure(probs, labels, threshold: float, alpha: float | None = None) -> Figure:
-    """Left: selective error vs coverage (confidence max(p, 1-p), prediction p >= 0.5).
+    """Left: selective error vs coverage (confidence max(p, 1-p), prediction p > 0.5).
     Right: the cascade view of the exit rule p < t (FNR and positives among exits vs exit rate).
     """
+    from calibrate.decision import is_roadwork
+
     p, y = np.asarray(probs, float), np.asarray(labels)
     conf = np.maximum(p, 1 - p)
-    err = ((p >= 0.5).astype(int) != y).astype(float)
+    err = (is_roadwork(p).astype(int) != y).astype(float)
     cov, risk, cut = risk_coverage_points(conf, err)
     fig = Figure(figsize=(11.0, 4.3), layout="constrained")
     ax, axe = fig.subplots(1, 2)

@@ -84,6 +84,10 @@ def load_selective_run(run_dir) -> dict[str, Any]:
         d["y"], d["decision"] = d["y"].astype(np.int32), d["decision"].astype(np.int8)
         ids = arrays.get(f"{s}_ids")
         d["ids"] = np.asarray([f"\x00row{i}" for i in range(len(d["y"]))]) if ids is None else ids
+        g = arrays.get(f"{s}_groups")
+        if g is not None and g.shape != d["y"].shape:
+            raise ReportError(f"predictions.npz: {s}_groups and {s}_labels differ in shape")
+        d["groups"] = None if g is None else g.astype(str)
         preds[s] = d
     if "test" not in preds or len(preds["test"]["y"]) == 0:
         raise ReportError(f"{run_dir}/predictions.npz holds no test predictions")
@@ -177,7 +181,12 @@ def build_selective_report(
     test = run["preds"]["test"]
     recomputed = policy_decisions(run, "test", stored=False)[run["shipped"]]
     challenge = challenge_block(
-        test["q"], test["y"], test["ids"], n_resamples=n_bootstrap, seed=seed
+        test["q"],
+        test["y"],
+        test["ids"],
+        n_resamples=n_bootstrap,
+        seed=seed,
+        clean_groups=test.get("groups"),
     )
     mismatch = int(np.sum(recomputed != test["decision"]))
     ctx = {

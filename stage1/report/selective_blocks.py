@@ -14,6 +14,7 @@ from stage1.report.common import (
     challenge_card,
     ci,
     fmt,
+    guarantee_blocks,
     metric_table,
     run_subtitle,
     warning_blocks,
@@ -117,6 +118,7 @@ def _certificate_blocks(run: dict) -> list:
     sc = run["scrc"]
     head = ["candidate", "λ1 (score ≥)", "λ2 (q ≥)", "calib coverage", "coverage LCB"]
     head += ["calib risk", "risk UCB", "α", "δ", "δ cov / risk", "bound"]
+    head += ["calib FPR", "FPR UCB", "β", "calib n"]
     rows, reasons = [], []
     for cand, name in CANDIDATE_LABEL.items():
         e = sc["candidates"][cand]
@@ -132,6 +134,8 @@ def _certificate_blocks(run: dict) -> list:
             + [fmt(r.get(k)) for k in ("risk_hat", "risk_ucb", "alpha", "delta")]
             + [f"{fmt(r.get('delta_cov'))} / {fmt(r.get('delta_risk'))}"]
             + [str(r.get("coverage_bound", "—"))]
+            + [fmt(r.get(k)) for k in ("fpr_hat", "fpr_ucb", "beta")]
+            + [f"{r.get('n_calib')}" + (" groups" if r.get("grouped") else "")]
         )
     two = sc["two_sided"]
     if two["feasible"]:
@@ -145,8 +149,22 @@ def _certificate_blocks(run: dict) -> list:
         ]
     else:
         two_row = ["infeasible", two["reason"]]
+    risk = (
+        f"FNR ≤ α = {sc['alpha']:g}, FPR ≤ β = {sc['beta']:g}"
+        if sc["risk"] == "fnr_fpr"
+        else f"{sc['risk']} ≤ α = {sc['alpha']:g}"
+    )
+    cal = sc.get("calibration") or {}
+    grouped = (
+        f"; one seeded random image per street group: effective n = {cal.get('n_effective')}"
+        if cal.get("grouped")
+        else "; no group ids (images assumed exchangeable)"
+        if cal
+        else ""
+    )
+    views = f", {cal['views']} views" if cal.get("views") else ""
     target = (
-        f"{sc['risk']} ≤ α = {sc['alpha']:g} and coverage ≥ {sc['target_coverage']:g}, jointly "
+        f"{risk} and coverage ≥ {sc['target_coverage']:g}, jointly "
         f"with probability ≥ {1 - sc['delta']:g} over calibration draws (δ = {sc['delta']:g}, "
         f"δ/2 per candidate)"
     )
@@ -156,7 +174,11 @@ def _certificate_blocks(run: dict) -> list:
             "kv",
             [
                 ["SCRC-I target", target],
-                ["fitted on", f"calib: n = {sc['n_calib']}, positives = {sc['n_calib_positives']}"],
+                [
+                    "fitted on",
+                    f"calib{views}: n = {sc['n_calib']}, positives = {sc['n_calib_positives']}"
+                    + grouped,
+                ],
                 ["choice", sc.get("chosen_rule", "—")],
             ],
         ),
@@ -185,7 +207,7 @@ def _score_blocks(run: dict, ctx: dict) -> list:
         ("table", ["selection score", "AURC", f"coverage at selective error ≤ {alpha:g}"], rows),
         (
             "note",
-            "Errors of the q ≥ 1/2 decision ranked by each score; lower AURC is better. The "
+            "Errors of the q > 1/2 decision ranked by each score; lower AURC is better. The "
             "difference is paired (same resamples): an interval excluding 0 says one score "
             "ranks the errors better. Feng et al. (ICLR 2023): the softmax response often beats "
             "a learned gate (METHODS.md §1.6). Coverage at risk: empirical, not certified.",
@@ -207,12 +229,13 @@ def document(run: dict, ctx: dict, figures: list) -> list:
     ]
     B += _policy_blocks(run, ctx)
     B += _certificate_blocks(run)
+    B += guarantee_blocks(m)
     B += [
         ("h2", "Calibrated classifier q (test)"),
         metric_table(c),
         (
             "note",
-            "q = the Dirichlet-calibrated P(roadwork) that ships; decisions at q ≥ 1/2. Same "
+            "q = the Dirichlet-calibrated P(roadwork) that ships; decisions at q > 1/2. Same "
             "bootstrap as the policies. Plug-in calibration errors are biased upward, so their "
             "interval can sit above the point estimate (METHODS.md §6.4).",
         ),

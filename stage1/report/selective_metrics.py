@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from calibrate.decision import is_roadwork
 from calibrate.exit_policies import decision_codes, policy_metrics, selection_score
 from stage1.report.common import N_BINS, num
-from stage1.report.threshold import HEADLINE, subset_metrics
+from stage1.report.threshold import HEADLINE, interval_method, subset_metrics
 
 CONFIDENCE = 0.95
 CANDIDATE_POLICY = {"gate": "scrc_gate", "softmax_response": "scrc_softmax_response"}
@@ -82,7 +83,7 @@ def selective_stat(q, y, p_raw, gate, codes, alpha, weights):
     out = {k: s[k] for k in CLASSIFIER if k in s}
     out["ece_raw"] = M.ece(p_raw, y, N_BINS, weights=weights)
     pos = y == 1
-    err = ((q >= 0.5) != pos).astype(jnp.float32)
+    err = (is_roadwork(q) != pos).astype(jnp.float32)
     out["auroc_gate_right"] = M.auroc(gate, 1.0 - err, weights)
 
     w, c, pos_c = weights[:, None], codes, pos[:, None]
@@ -108,14 +109,15 @@ def selective_stat(q, y, p_raw, gate, codes, alpha, weights):
     return out
 
 
-def _entry(point, low, high) -> dict[str, float | None]:
+def _plain_entry(point, low, high) -> dict[str, float | None]:
     return {"value": num(point), "low": num(low), "high": num(high)}
 
 
 def bootstrap_test(run: dict, decisions: dict[str, np.ndarray], n_resamples: int, seed: int):
     """``(classifier, policies, scores)``: {key: {value, low, high}} of q, {policy: {key: ...}}
     for each of ``decisions`` (test codes) and {key: ...} of the selection-score comparison,
-    all from one stratified percentile bootstrap of the test split."""
+    all from one stratified percentile bootstrap of the test split (resampling whole street
+    groups when the test images carry group ids; each entry's ``method`` says which)."""
     import jax.numpy as jnp
 
     from calibrate.bootstrap import bootstrap_ci
@@ -141,7 +143,13 @@ def bootstrap_test(run: dict, decisions: dict[str, np.ndarray], n_resamples: int
         seed=seed,
         method="percentile",
         weighted=True,
+        groups=d.get("groups"),
     )
+    method = interval_method(r.scheme, n_resamples)
+
+    def _entry(point, low, high):
+        return _plain_entry(point, low, high) | {"method": method}
+
     classifier = {}
     for k, (label, definition) in CLASSIFIER.items():
         classifier[k] = {"label": label, "definition": definition}
@@ -186,7 +194,7 @@ def operating_points(run: dict, decisions: dict[str, np.ndarray]) -> list[dict]:
     for SCRC-I candidates those of the same exits decided at q >= 1/2 (the curves' rule)."""
     d = run["preds"]["test"]
     y, pos = d["y"], d["y"] == 1
-    pred = (d["q"] >= 0.5).astype(np.int32)
+    pred = is_roadwork(d["q"]).astype(np.int32)
     points = []
     for name, codes in decisions.items():
         if name == "defer_all":

@@ -34,11 +34,12 @@ def selection_curves(q, labels, gate_calibrated) -> dict[str, dict[str, np.ndarr
     in ``plots.risk_coverage_points``); FNR = kept roadwork images decided "no roadwork" / all
     roadwork images, the cascade's missed-roadwork rate (deferred images are not missed).
     """
+    from calibrate.decision import is_roadwork
     from stage1.report.plots import risk_coverage_points
 
     q, y = np.asarray(q, np.float64), np.asarray(labels)
-    err = ((q >= 0.5).astype(int) != y).astype(float)
-    missed = ((q < 0.5) & (y == 1)).astype(float)
+    err = (is_roadwork(q).astype(int) != y).astype(float)
+    missed = (~is_roadwork(q) & (y == 1)).astype(float)
     n, n_pos = len(y), max(int((y == 1).sum()), 1)
     out = {}
     for name, conf in (("gate", gate_calibrated), ("softmax_response", np.maximum(q, 1 - q))):

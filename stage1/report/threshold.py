@@ -38,6 +38,7 @@ from stage1.report.common import (
     check_resamples,
     ci,
     fmt,
+    guarantee_blocks,
     metric_table,
     num,
     read_run_arrays,
@@ -98,11 +99,15 @@ def load_run(run_dir: Path) -> dict[str, Any]:
         ids = arrays.get(f"{s}_ids")
         if ids is not None and ids.shape != y.shape:
             raise ReportError(f"predictions.npz: {s}_ids and {s}_labels differ in shape")
+        g = arrays.get(f"{s}_groups")
+        if g is not None and g.shape != y.shape:
+            raise ReportError(f"predictions.npz: {s}_groups and {s}_labels differ in shape")
         preds[s] = {
             "p": p,
             "y": y,
             "domains": None if d is None else d.astype(str),
             "ids": None if ids is None else ids.astype(str),
+            "groups": None if g is None else g.astype(str),
         }
     if "test" not in preds or len(preds["test"]["y"]) == 0:
         raise ReportError(f"{run_dir}/predictions.npz holds no test predictions")
@@ -143,6 +148,9 @@ def _load_views(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
         "y": v["labels"].astype(np.int32),
         "level": v["level"].astype(np.int64),
         "ids": v["ids"].astype(str),
+        "groups": arrays["test_views_groups"].astype(str)
+        if "test_views_groups" in arrays
+        else None,
     }
 
 
@@ -203,10 +211,15 @@ def _t32(t: float) -> np.float32:
     return np.nextafter(t32, np.float32(np.inf)) if float(t32) < t else t32
 
 
-def headline_metrics(p, y, t: float, n_resamples: int, seed: int = 0) -> dict[str, dict]:
+def headline_metrics(
+    p, y, t: float, n_resamples: int, seed: int = 0, groups=None
+) -> dict[str, dict]:
     """Point estimate and stratified percentile-bootstrap 95 % interval of each headline metric.
 
     Resampling within each class keeps n+ and n- fixed, so FNR and FPR keep their denominators.
+    With ``groups`` (street groups of the test images) whole groups are resampled, stratified by
+    class where a group has one class (``calibrate.bootstrap_ci``); each entry's ``method``
+    says which.
     """
     import jax.numpy as jnp
 
@@ -225,7 +238,9 @@ def headline_metrics(p, y, t: float, n_resamples: int, seed: int = 0) -> dict[st
         seed=seed,
         method="percentile",
         weighted=True,
+        groups=groups,
     )
+    method = interval_method(r.scheme, n_resamples)
     return {
         k: {
             "label": label,
@@ -233,9 +248,17 @@ def headline_metrics(p, y, t: float, n_resamples: int, seed: int = 0) -> dict[st
             "value": num(r.point[k]),
             "low": num(r.low[k]),
             "high": num(r.high[k]),
+            "method": method,
         }
         for k, (label, d) in HEADLINE.items()
     }
+
+
+def interval_method(scheme: str, n_resamples: int) -> str:
+    """The metrics.json ``method`` string of a bootstrap with ``BootstrapResult.scheme``."""
+    if scheme.startswith("cluster"):
+        return f"percentile {scheme}, {n_resamples} resamples"
+    return f"percentile bootstrap, stratified by class, {n_resamples} resamples"
 
 
 @functools.cache
@@ -284,7 +307,7 @@ def update_metrics_json(
 ) -> Path:
     """Replace the headline entries of metrics.json by {value, low, high, confidence, method}
     and, if given, its ``challenge`` block by the one recomputed with intervals."""
-    method = f"percentile bootstrap, stratified by class, {n_resamples} resamples"
+    default = f"percentile bootstrap, stratified by class, {n_resamples} resamples"
 
     def r(v):  # float32 arithmetic: 7 significant digits carry all the information
         return None if v is None else float(f"{v:.7g}")
@@ -295,7 +318,7 @@ def update_metrics_json(
             "low": r(h["low"]),
             "high": r(h["high"]),
             "confidence": 0.95,
-            "method": method,
+            "method": h.get("method", default),
         }
     if challenge is not None:
         metrics["challenge"] = challenge
@@ -365,12 +388,14 @@ def _blocks(
         metric_table(head),
         (
             "note",
-            f"95% intervals: percentile bootstrap over the test split, resampled within "
-            f"each class ({n_resamples} resamples, fixed seed), so FNR and FPR keep their "
-            f"denominators. Plug-in calibration errors are biased upward, so their "
-            f"interval can sit above the point estimate (METHODS.md §6.4).",
+            f"95% intervals: {head['auroc'].get('method', 'percentile bootstrap')} over the "
+            f"test split (fixed seed); resampling within each class keeps FNR and FPR "
+            f"denominators, resampling whole street groups keeps correlated images together. "
+            f"Plug-in calibration errors are biased upward, so their interval can sit above "
+            f"the point estimate (METHODS.md §6.4).",
         ),
     ]
+    B += guarantee_blocks(m)
 
     target = f"FNR ≤ α = {alpha:g}" + (f" with probability ≥ {1 - delta:g}" if delta else "")
     B += [
@@ -493,7 +518,8 @@ def build_report(run_dir, out_dir=None, n_bootstrap: int = 1000, seed: int = 0) 
     t, alpha = float(ex["threshold"]), float(ex["alpha"])
     p, y = run["preds"]["test"]["p"], run["preds"]["test"]["y"]
 
-    head = headline_metrics(p, y, t, n_bootstrap, seed)
+    groups = run["preds"]["test"]["groups"]
+    head = headline_metrics(p, y, t, n_bootstrap, seed, groups=groups)
     split_rows, domain_rows = _tables(run["preds"], t)
     test_ids = run["preds"]["test"]["ids"]
     v = run["views"]
@@ -506,12 +532,14 @@ def build_report(run_dir, out_dir=None, n_bootstrap: int = 1000, seed: int = 0) 
         *(() if v is None else (v["p"], v["y"], v["level"], v["ids"])),
         n_resamples=n_bootstrap,
         seed=seed,
+        clean_groups=groups,
+        views_groups=None if v is None else v.get("groups"),
     )
     figs = [  # (name, figure, caption, full width)
         (
             "risk_coverage",
             plots.risk_coverage_figure(p, y, t, alpha),
-            "Left: selective error of the p ≥ 0.5 decision vs coverage, confidence max(p, 1 − p). "
+            "Left: selective error of the p > 0.5 decision vs coverage, confidence max(p, 1 − p). "
             "Right: the cascade's exit rule swept over t — FNR (what the threshold certifies) "
             "and the share of positives among exits vs the exit rate; red: the fitted t.",
             True,

@@ -5,14 +5,20 @@ the post-hoc calibrators are made on ``val``; the exit policy is fitted on ``cal
 is touched once for the reported metrics. The calib ids are asserted disjoint from train, val and
 test before anything is fitted, so exchangeability of the conformal step cannot silently break.
 
-Challenge conditions: a cache extracted with ``--views validator`` also holds, for every test
-image, the four views StreetVision validators send (cache views 1-4 = augmentation levels 0-3).
-``load_cache`` returns them separately; they never enter fitting, selection or the policy.
+Challenge conditions: a cache extracted with ``--views validator`` also holds, for every calib
+and test image, the four views StreetVision validators send (cache views 1-4 = augmentation
+levels 0-3). ``load_cache`` returns the test views separately and the calib views as
+``splits["calib"].views``; they never enter fitting or selection. The exit policy may be
+certified on the calib views (``risk.calib_views``, ``validator_calibration``): one view drawn
+at random per calib image, never all four (they are correlated copies of one image).
+
+Groups: a cache with a ``group`` column gives every split its ``groups`` (group id per row; a
+row without one is its own group); ``None`` when the cache has no groups at all.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +32,7 @@ __all__ = [
     "constant_feature_warning",
     "load_cache",
     "load_splits",
+    "validator_calibration",
 ]
 NEAR_CONSTANT = 1e-3  # relative spread below which a feature carries no usable signal
 
@@ -36,6 +43,8 @@ class SplitData:
     y: np.ndarray
     ids: np.ndarray
     domains: np.ndarray
+    groups: np.ndarray | None = field(default=None, kw_only=True)  # None: no group column
+    views: ViewData | None = field(default=None, kw_only=True)  # validator views (calib)
 
 
 @dataclass
@@ -48,9 +57,9 @@ def load_splits(cache_path: Path, variant: str) -> tuple[dict[str, SplitData], d
 
     Train takes every cached view *of train images* (augmented copies, if a cache ever holds
     them, are meant to be trained on). Views share their image's split, so the validator views
-    of test images (``feature_extract.extract.VIEW_SPLITS``) can never reach train; val, calib
-    and test use the clean view 0 only, so selection and the threshold are those of a clean
-    cache.
+    of calib and test images (``feature_extract.extract.VIEW_SPLITS``) can never reach train;
+    val, calib and test use the clean view 0 only here (``validator_calibration`` draws the
+    calib views for the policy).
     """
     splits, meta, _ = load_cache(cache_path, variant)
     return splits, meta
@@ -59,7 +68,8 @@ def load_splits(cache_path: Path, variant: str) -> tuple[dict[str, SplitData], d
 def load_cache(
     cache_path: Path, variant: str
 ) -> tuple[dict[str, SplitData], dict, ViewData | None]:
-    """``load_splits`` plus the labelled validator views of the test split (None if absent)."""
+    """``load_splits`` plus the labelled validator views of the test split (None if absent);
+    the calib split's views ride along as ``splits["calib"].views``."""
     cache = open_cache(cache_path)
     # "a+b" concatenates variants column-wise (DINOv3's linear eval uses CLS + patch mean).
     names = variant.split("+")
@@ -73,22 +83,33 @@ def load_cache(
     # halves the host work and the upload of a large cache (values are exact either way).
     parts = [cache.features(v, dtype=None) for v in names]
     x_all = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+    groups = _group_ids(cache)
     out = {}
     for split in ("train", "val", "calib", "test"):
         m = cache.mask(split, view=None if split == "train" else 0) & (cache.labels >= 0)
         out[split] = SplitData(
-            x_all[m], cache.labels[m].astype(np.int32), cache.ids[m], cache.domain[m]
+            x_all[m],
+            cache.labels[m].astype(np.int32),
+            cache.ids[m],
+            cache.domain[m],
+            groups=None if groups is None else groups[m],
         )
-    m = cache.mask("test", view=None) & (cache.view > 0) & (cache.labels >= 0)
-    views = None
-    if m.any():
-        views = ViewData(
+
+    def view_rows(split):
+        m = cache.mask(split, view=None) & (cache.view > 0) & (cache.labels >= 0)
+        if not m.any():
+            return None
+        return ViewData(
             x_all[m],
             cache.labels[m].astype(np.int32),
             cache.ids[m],
             cache.domain[m],
             (cache.view[m] - 1).astype(np.int8),
+            groups=None if groups is None else groups[m],
         )
+
+    views = view_rows("test")
+    out["calib"].views = view_rows("calib")
     check_disjoint(out)
     for split, d in out.items():
         if len(d.y) == 0:
@@ -126,4 +147,40 @@ def constant_feature_warning(x: np.ndarray, variant: str) -> str | None:
         f"head.feature={variant} is (nearly) constant across the train images (relative spread "
         f"{spread:.1e}), as the CLS token of a random-init DINOv3 is: the head cannot learn from "
         "it; use --set head.feature=patch_mean (the mean of the patch tokens)"
+    )
+
+
+def _group_ids(cache) -> np.ndarray | None:
+    """Group id per cache row (a row without one becomes its own group, keyed by its image id);
+    None when the cache has no group column or no row has a group."""
+    g = cache.group
+    if g is None or not np.any(g != ""):
+        return None
+    return np.where(g != "", "group:" + g.astype(str), "id:" + cache.ids.astype(str)).astype(object)
+
+
+def validator_calibration(calib: SplitData, seed: int) -> SplitData | None:
+    """The calib split as validators would send it: per calib image, ONE of its validator views
+    drawn uniformly at random (seeded), so the rows stay one per image (all four views would be
+    correlated copies). None when the calib images have no views. An image whose views are
+    missing (skipped on extraction) is left out."""
+    v = calib.views
+    if v is None:
+        return None
+    rng = np.random.default_rng(seed)
+    # One uniform key per view row; within an image the smallest key wins (uniform level draw).
+    keys = rng.random(len(v.ids))
+    order = np.lexsort((keys, v.ids.astype(str)))
+    first = np.ones(order.size, bool)
+    first[1:] = v.ids[order][1:] != v.ids[order][:-1]
+    rows = np.sort(order[first])
+    keep = np.isin(v.ids[rows], calib.ids)
+    rows = rows[keep]
+    return ViewData(
+        v.x[rows],
+        v.y[rows],
+        v.ids[rows],
+        v.domains[rows],
+        v.level[rows],
+        groups=None if v.groups is None else v.groups[rows],
     )

@@ -35,6 +35,7 @@ from stage1.artifacts import write_json
 from stage1.config import Config, to_dict
 from stage1.run import specs
 from stage1.run.data import constant_feature_warning, load_cache
+from stage1.run.guarantees import calibration_sets, guarantees_block
 from stage1.run.provenance import from_cache
 from stage1.run.records import save_predictions, small_sample_warnings, training_record
 from stage1.rundir import check_out, staged
@@ -105,6 +106,7 @@ def run_training(
     from calibrate import metrics as M
     from calibrate.calibration import fit_calibration
     from calibrate.challenge import challenge_block
+    from calibrate.decision import is_roadwork
     from calibrate.exit_policies import jsonable
     from calibrate.policies import fit_policy
     from heads.checkpoint import save_params
@@ -124,7 +126,7 @@ def run_training(
         notes.append(warning)
 
     fam = specs.family(cfg)
-    warnings = _check_calibration_size(fam.policy, cfg.risk, splits["calib"].y, allow_uncertified)
+    warnings = _check_calibration_size(fam.policy, cfg.risk, splits["calib"], allow_uncertified)
     short = bool(warnings)
     pos_weight = specs.resolve_pos_weight(cfg, tr.y)
     spec = specs.train_spec(cfg, in_dim=tr.x.shape[1], n_train=len(tr.y))
@@ -143,7 +145,28 @@ def run_training(
     cal = fit_calibration(fam.calibration, outputs["val"], va.y)
     scores = {s: cal.apply(o) for s, o in outputs.items()}
     labels = {s: d.y for s, d in splits.items()}
-    policy = fit_policy(fam.policy, scores["calib"], splits["calib"].y, cfg.risk, allow_uncertified)
+    # The exit policy is certified on clean calib images or on one validator view per calib
+    # image (risk.calib_views), one image per group when the cache has groups.
+    sets, calib_cond, cal_notes = calibration_sets(
+        splits["calib"],
+        scores["calib"],
+        lambda x: cal.apply(predict(res.params, x, spec.head)),
+        cfg.risk,
+    )
+    notes += cal_notes
+
+    def fit_on(cs, cond):
+        return fit_policy(
+            fam.policy,
+            cs.scores,
+            cs.y,
+            cfg.risk,
+            allow_uncertified,
+            groups=cs.groups,
+            calib_views=cond,
+        )
+
+    policy = fit_on(sets[calib_cond], calib_cond)
     notes += policy.notes
     if policy.shipped == "defer_all" and not short:  # only known after fitting (scrc error)
         warnings.append("UNCERTIFIED: no exit policy could be certified; ships defer_all")
@@ -151,8 +174,12 @@ def run_training(
 
     te = splits["test"]
     pt = scores["test"]["p"]
-    pred = (pt >= 0.5).astype(np.int32)
-    view_p = None if views is None else cal.apply(predict(res.params, views.x, spec.head))["p"]
+    pred = is_roadwork(pt).astype(np.int32)
+    view_scores = None if views is None else cal.apply(predict(res.params, views.x, spec.head))
+    view_p = None if views is None else view_scores["p"]
+    tests = {"clean": (scores["test"], te.y)}
+    if views is not None:
+        tests["validator"] = (view_scores, views.y)
     pol = policy.metrics(scores, labels)
     metrics = {
         "split": "test",
@@ -174,6 +201,7 @@ def run_training(
             te.ids,
             *(() if views is None else (view_p, views.y, views.level, views.ids)),
         ),
+        "guarantees": guarantees_block(fit_on, sets, calib_cond, policy, tests),
         "val": {"auroc": _auroc(scores["val"]["p"], va.y), "best_epoch": int(res.best_epoch)},
         "training": training_record(cfg, spec, res, pos_weight, round(time.perf_counter() - t0, 3)),
         "provenance": provenance,
@@ -197,7 +225,7 @@ def run_training(
         write_json(tmp / "config.json", to_dict(cfg), schema="config")
         for name, (obj, schema) in {
             **cal.records(scores, va.y),
-            **policy.records(labels["calib"]),
+            **policy.records(sets[calib_cond].y),
         }.items():
             write_json(tmp / name, obj, schema=schema)
         write_json(tmp / "metrics.json", metrics, schema="metrics")
@@ -208,15 +236,25 @@ def run_training(
     return RunSummary(out, cfg, metrics, policy, time.perf_counter() - t0, notes, warnings)
 
 
-def _check_calibration_size(policy: str, risk, y_cal, allow_uncertified: bool) -> list[str]:
+def _check_calibration_size(policy: str, risk, calib, allow_uncertified: bool) -> list[str]:
     """Refuse (ValueError with the counts) a calib split too small for the guarantee ``risk``
     asks of ``policy``, before anything is trained; with ``allow_uncertified`` return the
-    warning instead (printed now, so it comes before the training output)."""
+    warning instead (printed now, so it comes before the training output).
+
+    With group ids the certificates use one image per group (``calibrate.groups``), so what
+    counts is groups: groups holding a positive, a negative, and all groups."""
     from calibrate.policies import calibration_shortfall
 
-    y = np.asarray(y_cal)
-    counts = {"positives": int(np.sum(y == 1)), "negatives": int(np.sum(y == 0))}
-    short = calibration_shortfall(policy, risk, counts | {"images": int(y.size)})
+    y = np.asarray(calib.y)
+    g = np.arange(y.size) if calib.groups is None else np.asarray(calib.groups).astype(str)
+    counts = {
+        "positives": len(np.unique(g[y == 1])),
+        "negatives": len(np.unique(g[y == 0])),
+        "images": len(np.unique(g)),
+    }
+    unit = "" if calib.groups is None else " (street groups: one image per group certifies)"
+    short = calibration_shortfall(policy, risk, counts)
+    short = short and short + unit
     if short is None:
         return []
     if not allow_uncertified:

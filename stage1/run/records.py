@@ -33,7 +33,8 @@ def save_predictions(path: Path, splits, scores, decisions, cal, views=None, vie
     """``predictions.npz``: per split ``{s}_ids``, ``_domains``, ``_labels``, ``_probs`` (the
     calibrated P(roadwork) that ships), ``_decision`` (-1 defer / 0 exit negative / 1 exit
     positive, the shipped policy) and the calibration's own arrays (e.g. ``_probs_raw``,
-    ``_gate``, ``_gate_calibrated``); ``test_views_*`` for a cache with validator views."""
+    ``_gate``, ``_gate_calibrated``); ``{s}_groups`` when the cache has groups; ``test_views_*``
+    for a cache with validator views."""
     arrays = {}
     for s, d in splits.items():
         arrays[f"{s}_ids"] = d.ids.astype(str)
@@ -41,6 +42,8 @@ def save_predictions(path: Path, splits, scores, decisions, cal, views=None, vie
         arrays[f"{s}_labels"] = d.y
         arrays[f"{s}_probs"] = scores[s]["p"].astype(np.float32)
         arrays[f"{s}_decision"] = np.asarray(decisions[s], np.int8)
+        if d.groups is not None:  # group id per row (cluster bootstrap in the report)
+            arrays[f"{s}_groups"] = d.groups.astype(str)
         for k, v in cal.arrays(scores[s]).items():
             arrays[f"{s}_{k}"] = np.asarray(v, np.float32)
     if views is not None:
@@ -49,6 +52,8 @@ def save_predictions(path: Path, splits, scores, decisions, cal, views=None, vie
         arrays["test_views_labels"] = views.y
         arrays["test_views_level"] = views.level
         arrays["test_views_probs"] = np.asarray(view_p, np.float32)
+        if views.groups is not None:
+            arrays["test_views_groups"] = views.groups.astype(str)
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
