@@ -5,7 +5,10 @@ main process runs the frozen backbone (bf16 autocast on CUDA, fp32 on CPU) and w
 batch with ``write_rows``, which also sets the ``done`` mask — so an interrupted run resumes
 from the rows still pending. Unreadable images are skipped, never fatal: their rows get
 label -1 (unknown, ignored by trainers), zero features and ``done = True``, and are listed
-with the reason in ``metadata["skipped"]``.
+with a short reason (``skip_reason``) in ``metadata["skipped"]``. Every later run retries
+them (the user may have fixed or replaced the file): a row read this time gets its features and
+its manifest label back and leaves the list; either way the attempt is recorded in
+``metadata["retried"]`` (``store.record_retries``).
 
 Feature variants (all from one forward pass):
     cls         final-norm CLS token, ``feats[:, 0]`` = ``model(x)`` with ``global_pool='token'``
@@ -45,7 +48,7 @@ import numpy as np
 import torch
 
 from feature_extract.backbone import build_backbone
-from feature_extract.preprocess import CorruptImageError, decode, normalize, to_uint8
+from feature_extract.preprocess import CorruptImageError, decode, normalize, plain_message, to_uint8
 from feature_extract.validator_views import LEVELS, validator_view
 
 log = logging.getLogger(__name__)
@@ -84,6 +87,34 @@ class ExtractReport:
     images_per_s: float = 0.0
     n_already_done: int = 0  # rows found done on entry (resume)
     path: str = ""
+    n_images: int = 0  # images (samples) of the manifest
+    n_retried: int = 0  # images skipped by an earlier run and retried by this call
+    n_recovered: int = 0  # of those, images extracted this time
+    skipped_total: list[dict[str, Any]] = field(default_factory=list)  # cache's list after the call
+
+    @property
+    def skip_fraction(self) -> float:
+        """Images listed as skipped in the cache after this call / images of the manifest."""
+        return len(self.skipped_total) / self.n_images if self.n_images else 0.0
+
+
+def skip_reason(e: BaseException) -> str:
+    """Short ``"<kind>: <detail>"`` text for an image that could not be read (never a repr).
+
+    The kind (before the first ``": "``) groups the summary ``stage1 features`` prints.
+    """
+    path = getattr(e, "filename", None)
+    if isinstance(e, FileNotFoundError):
+        return f"file not found: {path}" if path else "file not found"
+    if isinstance(e, IsADirectoryError):
+        return f"not a file: {path} is a directory" if path else "not a file"
+    if isinstance(e, PermissionError):
+        return f"permission denied: {path}" if path else "permission denied"
+    if isinstance(e, CorruptImageError):
+        return plain_message(e, limit=160)
+    if isinstance(e, OSError):
+        return f"read error: {e.strerror or plain_message(e)}" + (f" ({path})" if path else "")
+    return f"unreadable: {plain_message(e) or type(e).__name__}"
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -179,7 +210,7 @@ class _ImageDataset(torch.utils.data.Dataset):
                 img = validator_view(img, view - 1, self.samples[k].id, self.view_seed)
             return row, to_uint8(img, self.size), ""
         except (CorruptImageError, OSError, ValueError) as e:  # corrupt, missing, no bytes
-            return row, None, str(e).splitlines()[0] if str(e) else type(e).__name__
+            return row, None, skip_reason(e)
 
 
 def _collate(items):
@@ -247,8 +278,17 @@ def extract(
     dims = {v: VARIANTS[v] * info["embed_dim"] for v in variants}
     row_sample, row_view = view_rows(samples, cfg.views)
     meta = _metadata(cfg, info, dims, view_seed)
+    row_ids = np.asarray([samples[k].id for k in row_sample], dtype=object)
+    row_labels = np.asarray([samples[k].label for k in row_sample], dtype=np.int8)
+    retry_entries: dict[str, dict[str, Any]] = {}
     if out_path.exists():
-        done = _check_resume(store, out_path, samples, meta, model_kwargs, row_sample, row_view)
+        done, old_skipped = _check_resume(
+            store, out_path, samples, meta, model_kwargs, row_sample, row_view
+        )
+        # Retry every image an earlier run skipped: its rows stay done (and skipped) on disk
+        # until they are read, so an interrupted retry is simply retried again.
+        retry_entries = {e["id"]: e for e in old_skipped}
+        done = done & ~np.isin(row_ids, list(retry_entries))
     else:
         store.create_cache(
             out_path,
@@ -264,6 +304,7 @@ def extract(
         done = np.zeros(len(row_sample), dtype=bool)
 
     pending = np.flatnonzero(~done)
+    retry_ids = {str(i) for i in row_ids[pending]} & set(retry_entries)
     # Group each sample's rows (clean + views) so one decode serves them all.
     pending = pending[np.lexsort((row_view[pending], row_sample[pending]))]
     loader = torch.utils.data.DataLoader(
@@ -290,7 +331,11 @@ def extract(
         n_skipped=0,
         n_already_done=int(done.sum()),
         path=str(out_path),
+        n_images=len(samples),
+        n_retried=len(retry_ids),
     )
+    failed: set[str] = set()
+    written = np.zeros(len(row_sample), dtype=bool)
     t0 = time.perf_counter()
     with tqdm(total=len(pending), unit="img", disable=not progress, desc="extract") as bar:
         for rows, x, bad_rows in itertools.islice(loader, limit_batches):
@@ -298,13 +343,29 @@ def extract(
                 with torch.inference_mode(), autocast:
                     x = normalize(x.to(device, non_blocking=True), info["mean"], info["std"])
                     feats = embed(model, x, variants)
-                store.write_rows(out_path, rows, {k: v.cpu().numpy() for k, v in feats.items()})
+                # labels too: a retried row that was skipped (label -1) gets its label back
+                store.write_rows(
+                    out_path,
+                    rows,
+                    {k: v.cpu().numpy() for k, v in feats.items()},
+                    labels=row_labels[rows],
+                )
+                written[rows] = True
                 report.n_done += len(rows)
             if bad_rows:
                 entries = _mark_skipped(store, out_path, bad_rows, samples, row_sample, dims)
+                entries = [e for e in entries if e["id"] not in failed]  # views of one image
+                failed.update(e["id"] for e in entries)
                 report.skipped += entries
                 report.n_skipped += len(entries)
             bar.update(len(rows) + len(bad_rows))
+    if retry_ids:
+        report.n_recovered = _record_retries(
+            store, out_path, retry_entries, retry_ids, failed, row_ids, written
+        )
+    report.skipped_total = list(
+        store.open_cache(out_path, require_complete=False).metadata["skipped"]
+    )
     report.seconds = time.perf_counter() - t0
     report.images_per_s = report.n_done / report.seconds if report.seconds > 0 else 0.0
     line = (
@@ -403,15 +464,41 @@ def _check_resume(
             f"cache {path} was made with another sample list (ids, splits or labels "
             "differ); delete it or choose another --out"
         )
-    return cache.done
+    return cache.done, list(old.get("skipped", []))
 
 
 def _mark_skipped(store, path: Path, bad_rows, samples, row_sample, dims) -> list[dict]:
     """Rows of unreadable images (``store.mark_skipped``: label -1, zero features, done); each
-    image listed once in the metadata. Returns the entries new to the metadata."""
+    image listed once in the metadata (a retried one with its new reason). Returns this batch's
+    entries, one per image."""
     rows = np.asarray(sorted(r for r, _ in bad_rows), dtype=np.int64)
     entries: dict[str, dict[str, Any]] = {}
     for r, why in sorted(bad_rows):
         s = samples[row_sample[r]]
         entries.setdefault(s.id, {"id": s.id, "label": s.label, "reason": why})
-    return store.mark_skipped(path, rows, list(entries.values()), dims)
+    store.mark_skipped(path, rows, list(entries.values()), dims)
+    return list(entries.values())
+
+
+def _record_retries(store, path, before, retry_ids, failed, row_ids, written) -> int:
+    """Record this call's retries of earlier skips; returns how many images were recovered.
+
+    An image counts as recovered when every one of its rows was written by this call (with
+    ``limit_batches`` some may not have been reached: those stay skipped and are retried again).
+    """
+    when = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    outcomes = []
+    for i in sorted(retry_ids):
+        if i in failed:
+            outcome = "skipped again"
+        elif written[row_ids == i].all():
+            outcome = "extracted"
+        else:
+            continue
+        e = before[i]
+        outcomes.append(
+            {"id": i, "label": e.get("label"), "reason": e.get("reason", ""), "outcome": outcome,
+             "retried_at": when}
+        )  # fmt: skip
+    store.record_retries(path, outcomes)
+    return sum(o["outcome"] == "extracted" for o in outcomes)

@@ -8,15 +8,32 @@ The transform follows Meta's evaluation recipe (DINOV3.md 1.2): resize the whole
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 
 class CorruptImageError(ValueError):
-    """Encoded image bytes that cannot be decoded into pixels."""
+    """Encoded image bytes that cannot be decoded into pixels.
+
+    The message is ``"<kind>: <detail>"`` (or just the kind), short and free of object reprs,
+    because it is shown to the user and stored in the cache metadata as the skip reason.
+    """
+
+
+# PIL puts reprs such as ``<_io.BytesIO object at 0x7f...>`` into its messages; a memory
+# address means nothing to the user and makes two runs' reasons differ.
+_REPR = re.compile(r"\s*<[^<>]*\bat 0x[0-9a-fA-F]+>")
+
+
+def plain_message(e: BaseException, limit: int = 120) -> str:
+    """First line of ``str(e)`` without object reprs, at most ``limit`` characters."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    text = " ".join(_REPR.sub("", text).split()).rstrip(" :")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def decode(data: bytes) -> Image.Image:
@@ -37,12 +54,17 @@ def decode(data: bytes) -> Image.Image:
             img = ImageOps.exif_transpose(img)
             return _to_rgb(img)
     except Image.DecompressionBombError as e:
-        raise CorruptImageError(f"decompression bomb: {e}") from None
+        raise CorruptImageError(f"decompression bomb: {plain_message(e)}") from None
+    except UnidentifiedImageError:
+        raise CorruptImageError("unknown image format: not an image PIL can read") from None
     except Exception as e:
         # PIL's format plugins raise a zoo of types on malformed input (OSError,
-        # UnidentifiedImageError, SyntaxError, struct.error, EOFError, ValueError, ...); one bad
-        # file must never end a long extraction, so all of them mean "corrupt".
-        raise CorruptImageError(f"{type(e).__name__}: {e}") from None
+        # SyntaxError, struct.error, EOFError, ValueError, ...); one bad file must never end a
+        # long extraction, so all of them mean "corrupt".
+        msg = plain_message(e)
+        if "truncated" in msg or isinstance(e, EOFError):
+            raise CorruptImageError(f"truncated image: {msg or type(e).__name__}") from None
+        raise CorruptImageError(f"corrupt image: {type(e).__name__}: {msg}".rstrip(" :")) from None
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

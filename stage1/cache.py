@@ -108,8 +108,14 @@ def create_cache(
     return path
 
 
-def write_rows(path: str | os.PathLike, rows: np.ndarray, features: Mapping[str, np.ndarray]):
-    """Write feature rows ``rows`` for every variant and mark them done (one flush per call)."""
+def write_rows(
+    path: str | os.PathLike,
+    rows: np.ndarray,
+    features: Mapping[str, np.ndarray],
+    labels: np.ndarray | None = None,
+):
+    """Write feature rows ``rows`` for every variant (and their ``labels`` when given: a
+    retried skipped row gets its label back) and mark them done (one flush per call)."""
     h5py = _h5()
     rows = np.asarray(rows)
     order = np.argsort(rows)
@@ -117,6 +123,8 @@ def write_rows(path: str | os.PathLike, rows: np.ndarray, features: Mapping[str,
     with h5py.File(path, "r+") as f:
         for name, arr in features.items():
             f["features"][name][rows] = np.asarray(arr)[order]
+        if labels is not None:
+            f["labels"][rows] = np.asarray(labels, dtype=np.int8)[order]
         done = f["done"]
         done[rows] = True
         f.flush()
@@ -129,7 +137,8 @@ def mark_skipped(
     dims: Mapping[str, int],
 ) -> list[dict[str, Any]]:
     """Rows of unreadable images: label -1, zero features, done; ``entries`` (one per image:
-    id, label, reason) are added to the metadata's ``skipped`` list unless already there.
+    id, label, reason) are added to the metadata's ``skipped`` list, or update the reason of
+    an image already there (a retry that failed again).
 
     Returns the entries new to the metadata. ``done`` is set last, so a crash before it re-tries
     the rows on resume.
@@ -138,9 +147,11 @@ def mark_skipped(
     rows = np.sort(np.asarray(rows, dtype=np.int64))
     with h5py.File(path, "r+") as f:
         meta = json.loads(f.attrs["metadata"])
-        known = {e["id"] for e in meta.get("skipped", [])}
+        old = meta.get("skipped", [])
+        by_id = {e["id"]: e for e in entries}
+        known = {e["id"] for e in old}
         new = [dict(e) for e in entries if e["id"] not in known]
-        meta["skipped"] = meta.get("skipped", []) + new
+        meta["skipped"] = [{**e, **by_id.get(e["id"], {})} for e in old] + new
         validate(meta, "feature_cache")
         f.attrs["metadata"] = json.dumps(meta)
         f["labels"][rows] = -1
@@ -149,6 +160,31 @@ def mark_skipped(
         f["done"][rows] = True
         f.flush()
     return new
+
+
+def record_retries(path: str | os.PathLike, outcomes: Sequence[Mapping[str, Any]]) -> None:
+    """Record retries of skipped images in the metadata's ``retried`` list (one entry per image,
+    the latest retry: id, label, the reason it had been skipped, ``outcome`` "extracted" |
+    "skipped again", ``retried_at``, ``attempts``); extracted images leave ``skipped``.
+
+    The rows themselves were rewritten before (``write_rows`` with labels, or ``mark_skipped``);
+    a crash before this call leaves them listed as skipped, so the next run retries them again.
+    """
+    if not outcomes:
+        return
+    h5py = _h5()
+    with h5py.File(path, "r+") as f:
+        meta = json.loads(f.attrs["metadata"])
+        recovered = {o["id"] for o in outcomes if o["outcome"] == "extracted"}
+        meta["skipped"] = [e for e in meta.get("skipped", []) if e["id"] not in recovered]
+        retried = {e["id"]: e for e in meta.get("retried", [])}
+        for o in outcomes:
+            attempts = int(retried.get(o["id"], {}).get("attempts", 0)) + 1
+            retried[o["id"]] = {**dict(o), "attempts": attempts}
+        meta["retried"] = list(retried.values())
+        validate(meta, "feature_cache")
+        f.attrs["metadata"] = json.dumps(meta)
+        f.flush()
 
 
 def synthetic_metadata(**overrides: Any) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 Every subcommand imports its framework lazily, so ``stage1 --help`` is instant and the JAX
 process never loads torch (and vice versa). User errors (bad paths, bad values, incompatible
 caches) are printed as one line and exit with code 2; set STAGE1_DEBUG=1 for tracebacks.
+``stage1 features`` exits with code 3 when more than ``--max-skip-frac`` images were unreadable.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 from stage1 import __version__, compile_cache, xla_flags
 from stage1.cli_config import add_config_args, config_from_args
 from stage1.rundir import add_overwrite_argument, check_out
+
+EXIT_TOO_MANY_SKIPPED = 3  # `stage1 features`: more than --max-skip-frac images unreadable
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,11 +56,18 @@ def _cmd_features(args) -> int:
         ("backbone.variants", args.variants),
         ("backbone.views", args.views),
         ("data.source", args.data),
+        ("data.max_skip_frac", args.max_skip_frac),
     ):
         if val is not None:
             sets.append(f"{key}={val}")
     cfg = override(cfg, sets).validate()
-    run_features(cfg, Path(args.out), demo_dir=args.demo_dir)
+    from stage1.features import too_many_skipped
+
+    report = run_features(cfg, Path(args.out), demo_dir=args.demo_dir)
+    error = too_many_skipped(report, cfg.data.max_skip_frac)
+    if error:
+        print(f"stage1 features: error: {error}", file=sys.stderr)
+        return EXIT_TOO_MANY_SKIPPED
     return 0
 
 
@@ -194,6 +204,15 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["clean", "validator"],
         help="clean: one view per image (default); validator: also cache the views StreetVision "
         "validators send (224x224, augmentation levels 0-3, JPEG quality 75) as views 1-4",
+    )
+    p.add_argument(
+        "--max-skip-frac",
+        type=float,
+        default=None,
+        metavar="F",
+        help="exit with code 3 when more than this share of the images cannot be read "
+        "(default 0.01; the cache is still written and a rerun retries them; shortcut for "
+        "--set data.max_skip_frac=F)",
     )
     p.add_argument(
         "--demo-dir",

@@ -97,6 +97,8 @@ class DataConfig:
     image_column: str = "image"  # parquet column holding encoded image bytes
     label_column: str = "label"  # manifest/parquet label column
     demo_images: int = rule(2000, ge=1)  # size of the embedded synthetic set
+    # `stage1 features` exits with code 3 above this unreadable share
+    max_skip_frac: float = rule(0.01, ge=0.0, le=1.0)
 
 
 @dataclass(frozen=True)

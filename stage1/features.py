@@ -40,7 +40,54 @@ def run_features(cfg: Config, out: Path, demo_dir: str | None = None):
     # The PyTorch room imports nothing from stage1: the cache format's owner and the image
     # reader are handed to it.
     report = extract(samples, out, cfg.backbone, store=cache, read=read_bytes, progress=True)
+    for line in skip_summary(report):
+        print(line)
     return report
+
+
+def skip_summary(report, examples: int = 3) -> list[str]:
+    """Lines telling the user how many images are skipped and why, grouped by the reason's kind
+    (the text before its first ": "), with a few ids each; empty when nothing is skipped."""
+    lines = []
+    if report.n_retried:
+        lines.append(
+            f"retried {report.n_retried} image(s) skipped by an earlier run: "
+            f"{report.n_recovered} extracted now, {report.n_retried - report.n_recovered} "
+            "still unreadable"
+        )
+    skipped = report.skipped_total
+    if not skipped:
+        return lines
+    lines.append(
+        f"skipped {len(skipped)} of {report.n_images} images ({100 * report.skip_fraction:.1f} %):"
+        " label -1 and zero features in the cache, listed in its metadata; fix or replace "
+        "the files and rerun to retry them"
+    )
+    groups: dict[str, list[dict]] = {}
+    for e in skipped:
+        groups.setdefault(str(e.get("reason", "")).split(": ", 1)[0] or "unknown", []).append(e)
+    for kind, entries in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        shown = ", ".join(
+            f"{e['id']} ({r.split(': ', 1)[1]})"
+            if ": " in (r := str(e.get("reason", "")))
+            else e["id"]
+            for e in entries[:examples]
+        )
+        more = f", ... (+{len(entries) - examples})" if len(entries) > examples else ""
+        lines.append(f"  {len(entries)} x {kind}: {shown}{more}")
+    return lines
+
+
+def too_many_skipped(report, max_frac: float) -> str | None:
+    """The one-line error when more than ``max_frac`` of the images are skipped, else None."""
+    if report.skip_fraction <= max_frac:
+        return None
+    return (
+        f"{len(report.skipped_total)} of {report.n_images} images "
+        f"({100 * report.skip_fraction:.1f} %) could not be read, more than --max-skip-frac "
+        f"{max_frac:g}; the cache is kept: fix or replace those files and rerun (skipped images "
+        "are retried), or raise --max-skip-frac"
+    )
 
 
 def _fmt_counts(info: dict) -> str:

@@ -160,3 +160,42 @@ def test_xla_default_flags_respect_the_user():
     assert xla_flags.apply_defaults(env).split() == flags  # idempotent
     env = {"STAGE1_XLA_DEFAULTS": "0"}
     assert xla_flags.apply_defaults(env) == "" and env == {"STAGE1_XLA_DEFAULTS": "0"}
+
+
+def test_features_exits_3_when_most_images_are_unreadable_and_retries_them(tmp_path):
+    """99 % unreadable images: the skips are counted and explained on stdout (no object reprs),
+    stderr has one line and the exit code is 3; after the user fixes the files a rerun retries
+    them and ends with 0."""
+    import io
+    import json
+
+    from PIL import Image
+
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(tmp_path / "good.png")
+    buf = io.BytesIO()
+    Image.effect_noise((64, 64), 50).convert("RGB").save(buf, "PNG")
+    rows = ["path,label", "good.png,1"]
+    for i in range(99):  # odd: not an image at all; even: a PNG cut short
+        data = b"garbage bytes, not an image" if i % 2 else buf.getvalue()[:400]
+        (tmp_path / f"x{i}.png").write_bytes(data)
+        rows.append(f"x{i}.png,{i % 2}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    kw = json.dumps({"depth": 1, "embed_dim": 32, "num_heads": 2})
+    args = ("features", "--data", str(tmp_path / "m.csv"), "--out", str(tmp_path / "c.h5"),
+            "--image-size", "32", "--weights", "none", "--set", f"backbone.model_kwargs={kw}",
+            "--set", "backbone.num_workers=0")  # fmt: skip
+    r = run(*args)
+    assert r.returncode == 3, (r.stdout, r.stderr)
+    err = [line for line in r.stderr.splitlines() if "error" in line]
+    assert len(err) == 1 and "99 of 100 images (99.0 %)" in err[0] and "--max-skip-frac" in err[0]
+    assert "skipped 99 of 100 images (99.0 %)" in r.stdout
+    assert "50 x truncated image" in r.stdout and "49 x unknown image format" in r.stdout
+    assert "0x" not in r.stdout + r.stderr and "Traceback" not in r.stderr
+    r = run(*args, "--max-skip-frac", "1")  # allowed; the rerun retries all 99 again
+    assert r.returncode == 0 and "retried 99 image(s)" in r.stdout and "0 extracted now" in r.stdout
+    for i in range(99):
+        Image.new("RGB", (40, 40), (i, 90, 30)).save(tmp_path / f"x{i}.png", format="PNG")
+    r = run(*args)
+    assert r.returncode == 0, r.stderr
+    assert "retried 99 image(s) skipped by an earlier run: 99 extracted now" in r.stdout
+    assert "(0 images skipped" in r.stdout and "skipped 0" not in r.stdout

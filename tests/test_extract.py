@@ -19,9 +19,15 @@ from safetensors.torch import save_file
 
 import stage1.cache
 from feature_extract.backbone import RandomInitWarning, build_backbone
-from feature_extract.extract import embed, pick_device
+from feature_extract.extract import _ImageDataset, embed, pick_device
 from feature_extract.extract import extract as _extract
-from feature_extract.preprocess import CorruptImageError, decode, load_tensor, to_tensor
+from feature_extract.preprocess import (
+    CorruptImageError,
+    decode,
+    load_tensor,
+    plain_message,
+    to_tensor,
+)
 from schemas import validate
 from stage1.cache import CacheError, open_cache
 from stage1.config import SPLITS, BackboneConfig
@@ -280,8 +286,73 @@ def test_corrupt_images_are_skipped(tmp_path, samples, tiny_cfg):
     skipped = {e["id"]: e for e in c.metadata["skipped"]}
     assert skipped["bad"]["label"] == 1 and "missing.png" in skipped["gone"]["reason"]
     assert c.features("cls").dtype == np.float32 and np.isfinite(c.features("cls")).all()
-    rep = extract(alls, out, cfg, progress=False)  # resume: skipped rows are not retried
-    assert rep.n_done == 0 and rep.n_skipped == 0
+    rep = extract(alls, out, cfg, progress=False)  # rerun: only the skipped images are retried
+    assert rep.n_done == 0 and rep.n_skipped == 3 and rep.n_retried == 3 and rep.n_recovered == 0
+    c = open_cache(out)
+    assert len(c.metadata["skipped"]) == 3 and c.labels[rows].tolist() == [-1, -1, -1]
+    assert {e["id"]: e["outcome"] for e in c.metadata["retried"]} == dict.fromkeys(
+        ("bad", "noise", "gone"), "skipped again"
+    )
+
+
+def test_skip_reasons_are_short_text(tmp_path):
+    """The reason is '<kind>: <detail>' with no object repr or memory address (PIL puts
+    '<_io.BytesIO object at 0x...>' into UnidentifiedImageError)."""
+    noise = tmp_path / "noise.png"
+    noise.write_bytes(np.random.default_rng(1).integers(0, 256, 999, np.uint8).tobytes())
+    trunc = tmp_path / "t.png"
+    trunc.write_bytes(_png(1, size=(256, 256))[:3000])
+    (tmp_path / "dir.png").mkdir()
+    want = {
+        "noise": "unknown image format",
+        "trunc": "truncated image",
+        "gone": "file not found",
+        "dir": "not a file",
+    }
+    paths = {
+        "noise": noise,
+        "trunc": trunc,
+        "gone": tmp_path / "gone.png",
+        "dir": tmp_path / "dir.png",
+    }
+    for name, kind in want.items():
+        ds = _ImageDataset([Sample(name, 0, "train", str(paths[name]))], read_bytes, [0], 32,
+                           np.zeros(1, np.int64), np.zeros(1, np.int16), 0)  # fmt: skip
+        row, img, why = ds[0]
+        assert img is None and why.split(": ", 1)[0] == kind, why
+        assert "0x" not in why and " object at " not in why and len(why) <= 160, why
+    assert plain_message(
+        ValueError("cannot identify image file <_io.BytesIO object at 0x7f3a>")
+    ) == ("cannot identify image file")
+
+
+def test_replaced_bad_image_gets_features_on_rerun(tmp_path, samples, tiny_cfg):
+    """A skipped image whose file the user replaced is retried by the next run: its row gets the
+    features a fresh extraction gives, its manifest label back, and leaves the skipped list;
+    the cache records the retry."""
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    alls = samples[:5] + [Sample("bad", 1, "train", str(bad))]
+    cfg = dataclasses.replace(tiny_cfg, batch_size=4)
+    out = tmp_path / "f.h5"
+    rep = extract(alls, out, cfg, progress=False)
+    assert rep.n_skipped == 1 and len(rep.skipped_total) == 1 and rep.skip_fraction == 1 / 6
+    bad.write_bytes(_png(42))  # the user fixes the file
+    rep = extract(alls, out, cfg, progress=False)
+    assert (rep.n_done, rep.n_skipped, rep.n_retried, rep.n_recovered) == (1, 0, 1, 1)
+    assert rep.skipped_total == [] and rep.skip_fraction == 0
+    c = open_cache(out)
+    assert c.metadata["skipped"] == [] and c.labels[5] == 1 and c.done.all()
+    (entry,) = c.metadata["retried"]
+    assert entry["id"] == "bad" and entry["outcome"] == "extracted" and entry["attempts"] == 1
+    assert entry["reason"].startswith("unknown image format")
+    validate(c.metadata, "feature_cache")
+    fresh = tmp_path / "fresh.h5"
+    extract(alls, fresh, cfg, progress=False)  # the same manifest, file good from the start
+    for v in cfg.variants:
+        np.testing.assert_allclose(c.features(v), open_cache(fresh).features(v), atol=1e-5)
+    rep = extract(alls, out, cfg, progress=False)  # nothing left to retry
+    assert (rep.n_done, rep.n_retried) == (0, 0)
 
 
 @pytest.mark.filterwarnings("ignore::feature_extract.backbone.RandomInitWarning")
