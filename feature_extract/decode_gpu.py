@@ -122,9 +122,7 @@ def resize_normalize(
     return (out / 255.0 - m) / s
 
 
-def decode_batch(
-    blobs: Sequence[torch.Tensor], device: torch.device
-) -> list[torch.Tensor | None]:
+def decode_batch(blobs: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
     """Decode JPEG byte tensors (1-D uint8, CPU) to RGB uint8 ``(3, H, W)`` on ``device``.
 
     One batched call; when it raises (one bad file fails nvjpeg's whole batch) every file is

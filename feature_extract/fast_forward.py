@@ -36,9 +36,7 @@ def fast_forward(
     if use_compile:
         compiled = torch.compile(lambda x: embed(model, x, variants), dynamic=False)
         fn = compiled
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
-    )
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
     full = {"n": 0}
 
     def forward(x: torch.Tensor) -> dict[str, torch.Tensor]:
