@@ -128,7 +128,11 @@ def decode_batch(blobs: Sequence[torch.Tensor], device: torch.device) -> list[to
     One batched call; when it raises (one bad file fails nvjpeg's whole batch) every file is
     tried alone, and a file that fails alone is None: the caller decodes it on the CPU.
     """
-    from torchvision.io import ImageReadMode, decode_jpeg
+    import warnings
+
+    with warnings.catch_warnings():  # torchvision 0.29 flags its image IO as deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torchvision.io import ImageReadMode, decode_jpeg
 
     if not blobs:
         return []
