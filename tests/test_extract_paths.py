@@ -250,9 +250,9 @@ def test_cli_writes_skipped_csv_and_strict_exits_3(tmp_path, weights, capsys):
             "--set", f"backbone.model_kwargs={json.dumps(KW)}"]  # fmt: skip
     assert main(args) == 0
     rows = list(csv.DictReader(open(tmp_path / "features.skipped.csv")))
-    assert [(r["id"], r["reason"]) for r in rows] == [
-        (rows[0]["id"], "empty image data")
-    ] and rows[0]["path"].endswith("broken.jpg")
+    assert [(r["id"], r["reason"]) for r in rows] == [(rows[0]["id"], "empty image data")] and rows[
+        0
+    ]["path"].endswith("broken.jpg")
     assert "decode=cpu, workers=" in capsys.readouterr().out  # the summary says what was chosen
     (data / "none" / "broken.jpg").write_bytes(_enc(_img(99)))
     assert main(args) == 0  # retried and read: the CSV is rewritten, header only
