@@ -92,6 +92,7 @@ class ExtractReport:
     n_retried: int = 0  # images skipped by an earlier run and retried by this call
     n_recovered: int = 0  # of those, images extracted this time
     chosen: str = ""  # decode path, workers, batch size and why (feature_extract.loader.choose)
+    steady_images_per_s: float = 0.0  # rows/s after the first batch (which includes compiling)
     skipped_total: list[dict[str, Any]] = field(default_factory=list)  # cache's list after the call
 
     @property
@@ -338,6 +339,7 @@ def extract(
     written = np.zeros(len(row_sample), dtype=bool)
     writer = _Writer(store, out_path, row_labels, written)
     t0 = time.perf_counter()
+    t_first, n_first = None, 0
     with tqdm(total=len(pending), unit="img", disable=not progress, desc="extract") as bar:
         for rows, items in itertools.islice(loader, limit_batches):
             x, good, bad_items = device_batch(
@@ -359,7 +361,12 @@ def extract(
                 report.skipped += entries
                 report.n_skipped += len(entries)
             bar.update(len(rows))
+            if t_first is None:
+                writer.flush()  # the first batch's compile and warm-up end here
+                t_first, n_first = time.perf_counter(), report.n_done
         writer.flush()
+    if t_first is not None and report.n_done > n_first:
+        report.steady_images_per_s = (report.n_done - n_first) / (time.perf_counter() - t_first)
     if retry_ids:
         report.n_recovered = _record_retries(
             store, out_path, retry_entries, retry_ids, failed, row_ids, written
@@ -372,7 +379,8 @@ def extract(
     line = (
         f"extracted {report.n_done} rows ({report.n_skipped} images skipped, "
         f"{report.n_already_done} already done) of {report.n_total} in {report.seconds:.1f}s, "
-        f"{report.images_per_s:.1f} img/s on {device} [{report.chosen}] -> {out_path}"
+        f"{report.images_per_s:.1f} img/s ({report.steady_images_per_s:.1f} after the first "
+        f"batch) on {device} [{report.chosen}] -> {out_path}"
     )
     if progress:
         print(line)

@@ -116,4 +116,4 @@ def test_resume_after_sigkill_at_random_points(tmp_path):
             left.append(int(open_cache(out, require_complete=False).done.sum()))
     assert kills >= 2 and any(0 < d < n_rows for d in left), (seed, kills, left, n_rows)
     assert main(_features_args(data, out)) == 0
-    _same(out, ref)  # seed in the message when this fails: {seed}
+    _same(out, ref)
