@@ -130,22 +130,24 @@ def decode_batch(blobs: Sequence[torch.Tensor], device: torch.device) -> list[to
     """
     import warnings
 
-    with warnings.catch_warnings():  # torchvision 0.29 flags its image IO as deprecated
+    if not blobs:
+        return []
+    # torchvision 0.29 marks its image IO deprecated in favour of TorchCodec on every call;
+    # decode_jpeg is still the shipped batched nvjpeg entry point (docs/extraction.md).
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         from torchvision.io import ImageReadMode, decode_jpeg
 
-    if not blobs:
-        return []
-    try:
-        return list(decode_jpeg(list(blobs), mode=ImageReadMode.RGB, device=device))
-    except RuntimeError:
-        out: list[torch.Tensor | None] = []
-        for b in blobs:
-            try:
-                out.append(decode_jpeg(b, mode=ImageReadMode.RGB, device=device))
-            except RuntimeError:
-                out.append(None)
-        return out
+        try:
+            return list(decode_jpeg(list(blobs), mode=ImageReadMode.RGB, device=device))
+        except RuntimeError:
+            out: list[torch.Tensor | None] = []
+            for b in blobs:
+                try:
+                    out.append(decode_jpeg(b, mode=ImageReadMode.RGB, device=device))
+                except RuntimeError:
+                    out.append(None)
+            return out
 
 
 def device_batch(
@@ -172,11 +174,14 @@ def device_batch(
     decoded = dict(zip(jpeg, decode_batch([items[k][1] for k in jpeg], device), strict=True))
     imgs: dict[int, torch.Tensor] = {}
     bad: list[tuple[int, str]] = []
+    pix = [k for k, (kind, _) in enumerate(items) if kind == "pixels"]
+    if pix:  # one host->device copy for all worker-decoded images, not one per image
+        imgs.update(zip(pix, torch.stack([items[k][1] for k in pix]).to(device), strict=True))
     for k, (kind, payload) in enumerate(items):
         if kind == "bad":
             bad.append((k, str(payload)))
         elif kind == "pixels":
-            imgs[k] = payload.to(device, non_blocking=True)
+            continue
         elif decoded[k] is not None:
             imgs[k] = decoded[k]
         else:  # nvjpeg said no: the CPU decoder has the last word
