@@ -363,3 +363,47 @@ def test_cuda_compiled_extraction_resumes_and_matches_eager(tmp_path, weights):
     np.testing.assert_array_equal(one, two)
     eager = open_cache(tmp_path / "eager.h5").features("cls")
     assert _rel_l2(one, eager) < 0.02
+
+
+def test_extraction_is_deterministic_across_paths_workers_and_batches(tmp_path, zoo, weights):
+    """Same inputs, same features on the gpu decode path (workers decode the non-JPEGs): a
+    rerun and another worker count are bit-identical; another batch size changes only the
+    GEMM's float32 summation order (<= 1e-6)."""
+    cfg = dataclasses.replace(BASE, weights=weights, decode="gpu")
+    runs = {
+        "a": cfg,
+        "b": cfg,
+        "workers": dataclasses.replace(cfg, num_workers=1),
+        "batch": dataclasses.replace(cfg, batch_size=3),
+    }
+    feats = {}
+    for name, c in runs.items():
+        extract(zoo, tmp_path / f"{name}.h5", c)
+        feats[name] = open_cache(tmp_path / f"{name}.h5").features("cls")
+    for name in ("b", "workers"):
+        np.testing.assert_array_equal(feats[name], feats["a"], err_msg=name)
+    np.testing.assert_allclose(feats["batch"], feats["a"], rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_million_row_manifest_starts_embedding_within_seconds(tmp_path):
+    """1,000,000 parquet rows (10 shards): manifest + cache creation + first batch well under a
+    minute on a shared 2-core machine (measured ~10 s; bench/extract.py --startup-rows)."""
+    import time
+
+    import stage1.cache as cache
+    from stage1.config import Config
+    from stage1.manifest import load_manifest
+
+    jpeg = _enc(_img(0, (32, 32)))
+    per = 100_000
+    for s in range(10):
+        t = pa.table({"image": pa.array([jpeg] * per, pa.binary()), "label": np.arange(per) % 2})
+        pq.write_table(t, tmp_path / f"train-{s:05d}.parquet", row_group_size=1000)
+    t0 = time.perf_counter()
+    samples = load_manifest(str(tmp_path), Config().data)
+    rep = _extract(samples, tmp_path / "f.h5", BASE, store=cache, read=read_bytes,
+                   progress=False, limit_batches=1)  # fmt: skip
+    took = time.perf_counter() - t0
+    assert len(samples) == 1_000_000 and rep.n_done == BASE.batch_size
+    assert took < 45, f"manifest -> first batch took {took:.1f} s"
