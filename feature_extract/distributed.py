@@ -102,6 +102,9 @@ def extract_distributed(
         for s in shards:
             s.unlink()
         report.images_per_s, report.n_done = float(speed[0]), int(speed[1])
+        if kwargs.get("progress", True):
+            print(f"assembled {size} rank shards -> {out}: {report.n_done} rows extracted by all "
+                  f"ranks, {report.images_per_s:.1f} img/s summed over ranks")  # fmt: skip
         report.n_images, report.path = len(samples), str(out)
         report.skipped_total = list(
             store.open_cache(out, require_complete=False).metadata["skipped"]

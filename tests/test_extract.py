@@ -317,8 +317,9 @@ def test_skip_reasons_are_short_text(tmp_path):
         "dir": tmp_path / "dir.png",
     }
     for name, kind in want.items():
-        ds = RowDataset([Sample(name, 0, "train", str(paths[name]))], read_bytes, [0], 32,
-                        np.zeros(1, np.int64), np.zeros(1, np.int16), 0, "cpu", skip_reason)  # fmt: skip
+        one = [Sample(name, 0, "train", str(paths[name]))]
+        zero = (np.zeros(1, np.int64), np.zeros(1, np.int16), 0)
+        ds = RowDataset(one, read_bytes, [0], 32, *zero, "cpu", skip_reason)
         row, got, why = ds[0]
         assert got == "bad" and why.split(": ", 1)[0] == kind, why
         assert "0x" not in why and " object at " not in why and len(why) <= 160, why
