@@ -103,7 +103,7 @@ def bench_decoder(samples, cfg, device, path):
 
     from feature_extract.decode_gpu import device_batch
     from feature_extract.extract import skip_reason
-    from feature_extract.loader import choose, cpu_decoder, make_loader
+    from feature_extract.loader import choose, cpu_decoder, make_loader, unpack
     from stage1.manifest import read_bytes
 
     cfg = dataclasses.replace(cfg, decode=path)
@@ -115,8 +115,8 @@ def bench_decoder(samples, cfg, device, path):
     )
     dec, m, s = cpu_decoder(cfg.image_size), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     t, seen = None, 0
-    for k, (_rows, items) in enumerate(loader):
-        x, good, _ = device_batch(items, device, cfg.image_size, m, s, dec, skip_reason)
+    for k, (_rows, packed) in enumerate(loader):
+        x, good, _ = device_batch(unpack(packed), device, cfg.image_size, m, s, dec, skip_reason)
         if k == 0:  # workers started, first batch in: start the clock
             _sync(device)
             t = time.perf_counter()

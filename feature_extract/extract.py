@@ -48,7 +48,7 @@ import torch
 from feature_extract.backbone import build_backbone
 from feature_extract.decode_gpu import device_batch
 from feature_extract.fast_forward import fast_forward
-from feature_extract.loader import choose, cpu_decoder, make_loader
+from feature_extract.loader import choose, cpu_decoder, make_loader, unpack
 from feature_extract.preprocess import CorruptImageError, plain_message
 from feature_extract.validator_views import LEVELS
 
@@ -341,7 +341,8 @@ def extract(
     t0 = time.perf_counter()
     t_first, n_first = None, 0
     with tqdm(total=len(pending), unit="img", disable=not progress, desc="extract") as bar:
-        for rows, items in itertools.islice(loader, limit_batches):
+        for rows, packed in itertools.islice(loader, limit_batches):
+            items = unpack(packed)
             x, good, bad_items = device_batch(
                 items, device, cfg.image_size, info["mean"], info["std"], cpu_decode, skip_reason
             )

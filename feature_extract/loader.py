@@ -10,7 +10,7 @@ process may use, the device, the torchrun world on this node, the model size):
     batch_size   CUDA: 512 images for models up to ~100 M parameters, 256 up to ~400 M, 64
                  beyond; CPU: 32
 
-The loader yields ``(rows, items)`` with ``items[k] = (kind, payload)`` as
+The loader yields ``(rows, packed)``; ``unpack(packed)`` gives ``[(kind, payload)]`` as
 ``decode_gpu.device_batch`` takes them: ``jpeg`` items carry the encoded bytes (decoded on the
 device in the main process), ``pixels`` items an already resized uint8 image (decoded in a
 worker), ``bad`` items the reason the image could not be read.
@@ -153,8 +153,37 @@ class RowDataset(torch.utils.data.Dataset):
 
 
 def collate(items):
+    """Pack a batch into two tensors: all JPEG bytes concatenated (+ offsets) and all decoded
+    images stacked. A worker hands each tensor to the main process as one shared-memory segment
+    and the pin-memory thread pins it in one copy; 512 separate byte tensors per batch would
+    cost 512 of each."""
     rows = np.asarray([r for r, _, _ in items], dtype=np.int64)
-    return rows, [(kind, payload) for _, kind, payload in items]
+    kinds = [kind for _, kind, _ in items]
+    jpegs = [p for _, kind, p in items if kind == "jpeg"]
+    pix = [p for _, kind, p in items if kind == "pixels"]
+    blob = torch.cat(jpegs) if jpegs else torch.empty(0, dtype=torch.uint8)
+    offsets = np.cumsum([0] + [len(j) for j in jpegs])
+    pixels = torch.stack(pix) if pix else torch.empty(0, dtype=torch.uint8)
+    reasons = [p for _, kind, p in items if kind == "bad"]
+    return rows, (kinds, blob, offsets, pixels, reasons)
+
+
+def unpack(packed) -> list[tuple[str, Any]]:
+    """``collate``'s packed batch -> ``[(kind, payload)]`` as ``decode_gpu.device_batch`` takes
+    it (payloads are views into the packed tensors, no copies)."""
+    kinds, blob, offsets, pixels, reasons = packed
+    n = {"jpeg": 0, "pixels": 0, "bad": 0}
+    out = []
+    for kind in kinds:
+        i = n[kind]
+        n[kind] += 1
+        if kind == "jpeg":
+            out.append((kind, blob[int(offsets[i]) : int(offsets[i + 1])]))
+        elif kind == "pixels":
+            out.append((kind, pixels[i]))
+        else:
+            out.append((kind, reasons[i]))
+    return out
 
 
 def cpu_decoder(size: int) -> Callable[[bytes], torch.Tensor]:
