@@ -13,9 +13,12 @@ On the CPU the forward pass is eager float32, exactly ``extract.embed``.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Sequence
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def fast_forward(
@@ -32,10 +35,11 @@ def fast_forward(
     use_compile = compile_mode == "on" or (compile_mode == "auto" and cuda)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
-    fn = (lambda x: embed(model, x, variants)) if not use_compile else None
-    if use_compile:
-        compiled = torch.compile(lambda x: embed(model, x, variants), dynamic=False)
-        fn = compiled
+
+    def eager(x):
+        return embed(model, x, variants)
+
+    fn = torch.compile(eager, dynamic=False) if use_compile else eager
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
     full = {"n": 0}
 
@@ -47,8 +51,16 @@ def fast_forward(
                 x = torch.cat([x, x.new_zeros((full["n"] - n, *x.shape[1:]))])
         if cuda:
             x = x.contiguous(memory_format=torch.channels_last)
+        nonlocal fn
         with torch.inference_mode(), autocast:
-            out = fn(x)
+            try:
+                out = fn(x)
+            except Exception as e:  # noqa: BLE001 - any compiler failure: the eager model works
+                if fn is eager:
+                    raise
+                log.warning("torch.compile failed (%s); extracting with the eager model", e)
+                fn = eager
+                out = fn(x)
         return {k: v[:n].float() for k, v in out.items()}
 
     return forward

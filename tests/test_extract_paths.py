@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -409,3 +410,17 @@ def test_a_million_row_manifest_starts_embedding_within_seconds(tmp_path):
     took = time.perf_counter() - t0
     assert len(samples) == 1_000_000 and rep.n_done == BASE.batch_size
     assert took < 45, f"manifest -> first batch took {took:.1f} s"
+
+
+@pytest.mark.slow
+def test_compiled_forward_pads_the_short_last_batch_and_matches_eager(tmp_path, weights):
+    """compile=on (inductor's CPU backend here): one static batch shape, the short last batch
+    padded and cut back; features equal the eager extraction to float32 round-off."""
+    samples = [Sample(f"i{k}", k % 2, "train", str(tmp_path / f"i{k}.jpg")) for k in range(5)]
+    for k, s in enumerate(samples):
+        Path(s.path).write_bytes(_enc(_img(k)))
+    cfg = dataclasses.replace(BASE, weights=weights, batch_size=2)
+    extract(samples, tmp_path / "eager.h5", dataclasses.replace(cfg, compile="off"))
+    extract(samples, tmp_path / "comp.h5", dataclasses.replace(cfg, compile="on"))
+    a, b = (open_cache(tmp_path / f"{n}.h5").features("cls") for n in ("eager", "comp"))
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-5)
