@@ -34,14 +34,12 @@ as the cache's optional ``group`` column, for group-level certificates downstrea
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import itertools
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -52,8 +50,11 @@ import numpy as np
 import torch
 
 from feature_extract.backbone import build_backbone
-from feature_extract.preprocess import CorruptImageError, decode, normalize, plain_message, to_uint8
-from feature_extract.validator_views import LEVELS, validator_view
+from feature_extract.decode_gpu import device_batch
+from feature_extract.fast_forward import fast_forward
+from feature_extract.loader import choose, cpu_decoder, make_loader, unpack
+from feature_extract.preprocess import CorruptImageError, plain_message
+from feature_extract.validator_views import LEVELS
 
 log = logging.getLogger(__name__)
 VARIANTS: dict[str, int] = {"cls": 1, "patch_mean": 1, "cls_last4": 4}  # name -> dim / D
@@ -96,6 +97,8 @@ class ExtractReport:
     n_images: int = 0  # images (samples) of the manifest
     n_retried: int = 0  # images skipped by an earlier run and retried by this call
     n_recovered: int = 0  # of those, images extracted this time
+    chosen: str = ""  # decode path, workers, batch size and why (feature_extract.loader.choose)
+    steady_images_per_s: float = 0.0  # rows/s after the first batch (which includes compiling)
     skipped_total: list[dict[str, Any]] = field(default_factory=list)  # cache's list after the call
 
     @property
@@ -185,47 +188,50 @@ def view_rows(samples: Sequence[Any], views: str = "clean") -> tuple[np.ndarray,
     return idx.astype(np.int64), view.astype(np.int16)
 
 
-class _ImageDataset(torch.utils.data.Dataset):
-    """Pending rows -> (row, uint8 image | None, reason); picklable for worker processes.
-
-    Row ``r`` shows sample ``row_sample[r]`` as view ``row_view[r]``. Pending rows arrive
-    grouped by sample, so the last decoded image is kept: the clean row and the four validator
-    views of a test image share one decode.
-    """
-
-    def __init__(self, samples, read, rows, size, row_sample, row_view, view_seed):
-        self.samples, self.read, self.rows, self.size = samples, read, rows, size
-        self.row_sample, self.row_view, self.view_seed = row_sample, row_view, view_seed
-        self._last: tuple[int, Any] = (-1, None)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def _decoded(self, k: int):
-        if self._last[0] != k:
-            self._last = (-1, None)  # a failed decode is retried, never cached
-            self._last = (k, decode(self.read(self.samples[k])))
-        return self._last[1]
-
-    def __getitem__(self, i: int):
-        row = int(self.rows[i])
-        k, view = int(self.row_sample[row]), int(self.row_view[row])
-        try:
-            img = self._decoded(k)
-            if view > 0:
-                img = validator_view(img, view - 1, self.samples[k].id, self.view_seed)
-            return row, to_uint8(img, self.size), ""
-        except (CorruptImageError, OSError, ValueError) as e:  # corrupt, missing, no bytes
-            return row, None, skip_reason(e)
+class StrictError(RuntimeError):
+    """``strict=True`` met an unreadable file; the message starts with its path."""
 
 
-def _collate(items):
-    """Stack decodable images; pass the unreadable ones through as (row, reason)."""
-    good = [(r, t) for r, t, _ in items if t is not None]
-    bad = [(r, why) for r, t, why in items if t is None]
-    rows = np.asarray([r for r, _ in good], dtype=np.int64)
-    x = torch.stack([t for _, t in good]) if good else None
-    return rows, x, bad
+def _where(sample: Any) -> str:
+    path = getattr(sample, "path", "") or sample.id
+    row = getattr(sample, "row", -1)
+    return f"{path} row {row}" if row is not None and row >= 0 else str(path)
+
+
+def local_world_size() -> int:
+    """Processes on this node (torchrun's ``LOCAL_WORLD_SIZE``; 1 outside torchrun)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+class _Writer:
+    """Writes a batch's features one batch late: the device->host copy of batch i is waited
+    for only after batch i+1 is queued, so the GPU never idles on the HDF5 write."""
+
+    def __init__(self, store, path, row_labels, written):
+        self.store, self.path, self.row_labels, self.written = store, path, row_labels, written
+        self._pending = None
+
+    def submit(self, rows: np.ndarray, feats: dict[str, torch.Tensor]) -> None:
+        host = {k: v.to("cpu", non_blocking=True) for k, v in feats.items()}
+        event = None
+        if next(iter(feats.values())).device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record()
+        self.flush()
+        self._pending = (rows, host, event)
+
+    def flush(self) -> None:
+        if self._pending is None:
+            return
+        rows, host, event = self._pending
+        self._pending = None
+        if event is not None:
+            event.synchronize()
+        # labels too: a retried row that was skipped (label -1) gets its label back
+        self.store.write_rows(
+            self.path, rows, {k: v.numpy() for k, v in host.items()}, labels=self.row_labels[rows]
+        )
+        self.written[rows] = True
 
 
 def extract(
@@ -238,6 +244,7 @@ def extract(
     progress: bool = True,
     limit_batches: int | None = None,
     view_seed: int = 0,
+    strict: bool = False,
 ) -> ExtractReport:
     """Extract (or resume) the feature cache ``out_path`` for ``samples`` with backbone ``cfg``.
 
@@ -258,6 +265,8 @@ def extract(
         limit_batches: stop after this many batches (tests, smoke runs); resume later.
         view_seed: seed of the validator views (``views="validator"``); recorded in the
             metadata and checked on resume.
+        strict: raise ``StrictError`` naming the first unreadable file instead of skipping it
+            (rows written so far stay, so a rerun resumes).
 
     Returns:
         An ``ExtractReport`` of this call.
@@ -281,6 +290,7 @@ def extract(
     if "cls_last4" in variants and info["depth"] < 4:
         raise ValueError(f"cls_last4 needs a backbone with >= 4 blocks, got {info['depth']}")
     model.to(device)
+    info = {**info, "n_params": sum(p.numel() for p in model.parameters())}
     dims = {v: VARIANTS[v] * info["embed_dim"] for v in variants}
     row_sample, row_view = view_rows(samples, cfg.views)
     meta = _metadata(cfg, info, dims, view_seed)
@@ -314,22 +324,12 @@ def extract(
     retry_ids = {str(i) for i in row_ids[pending]} & set(retry_entries)
     # Group each sample's rows (clean + views) so one decode serves them all.
     pending = pending[np.lexsort((row_view[pending], row_sample[pending]))]
-    loader = torch.utils.data.DataLoader(
-        _ImageDataset(samples, read, pending, cfg.image_size, row_sample, row_view, view_seed),
-        batch_size=cfg.batch_size,
-        shuffle=False,
-        num_workers=cfg.num_workers,
-        collate_fn=_collate,
-        pin_memory=device.type == "cuda",
-        # Forking a process that already runs JAX's thread pool (a notebook or a test session
-        # that imported jax) can deadlock; spawn clean workers then. The CLI never loads jax here.
-        multiprocessing_context=("spawn" if cfg.num_workers > 0 and "jax" in sys.modules else None),
+    choice = choose(cfg, device, info.get("n_params", 0), local_world_size())
+    loader = make_loader(
+        samples, read, pending, cfg, choice, row_sample, row_view, view_seed, skip_reason, device
     )
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if device.type == "cuda"
-        else contextlib.nullcontext()
-    )
+    forward = fast_forward(model, device, variants, getattr(cfg, "compile", "auto"))
+    cpu_decode = cpu_decoder(cfg.image_size)
     from tqdm.auto import tqdm
 
     report = ExtractReport(
@@ -340,32 +340,41 @@ def extract(
         path=str(out_path),
         n_images=len(samples),
         n_retried=len(retry_ids),
+        chosen=choice.describe(),
     )
     failed: set[str] = set()
     written = np.zeros(len(row_sample), dtype=bool)
+    writer = _Writer(store, out_path, row_labels, written)
     t0 = time.perf_counter()
+    t_first, n_first = None, 0
     with tqdm(total=len(pending), unit="img", disable=not progress, desc="extract") as bar:
-        for rows, x, bad_rows in itertools.islice(loader, limit_batches):
+        for rows, packed in itertools.islice(loader, limit_batches):
+            items = unpack(packed)
+            x, good, bad_items = device_batch(
+                items, device, cfg.image_size, info["mean"], info["std"], cpu_decode, skip_reason
+            )
+            bad_rows = [(int(rows[k]), why) for k, why in bad_items]
+            if strict and bad_rows:
+                r, why = min(bad_rows)
+                writer.flush()
+                raise StrictError(f"{_where(samples[row_sample[r]])}: {why}")
             if x is not None:
-                with torch.inference_mode(), autocast:
-                    x = normalize(x.to(device, non_blocking=True), info["mean"], info["std"])
-                    feats = embed(model, x, variants)
-                # labels too: a retried row that was skipped (label -1) gets its label back
-                store.write_rows(
-                    out_path,
-                    rows,
-                    {k: v.cpu().numpy() for k, v in feats.items()},
-                    labels=row_labels[rows],
-                )
-                written[rows] = True
-                report.n_done += len(rows)
+                writer.submit(rows[good], forward(x))  # written after the next batch is queued
+                report.n_done += len(good)
             if bad_rows:
+                writer.flush()  # keep the file's writes in row-batch order
                 entries = _mark_skipped(store, out_path, bad_rows, samples, row_sample, dims)
                 entries = [e for e in entries if e["id"] not in failed]  # views of one image
                 failed.update(e["id"] for e in entries)
                 report.skipped += entries
                 report.n_skipped += len(entries)
-            bar.update(len(rows) + len(bad_rows))
+            bar.update(len(rows))
+            if t_first is None:
+                writer.flush()  # the first batch's compile and warm-up end here
+                t_first, n_first = time.perf_counter(), report.n_done
+        writer.flush()
+    if t_first is not None and report.n_done > n_first:
+        report.steady_images_per_s = (report.n_done - n_first) / (time.perf_counter() - t_first)
     if retry_ids:
         report.n_recovered = _record_retries(
             store, out_path, retry_entries, retry_ids, failed, row_ids, written
@@ -378,7 +387,8 @@ def extract(
     line = (
         f"extracted {report.n_done} rows ({report.n_skipped} images skipped, "
         f"{report.n_already_done} already done) of {report.n_total} in {report.seconds:.1f}s, "
-        f"{report.images_per_s:.1f} img/s on {device} -> {out_path}"
+        f"{report.images_per_s:.1f} img/s ({report.steady_images_per_s:.1f} after the first "
+        f"batch) on {device} [{report.chosen}] -> {out_path}"
     )
     if progress:
         print(line)

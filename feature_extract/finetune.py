@@ -349,6 +349,10 @@ def _base_optimizer(net: Net, ft: Any) -> torch.optim.Optimizer:
 
 def _loader(samples, read, items, bb, batch_size, shuffle_seed):
     workers = int(getattr(bb, "num_workers", 0))
+    if workers < 0:  # auto: the extraction loader's rule (feature_extract.loader.choose)
+        from feature_extract.loader import usable_cores
+
+        workers = 0 if usable_cores() <= 2 else min(usable_cores() - 1, 32)
     return torch.utils.data.DataLoader(
         _Images(samples, read, items, bb.image_size),
         batch_size=batch_size,

@@ -348,3 +348,81 @@ def check_compatible(a: FeatureCache, b: FeatureCache) -> None:
     diff = [k for k in keys if a.metadata.get(k) != b.metadata.get(k)]
     if diff:
         raise CacheError(f"caches {a.path} and {b.path} differ in {', '.join(diff)}")
+
+
+def merge_shards(
+    path: str | os.PathLike,
+    shards: Sequence[str | os.PathLike],
+    ids: Sequence[str],
+    view: Sequence[int] | np.ndarray,
+    block: int = 65536,
+) -> Path:
+    """Assemble per-rank caches (``torchrun`` extraction) into one cache at ``path`` whose row
+    ``i`` is ``(ids[i], view[i])``: the row order a one-process run writes.
+
+    A merge, not an HDF5 virtual dataset: a VDS keeps the shard files as hidden dependencies
+    (moving or deleting one silently turns rows into fill values), cannot hold the merged
+    ``done``/metadata columns that resume and retries rewrite, and h5py writes through it only
+    with care. Copying costs one sequential pass over the features (1 M x 768 float16 = 1.5 GB,
+    seconds), small next to extracting them. Rows are copied in runs of consecutive target rows
+    (contiguous sample shards give one run per shard and view kind), ``block`` rows at a time.
+    Metadata: the first shard's, with the ``skipped`` and ``retried`` lists of all shards and
+    ``shards`` = their number. Written under a temporary name and renamed, so ``path`` is either
+    the old file or the whole new one.
+    """
+    h5py = _h5()
+    path = Path(path)
+    key = {(i, int(v)): r for r, (i, v) in enumerate(zip(ids, np.asarray(view), strict=True))}
+    opened = [open_cache(s, require_complete=False) for s in shards]
+    meta = dict(opened[0].metadata)
+    for c in opened[1:]:
+        check_compatible(opened[0], c)
+    meta["skipped"] = [e for c in opened for e in c.metadata.get("skipped", [])]
+    meta["retried"] = [e for c in opened for e in c.metadata.get("retried", [])]
+    meta["shards"] = len(opened)
+    dests = []
+    for c in opened:
+        try:
+            dests.append(
+                np.asarray([key[(i, int(v))] for i, v in zip(c.ids, c.view, strict=True)], np.int64)
+            )
+        except KeyError as e:
+            raise CacheError(f"shard {c.path} holds row {e.args[0]} not in the manifest") from None
+    every = np.concatenate(dests)
+    if len(every) != len(key) or len(np.unique(every)) != len(key):
+        raise CacheError(f"shards {[str(s) for s in shards]} do not cover the manifest once")
+    labels = np.zeros(len(key), np.int8)
+    split = np.zeros(len(key), np.int8)
+    domain = np.empty(len(key), object)
+    done = np.zeros(len(key), bool)
+    for c, d in zip(opened, dests, strict=True):
+        labels[d], split[d], domain[d], done[d] = c.labels, c.split, c.domain, c.done
+    tmp = path.with_name(f".{path.name}.merging")
+    dtype = meta["dtype"]
+    with h5py.File(tmp, "w") as f:
+        grp = f.create_group("features")
+        n = len(key)
+        for name, dim in meta["variants"].items():
+            grp.create_dataset(name, (n, int(dim)), dtype=dtype, chunks=(max(1, min(n, 4096)), dim))
+        f.create_dataset("labels", data=labels)
+        f.create_dataset("ids", data=np.asarray(list(ids), dtype=object), dtype=_str_dtype())
+        f.create_dataset("split", data=split)
+        f.create_dataset("domain", data=domain, dtype=_str_dtype())
+        f.create_dataset("view", data=np.asarray(view, np.int16))
+        f.create_dataset("done", data=done)
+        f.attrs["metadata"] = json.dumps(meta)
+        for c, d in zip(opened, dests, strict=True):
+            # runs of consecutive targets: breaks where d[i+1] != d[i] + 1
+            cuts = np.flatnonzero(np.diff(d) != 1) + 1
+            starts = np.concatenate([[0], cuts])
+            ends = np.concatenate([cuts, [len(d)]])
+            with h5py.File(c.path, "r") as src:
+                for name in meta["variants"]:
+                    s_ds, t_ds = src["features"][name], grp[name]
+                    for a, b in zip(starts, ends, strict=True):
+                        for lo in range(a, b, block):
+                            hi = min(b, lo + block)
+                            t_ds[d[lo] : d[lo] + hi - lo] = s_ds[lo:hi]
+    validate(meta, "feature_cache")
+    os.replace(tmp, path)
+    return path

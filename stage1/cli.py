@@ -55,15 +55,24 @@ def _cmd_features(args) -> int:
         ("backbone.device", args.device),
         ("backbone.variants", args.variants),
         ("backbone.views", args.views),
+        ("backbone.decode", args.decode),
+        ("backbone.num_workers", args.workers),
         ("data.source", args.data),
         ("data.max_skip_frac", args.max_skip_frac),
     ):
         if val is not None:
             sets.append(f"{key}={val}")
     cfg = override(cfg, sets).validate()
+    from feature_extract.extract import StrictError
     from stage1.features import too_many_skipped
 
-    report = run_features(cfg, Path(args.out), demo_dir=args.demo_dir)
+    try:
+        report = run_features(cfg, Path(args.out), demo_dir=args.demo_dir, strict=args.strict)
+    except StrictError as e:
+        print(f"stage1 features: error: --strict: unreadable image {e}", file=sys.stderr)
+        return EXIT_TOO_MANY_SKIPPED
+    if report is None:  # a torchrun rank other than 0: rank 0 reports
+        return 0
     error = too_many_skipped(report, cfg.data.max_skip_frac)
     if error:
         print(f"stage1 features: error: {error}", file=sys.stderr)
@@ -246,6 +255,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit with code 3 when more than this share of the images cannot be read "
         "(default 0.01; the cache is still written and a rerun retries them; shortcut for "
         "--set data.max_skip_frac=F)",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop at the first unreadable image, naming it (exit code 3; rows written so far "
+        "are kept and a rerun resumes); default: skip it, list it in <cache>.skipped.csv",
+    )
+    p.add_argument(
+        "--decode",
+        default=None,
+        choices=["auto", "gpu", "cpu", "cpu_scaled"],
+        help="image decoding: auto (gpu on CUDA, else cpu), gpu (batched nvjpeg), cpu (PIL "
+        "workers, the reference), cpu_scaled (DCT-scaled JPEG decode, faster on large JPEGs)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="decoding worker processes (default: chosen from the cores; -1 = choose)",
     )
     p.add_argument(
         "--demo-dir",

@@ -107,8 +107,15 @@ class BackboneConfig:
     weights: str = "none"  # local .pth/.safetensors path; "none" = random init (loud warning)
     # square input side, multiple of 16 (validators send 224x224)
     image_size: int = rule(224, ge=16, multiple_of=16)
-    batch_size: int = rule(64, ge=1)  # images per forward pass
-    num_workers: int = rule(2, ge=0)  # image-decoding worker processes
+    # images per forward pass; 0 = chosen from the device and model size (feature_extract.loader)
+    batch_size: int = rule(0, ge=0)
+    # image-decoding worker processes; -1 = chosen from the cores (per torchrun local rank)
+    num_workers: int = rule(-1, ge=-1)
+    # auto (gpu on CUDA, else cpu) | gpu (batched torchvision/nvjpeg on the extraction device)
+    # | cpu (PIL, the reference) | cpu_scaled (DCT-scaled JPEG decode, simplejpeg)
+    decode: str = rule("auto", choices=("auto", "gpu", "cpu", "cpu_scaled"))
+    # torch.compile of the backbone: auto (on CUDA) | on | off
+    compile: str = rule("auto", choices=("auto", "on", "off"))
     variants: tuple[str, ...] = ("cls", "patch_mean")  # feature variants written to the cache
     # clean (one view per image) | validator (+ StreetVision levels 0-3)
     views: str = rule("clean", choices=("clean", "validator"))

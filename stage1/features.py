@@ -24,25 +24,71 @@ def resolve_source(cfg: Config, out: Path, demo_dir: str | None = None) -> str:
     return str(folder)
 
 
-def run_features(cfg: Config, out: Path, demo_dir: str | None = None):
-    """Build the manifest of ``cfg.data`` and extract (or resume) the cache at ``out``."""
+def run_features(cfg: Config, out: Path, demo_dir: str | None = None, strict: bool = False):
+    """Build the manifest of ``cfg.data`` and extract (or resume) the cache at ``out``.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank extracts its block of the manifest and
+    rank 0 assembles the cache (``feature_extract.distributed``); only rank 0 prints and
+    returns a report (the other ranks return None). ``strict``: stop at the first unreadable
+    file (``feature_extract.extract.StrictError`` names it).
+    """
+    import os
+
     from stage1 import cache
     from stage1.manifest import load_manifest, read_bytes, summarize
 
+    rank, size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if size > 1 and not cfg.data.source:
+        raise ValueError("torchrun extraction needs --data (run `stage1 demo-data` first)")
     source = resolve_source(cfg, out, demo_dir)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=source))
     samples = load_manifest(source, cfg.data)
-    info = summarize(samples)
-    print(f"manifest: {len(samples)} images from {source}; {_fmt_counts(info)}")
+    if rank == 0:
+        print(f"manifest: {len(samples)} images from {source}; {_fmt_counts(summarize(samples))}")
 
-    from feature_extract.extract import extract
+    from feature_extract.extract import extract, view_rows
 
     # The PyTorch room imports nothing from stage1: the cache format's owner and the image
     # reader are handed to it.
-    report = extract(samples, out, cfg.backbone, store=cache, read=read_bytes, progress=True)
+    kw = dict(store=cache, read=read_bytes, progress=rank == 0, strict=strict)
+    if size > 1:
+        from feature_extract.distributed import extract_distributed
+
+        report = extract_distributed(
+            samples, out, cfg.backbone, extract=extract, row_table=view_rows, **kw
+        )
+    else:
+        report = extract(samples, out, cfg.backbone, **kw)
+    if rank != 0:
+        return None
+    write_skipped_csv(skipped_csv_path(out), report.skipped_total, samples)
     for line in skip_summary(report):
         print(line)
     return report
+
+
+def skipped_csv_path(out: Path) -> Path:
+    """``features.h5`` -> ``features.skipped.csv`` (beside the cache)."""
+    return Path(out).with_suffix(".skipped.csv")
+
+
+def write_skipped_csv(path: Path, skipped: list[dict], samples) -> None:
+    """The cache's skipped images as CSV (id, path, reason), rewritten atomically after every
+    run, so it always lists what the cache lists (a header only when nothing is skipped). A
+    parquet image's path is ``file.parquet#row``."""
+    import csv
+    import io
+    import os
+
+    where = {s.id: (f"{s.path}#{s.row}" if s.row >= 0 else s.path) for s in samples}
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["id", "path", "reason"])
+    for e in skipped:
+        w.writerow([e["id"], where.get(e["id"], ""), e.get("reason", "")])
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(buf.getvalue(), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def skip_summary(report, examples: int = 3) -> list[str]:

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+
 from stage1.config import SPLITS, DataConfig
 from stage1.splits import assign_splits
 
@@ -44,11 +46,23 @@ class Sample:
     column: str = "image"
 
 
-@lru_cache(maxsize=4)
-def _parquet_column(path: str, column: str):
+@lru_cache(maxsize=8)
+def _parquet_file(path: str):
+    """An open parquet file and the first row of each row group (``np.searchsorted`` table)."""
     import pyarrow.parquet as pq
 
-    return pq.read_table(path, columns=[column]).column(column)
+    f = pq.ParquetFile(path)
+    sizes = [f.metadata.row_group(g).num_rows for g in range(f.num_row_groups)]
+    return f, np.cumsum([0, *sizes])
+
+
+@lru_cache(maxsize=2)
+def _row_group(path: str, column: str, group: int):
+    """One row group's image column: a shard is streamed one row group at a time (Hugging Face
+    writes ~100-1000 images per group), never read whole. The extraction reads rows in order, so
+    two cached groups per process serve every row of a group with one read."""
+    f, _ = _parquet_file(path)
+    return f.read_row_group(group, columns=[column]).column(column)
 
 
 def read_bytes(sample: Sample) -> bytes:
@@ -56,7 +70,10 @@ def read_bytes(sample: Sample) -> bytes:
     if sample.row < 0:
         with open(sample.path, "rb") as f:
             return f.read()
-    cell = _parquet_column(sample.path, sample.column)[sample.row].as_py()
+    _, starts = _parquet_file(sample.path)
+    group = int(np.searchsorted(starts, sample.row, side="right")) - 1
+    col = _row_group(sample.path, sample.column, group)
+    cell = col[sample.row - int(starts[group])].as_py()
     if isinstance(cell, dict):  # HF datasets store images as {"bytes": ..., "path": ...}
         cell = cell.get("bytes")
     if not isinstance(cell, bytes | bytearray):

@@ -19,8 +19,9 @@ from safetensors.torch import save_file
 
 import stage1.cache
 from feature_extract.backbone import RandomInitWarning, build_backbone
-from feature_extract.extract import _ImageDataset, embed, pick_device
+from feature_extract.extract import embed, pick_device, skip_reason
 from feature_extract.extract import extract as _extract
+from feature_extract.loader import RowDataset
 from feature_extract.preprocess import (
     CorruptImageError,
     decode,
@@ -316,10 +317,11 @@ def test_skip_reasons_are_short_text(tmp_path):
         "dir": tmp_path / "dir.png",
     }
     for name, kind in want.items():
-        ds = _ImageDataset([Sample(name, 0, "train", str(paths[name]))], read_bytes, [0], 32,
-                           np.zeros(1, np.int64), np.zeros(1, np.int16), 0)  # fmt: skip
-        row, img, why = ds[0]
-        assert img is None and why.split(": ", 1)[0] == kind, why
+        one = [Sample(name, 0, "train", str(paths[name]))]
+        zero = (np.zeros(1, np.int64), np.zeros(1, np.int16), 0)
+        ds = RowDataset(one, read_bytes, [0], 32, *zero, "cpu", skip_reason)
+        row, got, why = ds[0]
+        assert got == "bad" and why.split(": ", 1)[0] == kind, why
         assert "0x" not in why and " object at " not in why and len(why) <= 160, why
     assert plain_message(
         ValueError("cannot identify image file <_io.BytesIO object at 0x7f3a>")
