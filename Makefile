@@ -26,8 +26,9 @@ LAST_MK   ?= data/last.mk
 FEATURES_CACHE ?= data/features.h5
 # The demo embeds at 128 px with a random-init ViT-S/16 (no weights can be downloaded): with
 # random weights the CLS token is constant (LayerScale 1e-5), so the head reads patch_mean; its
-# calib split (~170 positives) certifies FNR <= 0.1 (PAC, delta 0.05; alpha 0.02 would need
-# ~150 positives for the first exit and exits nothing), so the demo asks for alpha = 0.1.
+# calib split (131 street groups; a group-level certificate uses one image per group) certifies
+# FNR <= 0.1 (PAC, delta 0.05; alpha 0.02 would need 149 roadwork groups for the first exit), so
+# the demo asks for alpha = 0.1.
 DEMO_CACHE ?= data/demo_features.h5
 DEMO_SET  ?= --set head.feature=patch_mean --set risk.alpha=0.1
 CACHE     ?= $(or $(LAST_CACHE),$(FEATURES_CACHE))
