@@ -45,7 +45,10 @@ class BundleError(ValueError):
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
+    """Hex sha256 of a file, read in 1 MiB chunks.
+
+    Same as ``feature_extract.backbone.sha256_file`` on purpose: that module imports torch and
+    timm at import time, and ``stage1 export`` (a JAX process) hashes files through this one."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
