@@ -3,7 +3,7 @@
 For each generated set and each backbone, in one run:
   (a) backbone alone: the extraction's forward (``fast_forward``: bf16 + channels-last +
       torch.compile on CUDA, eager fp32 on CPU) on pre-decoded tensors already on the device;
-  (d) decoder alone: the extraction loader + ``device_batch`` (read, decode, resize, normalise;
+  (d) decoder alone: the extraction loader + ``batch_input`` (read, decode, resize, normalise;
       no model) for every decode path available, the best one reported;
   (b) plain pipeline: PIL decode + resize in a DataLoader (all cores but one), eager fp32 model;
   (e) end to end: ``stage1.features.run_features`` with the default config (what
@@ -99,11 +99,10 @@ def bench_backbone(model, info, device, batch, iters):
 
 
 def bench_decoder(samples, cfg, device, path):
-    """(d): img/s of loader + device_batch (decode, resize, normalise), no model."""
+    """(d): img/s of loader + batch_input (decode, resize, normalise), no model."""
 
-    from feature_extract.decode_gpu import device_batch
     from feature_extract.extract import skip_reason
-    from feature_extract.loader import choose, cpu_decoder, make_loader, unpack
+    from feature_extract.loader import batch_input, choose, cpu_decoder, make_loader
     from stage1.manifest import read_bytes
 
     cfg = dataclasses.replace(cfg, decode=path)
@@ -116,7 +115,7 @@ def bench_decoder(samples, cfg, device, path):
     dec, m, s = cpu_decoder(cfg.image_size), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     t, seen = None, 0
     for k, (_rows, packed) in enumerate(loader):
-        x, good, _ = device_batch(unpack(packed), device, cfg.image_size, m, s, dec, skip_reason)
+        x, good, _ = batch_input(packed, device, cfg.image_size, m, s, dec, skip_reason)
         if k == 0:  # workers started, first batch in: start the clock
             _sync(device)
             t = time.perf_counter()

@@ -106,19 +106,26 @@ def resize_normalize(
     one or two sizes, so this is one batched kernel per size). Antialiased bicubic, then rounded
     and clamped to [0, 255] like PIL's 8-bit output, then ``(x / 255 - mean) / std``.
     """
+    from feature_extract.preprocess import norm_constants
+
     dev = images[0].device
-    out = torch.empty((len(images), 3, size, size), dtype=torch.float32, device=dev)
     groups: dict[tuple[int, int], list[int]] = {}
     for k, im in enumerate(images):
         groups.setdefault(tuple(im.shape[-2:]), []).append(k)
+    out = None
     for (h, w), idx in groups.items():
         x = torch.stack([images[k] for k in idx]).to(torch.float32)
         if (h, w) != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True)
             x = x.round_().clamp_(0, 255)
-        out[torch.as_tensor(idx, device=dev)] = x
-    m = torch.as_tensor(mean, dtype=torch.float32, device=dev)[:, None, None]
-    s = torch.as_tensor(std, dtype=torch.float32, device=dev)[:, None, None]
+        if len(groups) == 1:  # one source size (the usual case): no scatter, no index copy
+            out = x
+            break
+        if out is None:
+            out = torch.empty((len(images), 3, size, size), dtype=torch.float32, device=dev)
+        index = torch.tensor(idx).pin_memory() if dev.type == "cuda" else torch.tensor(idx)
+        out[index.to(dev, non_blocking=True)] = x
+    m, s = norm_constants(mean, std, dev)
     return (out / 255.0 - m) / s
 
 
@@ -176,7 +183,10 @@ def device_batch(
     bad: list[tuple[int, str]] = []
     pix = [k for k, (kind, _) in enumerate(items) if kind == "pixels"]
     if pix:  # one host->device copy for all worker-decoded images, not one per image
-        imgs.update(zip(pix, torch.stack([items[k][1] for k in pix]).to(device), strict=True))
+        host = torch.stack([items[k][1] for k in pix])
+        if device.type == "cuda":  # pinned + non_blocking: no wait for the previous forward
+            host = host.pin_memory()
+        imgs.update(zip(pix, host.to(device, non_blocking=True), strict=True))
     for k, (kind, payload) in enumerate(items):
         if kind == "bad":
             bad.append((k, str(payload)))

@@ -50,9 +50,8 @@ import numpy as np
 import torch
 
 from feature_extract.backbone import build_backbone
-from feature_extract.decode_gpu import device_batch
 from feature_extract.fast_forward import fast_forward
-from feature_extract.loader import choose, cpu_decoder, make_loader, unpack
+from feature_extract.loader import batch_input, choose, cpu_decoder, make_loader
 from feature_extract.preprocess import CorruptImageError, plain_message
 from feature_extract.validator_views import LEVELS
 
@@ -349,9 +348,8 @@ def extract(
     t_first, n_first = None, 0
     with tqdm(total=len(pending), unit="img", disable=not progress, desc="extract") as bar:
         for rows, packed in itertools.islice(loader, limit_batches):
-            items = unpack(packed)
-            x, good, bad_items = device_batch(
-                items, device, cfg.image_size, info["mean"], info["std"], cpu_decode, skip_reason
+            x, good, bad_items = batch_input(
+                packed, device, cfg.image_size, info["mean"], info["std"], cpu_decode, skip_reason
             )
             bad_rows = [(int(rows[k]), why) for k, why in bad_items]
             if strict and bad_rows:

@@ -3,8 +3,12 @@
 ``choose`` resolves the ``auto`` settings of the backbone config from the machine (cores the
 process may use, the device, the torchrun world on this node, the model size):
 
-    decode       gpu on CUDA (nvjpeg, ``decode_gpu``), else cpu (PIL, the reference);
-                 cpu_scaled (DCT-scaled JPEG decode by simplejpeg) only when asked for
+    decode       on CUDA with >= 8 decoding workers per rank: cpu_scaled (DCT-scaled JPEG
+                 decode by simplejpeg; cpu without it) in the workers, because torchvision's
+                 batched nvjpeg decode runs its Huffman stage on the main process's one core
+                 and was measured 4x slower on 1280x720 street JPEGs (docs/benchmarks.md);
+                 gpu (nvjpeg, ``decode_gpu``) on CUDA with fewer cores; cpu (PIL, the
+                 reference) on CPU
     num_workers  the node's usable cores split between the local ranks, minus the main process;
                  0 on machines with <= 2 cores (forked workers only add overhead there)
     batch_size   CUDA: 512 images for models up to ~100 M parameters, 256 up to ~400 M, 64
@@ -28,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from feature_extract.decode_gpu import gpu_decodable, jpeg_header
+from feature_extract.decode_gpu import device_batch, gpu_decodable, jpeg_header
 from feature_extract.preprocess import CorruptImageError, decode, to_uint8
 from feature_extract.validator_views import validator_view
 
@@ -72,13 +76,20 @@ def choose(cfg: Any, device: torch.device, n_params: int, local_world: int = 1) 
     per_rank = max(1, cores // max(1, local_world))
     why = [f"{cores} cores" + (f" / {local_world} local ranks" if local_world > 1 else "")]
     decode_path = getattr(cfg, "decode", "auto")
-    if decode_path == "auto":
-        # The CPU default stays the PIL reference: cpu_scaled is faster on large JPEGs but its
-        # features differ by more than the GPU path's (docs/extraction.md); opt in for speed.
-        decode_path = "gpu" if device.type == "cuda" else "cpu"
     workers = int(cfg.num_workers)
     if workers < 0:
         workers = 0 if per_rank <= 2 else min(per_rank - 1, 32)
+    if decode_path == "auto":
+        # CPU machines keep the PIL reference. On CUDA, many workers decoding in parallel beat
+        # nvjpeg behind one core (module docstring); DCT scaling keeps features within the
+        # tolerance docs/extraction.md states (a 224 px input is decoded in full anyway).
+        if device.type != "cuda":
+            decode_path = "cpu"
+        elif workers >= 8:
+            decode_path = "cpu_scaled" if have_simplejpeg() else "cpu"
+            why.append(f"{workers} decoding workers")
+        else:
+            decode_path = "gpu"
     batch = int(cfg.batch_size)
     if batch <= 0:
         if device.type == "cuda":
@@ -184,6 +195,28 @@ def unpack(packed) -> list[tuple[str, Any]]:
         else:
             out.append((kind, reasons[i]))
     return out
+
+
+def batch_input(
+    packed,
+    device: torch.device,
+    size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    cpu_decode: Callable[[bytes], torch.Tensor],
+    reason: Callable[[BaseException], str] = str,
+) -> tuple[torch.Tensor | None, list[int], list[tuple[int, str]]]:
+    """``decode_gpu.device_batch`` of a packed loader batch, with the common case made cheap:
+    when workers decoded every image, the batch is already one pinned ``(B, 3, S, S)`` uint8
+    tensor, so it goes to the device in one asynchronous copy (no per-image views, no host
+    re-stack, no wait for the previous batch's forward pass) and is normalised there."""
+    from feature_extract.preprocess import normalize
+
+    kinds, _blob, _offsets, pixels, _reasons = packed
+    if len(kinds) and pixels.shape[0] == len(kinds):
+        x = normalize(pixels.to(device, non_blocking=True), mean, std)
+        return x, list(range(len(kinds))), []
+    return device_batch(unpack(packed), device, size, mean, std, cpu_decode, reason)
 
 
 def cpu_decoder(size: int) -> Callable[[bytes], torch.Tensor]:

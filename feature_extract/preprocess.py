@@ -7,6 +7,7 @@ The transform follows Meta's evaluation recipe (DINOV3.md 1.2): resize the whole
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 from collections.abc import Sequence
@@ -102,9 +103,27 @@ def to_uint8(img: Image.Image, size: int) -> torch.Tensor:
 
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 ``(..., 3, H, W)`` -> float32 ``(x / 255 - mean) / std`` on ``x``'s device."""
-    m = torch.as_tensor(mean, dtype=torch.float32, device=x.device)[:, None, None]
-    s = torch.as_tensor(std, dtype=torch.float32, device=x.device)[:, None, None]
+    m, s = norm_constants(mean, std, x.device)
     return (x.to(torch.float32) / 255.0 - m) / s
+
+
+def norm_constants(
+    mean: Sequence[float], std: Sequence[float], device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(3, 1, 1)`` float32 mean and std on ``device``, made once per (mean, std, device).
+
+    Building them per batch from Python lists is a pageable host->device copy each, and torch
+    waits for the device stream to drain before such a copy: every batch would wait for the
+    previous batch's forward pass, and decoding could never overlap it.
+    """
+    return _norm_constants(tuple(map(float, mean)), tuple(map(float, std)), str(device))
+
+
+@functools.lru_cache(maxsize=16)
+def _norm_constants(mean: tuple, std: tuple, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    m = torch.tensor(mean, dtype=torch.float32, device=device)[:, None, None]
+    s = torch.tensor(std, dtype=torch.float32, device=device)[:, None, None]
+    return m, s
 
 
 def to_tensor(

@@ -134,6 +134,10 @@ def write_rows(
     rows = np.asarray(rows)
     order = np.argsort(rows)
     rows = rows[order]
+    # A run of consecutive rows (the usual batch) is written as one hyperslab: h5py turns a
+    # list of indices into a point selection, about 4x slower per batch.
+    if len(rows) and rows[-1] - rows[0] == len(rows) - 1:
+        rows = slice(int(rows[0]), int(rows[-1]) + 1)
     with h5py.File(path, "r+") as f:
         for name, arr in features.items():
             f["features"][name][rows] = np.asarray(arr)[order]

@@ -72,6 +72,14 @@ class Stage1Model:
         self.clip = tuple(doc["validator"]["clip"])
         self.stage2 = stage2
         self.batch_size = 32
+        # normalisation constants made once on the device: building them per call from Python
+        # lists is two host->device copies, each a synchronisation, on every single-image call
+        self._mean = torch.tensor(self.mean, dtype=torch.float32, device=device)[:, None, None]
+        self._std = torch.tensor(self.std, dtype=torch.float32, device=device)[:, None, None]
+        self._outputs = list(self.head.outputs)
+        # uint8 batch on the device -> (n, outputs) head outputs; torch.compile'd by
+        # ``from_bundle(compile=...)`` as one graph (backbone, feature variant, head)
+        self._device_fn: Callable[[torch.Tensor], torch.Tensor] = self._head_outputs
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -125,15 +133,17 @@ class Stage1Model:
         except BackboneError as e:
             raise BundleError(f"cannot build the bundle's backbone: {e}") from None
         dev = pick_device(device)
-        model = model.to(dev)
+        m = cls(root, doc, model.to(dev), dev, stage2=stage2)
         if compile:
-            # embed() calls forward_features (or forward_intermediates), not forward: compile
-            # the method it uses; a string is a torch.compile mode ("reduce-overhead", ...).
-            # dynamic=False: one static graph per batch size (1 for m(image), the batch size
-            # and the last partial batch for predict), never a slower shape-generic one.
+            # One graph from the normalised uint8 batch to the head's outputs (backbone,
+            # feature variant, on-disk dtype round trip, head): the head's small kernels fuse
+            # into the backbone's tail and a call ends in one device->host copy. A string is a
+            # torch.compile mode ("reduce-overhead", ...). dynamic=False: one static graph per
+            # batch size (1 for m(image), the batch size and the last partial batch for
+            # predict), never a slower shape-generic one.
             mode = compile if isinstance(compile, str) else None
-            model.forward_features = torch.compile(model.forward_features, mode=mode, dynamic=False)
-        return cls(root, doc, model, dev, stage2=stage2)
+            m._device_fn = torch.compile(m._head_outputs, mode=mode, dynamic=False)
+        return m
 
     # -- the public API ------------------------------------------------------------------------
 
@@ -189,15 +199,38 @@ class Stage1Model:
     @torch.inference_mode()
     def scores_from_features(self, f: torch.Tensor) -> dict[str, np.ndarray]:
         """Head outputs -> calibrated scores and decision codes, as numpy arrays."""
-        outputs = {k: v.cpu() for k, v in self.head(f).items()}  # tiny: n x a few floats
+        return self._scores({k: v.cpu() for k, v in self.head(f).items()})
+
+    def _head_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, outputs) float32 head outputs of a uint8 batch already on the device: the same
+        ops, in the same order, as ``features`` then ``head``."""
+        from feature_extract.extract import embed
+
+        x = (x.to(torch.float32) / 255.0 - self._mean) / self._std  # preprocess.normalize
+        if self.device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                feats = embed(self.backbone, x, self.parts)
+        else:
+            feats = embed(self.backbone, x, self.parts)
+        f = torch.cat([feats[v] for v in self.parts], dim=1)
+        outputs = self.head(f.to(self.feature_dtype).to(torch.float32))
+        return torch.stack([outputs[k] for k in self._outputs], dim=1)
+
+    def _scores(self, outputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        """Calibration and exit rule on host tensors (n x a few floats: cheaper on the CPU
+        than as a dozen more kernel launches)."""
         scores = ops.run_scores(self.calibration, outputs, self.rule["ops"])
         code = ops.apply_rule(self.rule, scores)
         out = {k: v.numpy() for k, v in scores.items()}
         out["code"] = code.numpy()
         return out
 
+    @torch.inference_mode()
     def scores_from_uint8(self, x_uint8: torch.Tensor) -> dict[str, np.ndarray]:
-        return self.scores_from_features(self.features(x_uint8))
+        """Calibrated scores and decision codes of a uint8 (n, 3, S, S) batch: one fused
+        device program (``_head_outputs``), one device->host copy, then ``_scores``."""
+        out = self._device_fn(x_uint8.to(self.device, non_blocking=True)).cpu()
+        return self._scores({k: out[:, i] for i, k in enumerate(self._outputs)})
 
     def finish(self, scores: dict[str, np.ndarray], pil: list | None = None) -> Prediction:
         """``Prediction`` of ``scores_from_uint8``'s output; stage 2 is asked only given the
