@@ -152,13 +152,15 @@ def bench_plain(samples, model, info, device, batch, workers):
     return seen / (time.perf_counter() - t) if seen else float("nan")
 
 
-def bench_end_to_end(folder, out, name, device, kwargs):
-    """(e): stage1 features with the default config (plus --backbone, --device)."""
+def bench_end_to_end(folder, out, name, device, kwargs, decode=None):
+    """(e): stage1 features with the default config (plus --backbone, --device; ``decode``:
+    another decode path instead of the default, for comparison rows)."""
     from stage1.config import Config, override
     from stage1.features import run_features
 
     sets = [f"data.source={folder}", f"backbone.name={name}", f"backbone.device={device}"]
     sets += [f"backbone.model_kwargs={kwargs}"] if kwargs != "{}" else []
+    sets += [f"backbone.decode={decode}"] if decode else []
     cfg = override(Config(), sets + ["data.max_skip_frac=1.0"]).validate()
     out.unlink(missing_ok=True)
     rep = run_features(cfg, out)
@@ -220,6 +222,9 @@ def main(argv=None):
     p.add_argument("--peak-tflops", type=float, default=None)
     p.add_argument("--startup-rows", type=int, default=0)
     p.add_argument("--skip-plain", action="store_true")
+    p.add_argument(
+        "--e-paths", default="", help="also run (e) with these decode paths (comma list)"
+    )
     p.add_argument(
         "--sub", type=int, default=4000, help="images timed for (b) and the CPU decoders"
     )
@@ -284,7 +289,15 @@ def main(argv=None):
                 folder, root / f"{set_name}.h5", name, a.device, kw
             )
             print(f"  {name}: decoders {', '.join(f'{k} {v[0]:.0f}' for k, v in dec.items())}"
-                  f" img/s; end to end {re_all:.0f} img/s overall [{chosen}]")  # fmt: skip
+                  f" img/s; end to end {re_:.0f} steady, {re_all:.0f} overall"
+                  f" [{chosen}]")  # fmt: skip
+            for pth in filter(None, a.e_paths.split(",")):
+                r_s, r_all, ch = bench_end_to_end(
+                    folder, root / f"{set_name}_{pth}.h5", name, a.device, kw, decode=pth
+                )
+                print(f"  {name}: end to end with decode={pth}: {r_s:.0f} steady, "
+                      f"{r_all:.0f} overall, {r_s / min(ra, rd):.2f} x min(a, d)"
+                      f" [{ch}]")  # fmt: skip
             mfu = f"{100 * re_ * fl / (peak * 1e12):.1f} %" if peak else "n/a"
             rows.append((set_name, name.replace("_patch16_dinov3", ""), f"{ra:.0f}", f"{rd:.0f}",
                          best, f"{rb:.0f}", f"{re_:.0f}", f"{re_ / min(ra, rd):.2f} (>=0.8)",
