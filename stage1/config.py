@@ -283,6 +283,9 @@ class AdaptConfig:
     targets: tuple[str, ...] = ("qkv", "proj")  # block linears that get LoRA (not _qkvb models)
     unfreeze_blocks: int = rule(1, ge=0)  # the last N blocks fully trainable (no LoRA there)
     train_norm: bool = True  # the final LayerNorm trainable too
+    # backbone written to backbone_merged.safetensors: teacher (the EMA, as DINO/DINOv2 release)
+    # | student
+    export: str = rule("teacher", choices=("teacher", "student"))
     local_crops: int = rule(8, ge=0)  # local views per image (DINOv2: 8)
     local_size: int = rule(96, ge=16, multiple_of=16)  # local crop side (global = image_size)
     global_scale: tuple[float, float] = (0.32, 1.0)  # RandomResizedCrop area range, global views
@@ -373,7 +376,6 @@ class Config:
             re.compile(ft.blocks)
         except re.error as e:
             raise ConfigError(f"finetune.blocks {ft.blocks!r} is not a regex: {e}") from None
-
 
     def _validate_adapt(self) -> None:
         """The adapt rules a per-field ``Rule`` cannot state (crop ranges, targets)."""
