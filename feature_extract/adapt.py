@@ -71,6 +71,7 @@ class AdaptReport:
     export: str = "teacher"
     seconds: float = 0.0
     files: dict[str, str] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)  # source weights and versions
 
 
 class Student(torch.nn.Module):
@@ -185,6 +186,7 @@ def adapt(
         device=str(device),
         precision=precision,
         export=ad.export,
+        provenance=_provenance(info),
     )
     opt = _optimizer(net, ad)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(max(ad.steps, 1), ad.warmup_frac))
@@ -253,6 +255,24 @@ def adapt(
     ckpt.unlink(missing_ok=True)
     report.seconds = time.perf_counter() - t_start
     return report
+
+
+def _provenance(info: dict) -> dict[str, Any]:
+    """The backbone adapted (weights path and sha256, or random init) and library versions."""
+    import peft
+    import timm
+    import torchvision
+
+    keep = ("name", "weights_path", "weights_sha256", "random_init", "checkpoint_format", "depth")
+    return {
+        "backbone": {k: info.get(k) for k in keep},
+        "versions": {
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "timm": timm.__version__,
+            "peft": peft.__version__,
+        },
+    }
 
 
 def _optimizer(net: Student, ad: Any) -> torch.optim.Optimizer:
