@@ -162,9 +162,16 @@ def test_only_lora_the_unfrozen_block_and_the_norm_change(tmp_path, images, weig
 def test_teacher_is_the_ema_of_the_student(tmp_path, images, weights):
     """One step with momentum 0.9: teacher_1 = 0.9 student_0 + 0.1 student_1 for every
     trainable tensor (student_0 = the initial student = the initial teacher)."""
-    s0 = load_file(_run(tmp_path / "s0", images, weights, steps=0, export="student", momentum=0.9).files["adapter"])  # fmt: skip
-    s1 = load_file(_run(tmp_path / "s1", images, weights, steps=1, export="student", momentum=0.9).files["adapter"])  # fmt: skip
-    t1 = load_file(_run(tmp_path / "t1", images, weights, steps=1, export="teacher", momentum=0.9).files["adapter"])  # fmt: skip
+
+    def tensors(name, steps, export):
+        rep = _run(tmp_path / name, images, weights, steps=steps, export=export, momentum=0.9)
+        return load_file(rep.files["adapter"])
+
+    s0, s1, t1 = (
+        tensors("s0", 0, "student"),
+        tensors("s1", 1, "student"),
+        tensors("t1", 1, "teacher"),
+    )
     assert set(s0) == set(s1) == set(t1)
     moved = 0
     for k in s0:
