@@ -222,19 +222,11 @@ def adapt(
             temp = teacher_temperature(
                 step, ad.steps, ad.teacher_temp_warmup_frac, ad.warmup_teacher_temp, ad.teacher_temp
             )
-            with torch.no_grad(), autocast:
-                t_out = forward_views(teacher.module, views[:2])
-            with autocast:
-                s_out = forward_views(model, views)
-            loss = loss_fn(s_out, t_out, temp)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if ad.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_([p for _, p in trainable], ad.max_grad_norm)
-            opt.step()
-            loss_fn.update_center(t_out)
-            teacher.decay = teacher_momentum(step, ad.steps, ad.momentum)
-            teacher.update(net)
+            loss = dino_step(
+                model, net, teacher, loss_fn, opt, views,
+                temp=temp, momentum=teacher_momentum(step, ad.steps, ad.momentum),
+                max_grad_norm=ad.max_grad_norm, autocast=autocast,
+            )  # fmt: skip
             state["losses"].append(float(loss.detach()))
             state["seen"] += len(views[0])
             bar.set_postfix(loss=f"{state['losses'][-1]:.4f}")
@@ -255,6 +247,31 @@ def adapt(
     ckpt.unlink(missing_ok=True)
     report.seconds = time.perf_counter() - t_start
     return report
+
+
+def dino_step(model, net, teacher, loss_fn, opt, views, *, temp, momentum, max_grad_norm, autocast):
+    """One DINO step on a batch of views (global views first); returns the loss tensor.
+
+    Teacher (no grad) on the global views, student (``model``: ``net`` or its compiled form) on
+    every view, loss with the current centre, backward, clipping, optimizer step, then the
+    centre update and the teacher EMA ``t <- m t + (1 - m) s`` with ``m = momentum`` (DINO's
+    order: ``main_dino.py`` updates the teacher after the student step).
+    """
+    with torch.no_grad(), autocast:
+        t_out = forward_views(teacher.module, views[:2])
+    with autocast:
+        s_out = forward_views(model, views)
+    loss = loss_fn(s_out, t_out, temp)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if max_grad_norm > 0:
+        params = [p for g in opt.param_groups for p in g["params"]]
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    opt.step()
+    loss_fn.update_center(t_out)
+    teacher.decay = momentum
+    teacher.update(net)
+    return loss.detach()
 
 
 def _provenance(info: dict) -> dict[str, Any]:

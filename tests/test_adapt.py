@@ -333,3 +333,18 @@ def test_cli_adapt_on_one_domain_writes_a_whole_valid_folder(tmp_path, images, w
         main(["adapt", "--out", str(tmp_path / "x"), *_sets(weights, "adapt.local_size=24")]) == 2
     )
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_bench_adapt_runs_on_the_cpu(tmp_path):
+    """bench/adapt.py (the H200 figures in docs/benchmarks.md) runs its CPU smoke setting."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_adapt", "bench/adapt.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "rows.json"
+    assert bench.main(["--device", "cpu", "--steps", "1", "--warmup", "0", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["row"] for r in rows] == ["fp32 eager", "bf16 eager", "full bf16"]
+    assert rows[2]["trainable"] > rows[0]["trainable"] and all(r["img_s"] > 0 for r in rows)
