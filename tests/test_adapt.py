@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -315,6 +316,9 @@ def test_cli_adapt_on_one_domain_writes_a_whole_valid_folder(tmp_path, images, w
         "adapt.json", "adapter.safetensors", "backbone_merged.safetensors",
     ]  # fmt: skip
     assert not list(tmp_path.glob(".ad*"))  # the work folder is gone
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o666 & ~umask}
     cache = tmp_path / "f.h5"
     feats = ["features", "--out", str(cache), "--data", str(tmp_path / "src")]
     src = tmp_path / "src"
@@ -348,3 +352,18 @@ def test_bench_adapt_runs_on_the_cpu(tmp_path):
     rows = json.loads(out.read_text())
     assert [r["row"] for r in rows] == ["fp32 eager", "bf16 eager", "full bf16"]
     assert rows[2]["trainable"] > rows[0]["trainable"] and all(r["img_s"] > 0 for r in rows)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_bf16_compiled_adaptation_runs_and_merges(tmp_path, images, weights):
+    """On CUDA (bf16 autocast, compiled student): a few steps run with finite losses, and in
+    the merged backbone a frozen tensor is unchanged while the unfrozen block's moved."""
+    bb = dataclasses.replace(BB, weights=weights, device="cuda")
+    ad = dataclasses.replace(AD, compile="on", export="student")
+    rep = adapt(images, tmp_path, ad, bb, read=read_bytes, progress=False)
+    assert rep.precision == "bfloat16" and rep.steps == 4
+    assert all(np.isfinite(rep.losses))
+    before, after = load_file(weights), load_file(rep.files["merged"])
+    assert torch.equal(before["blocks.0.mlp.fc1.weight"], after["blocks.0.mlp.fc1.weight"])
+    assert not torch.equal(before["blocks.1.mlp.fc1.weight"], after["blocks.1.mlp.fc1.weight"])
