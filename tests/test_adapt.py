@@ -239,11 +239,11 @@ def test_interrupted_adaptation_resumes_and_ends_like_an_uninterrupted_one(
         adapt(images, tmp_path / "b", ad, bb, read=read_bytes, progress=False, on_step=kill)
     rep = _run(tmp_path / "b", images, weights, steps=6)
     assert rep.resumed_at_step == 2 and rep.steps == 6
-    assert rep.losses[2:] == pytest.approx(whole.losses[2:], rel=1e-6)
+    assert rep.losses[2:] == whole.losses[2:]
     for name in ("adapter", "merged"):
         a, b = load_file(whole.files[name]), load_file(rep.files[name])
         for k in a:
-            torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-7, msg=k)
+            assert torch.equal(b[k], a[k]), k  # bit-identical on the CPU
     with pytest.raises(ValueError, match="another adaptation"):
         with pytest.raises(Killed):
             adapt(images, tmp_path / "c", ad, bb, read=read_bytes, progress=False, on_step=kill)
