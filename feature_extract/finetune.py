@@ -420,9 +420,10 @@ def _atomic(path: Path, write: Callable[[str], None]) -> None:
     os.close(fd)
     umask = os.umask(0)  # mkstemp makes 0600 files; give outputs the usual umask mode
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
     try:
         write(tmp)
+        # after the write: safetensors' save_file recreates the file (0600 again)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -135,6 +135,29 @@ def _cmd_finetune(args) -> int:
     return 0
 
 
+def _cmd_adapt(args) -> int:
+    from stage1.adapt import run_adapt
+    from stage1.config import override
+
+    cfg = config_from_args(args)
+    sets = [
+        f"{key}={val}"
+        for key, val in (
+            ("backbone.name", args.backbone),
+            ("backbone.weights", args.weights),
+            ("backbone.image_size", args.image_size),
+            ("backbone.device", args.device),
+            ("data.source", args.data),
+        )
+        if val is not None
+    ]
+    cfg = override(cfg, sets).validate()
+    run_adapt(
+        cfg, Path(args.out), domain=args.domain, overwrite=args.overwrite, demo_dir=args.demo_dir
+    )
+    return 0
+
+
 def _cmd_report(args) -> int:
     from stage1.report import build_report
 
@@ -349,6 +372,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_config_args(p)
     p.set_defaults(func=_cmd_finetune)
+
+    p = sub.add_parser(
+        "adapt",
+        help="self-supervised (DINO) adaptation of the backbone to unlabelled domain images",
+        description="ExPLoRA-style adaptation without labels: continue DINO self-distillation "
+        "of the DINOv3 backbone on the (unlabelled) images of --data (--domain: one domain's "
+        "rows; the train split unless adapt.splits=all), with LoRA on the attention of every "
+        "block but the last adapt.unfreeze_blocks (those fully trainable), an EMA teacher, "
+        "multi-crop views, centring and re-initialised DINO heads. Writes "
+        "adapter.safetensors, backbone_merged.safetensors (for `stage1 features --weights`) "
+        "and adapt.json into the whole folder --out; an interrupted run resumes from its work "
+        "folder .NAME.adapt beside --out. See docs/adapt.md.",
+    )
+    p.add_argument("--out", required=True, help="output folder (appears whole when done)")
+    p.add_argument("--data", default=None, help="image source (default: the embedded demo set)")
+    p.add_argument("--domain", default=None, help="adapt on this domain's rows only")
+    p.add_argument("--weights", default=None, help="local backbone weights; 'none' = random init")
+    p.add_argument("--backbone", default=None, help="timm DINOv3 architecture")
+    p.add_argument("--image-size", type=int, default=None, help="global crop side")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda (default auto)")
+    p.add_argument(
+        "--demo-dir",
+        default=None,
+        help="where to generate the synthetic set when --data is not given (default: "
+        "<out parent>/demo)",
+    )
+    add_overwrite_argument(p)
+    add_config_args(p)
+    p.set_defaults(func=_cmd_adapt)
 
     p = sub.add_parser(
         "report",

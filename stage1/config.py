@@ -264,6 +264,49 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True)
+class AdaptConfig:
+    """``stage1 adapt``: ExPLoRA-style self-supervised adaptation of the backbone to unlabelled
+    target-domain images (DINO self-distillation, ``feature_extract.adapt``; docs/adapt.md).
+    Defaults follow DINOv2's DINO objective and ExPLoRA's LoRA rank; docs/adapt.md says why."""
+
+    steps: int = rule(1000, ge=0)  # optimizer steps; 0 = merge the identity adapters
+    batch_size: int = rule(64, ge=1)  # source images per step (each gives 2 + local_crops views)
+    # images adapted on: train (the train split; calib/test stay unseen) | all (every row)
+    splits: str = rule("train", choices=("train", "all"))
+    lr: float = rule(1e-4, gt=0.0)  # peak learning rate of LoRA and the unfrozen blocks
+    head_lr: float = rule(5e-4, gt=0.0)  # peak learning rate of the re-initialised DINO head
+    weight_decay: float = rule(0.04, ge=0.0)  # decoupled decay on matrices (DINO's start value)
+    warmup_frac: float = rule(0.1, ge=0.0, le=1.0)  # linear lr warm-up, then cosine to 0
+    max_grad_norm: float = rule(3.0, ge=0.0)  # global gradient-norm clipping (DINO: 3); 0 = off
+    lora_rank: int = rule(64, ge=1)  # LoRA rank r on the attention linears (ExPLoRA: 64)
+    lora_alpha: float = rule(64.0, gt=0.0)  # LoRA update scaled by alpha / r
+    targets: tuple[str, ...] = ("qkv", "proj")  # block linears that get LoRA (not _qkvb models)
+    unfreeze_blocks: int = rule(1, ge=0)  # the last N blocks fully trainable (no LoRA there)
+    train_norm: bool = True  # the final LayerNorm trainable too
+    # backbone written to backbone_merged.safetensors: teacher (the EMA, as DINO/DINOv2 release)
+    # | student
+    export: str = rule("teacher", choices=("teacher", "student"))
+    local_crops: int = rule(8, ge=0)  # local views per image (DINOv2: 8)
+    local_size: int = rule(96, ge=16, multiple_of=16)  # local crop side (global = image_size)
+    global_scale: tuple[float, float] = (0.32, 1.0)  # RandomResizedCrop area range, global views
+    local_scale: tuple[float, float] = (0.05, 0.32)  # ... and local views
+    out_dim: int = rule(65536, ge=2)  # K prototypes of the DINO head
+    head_hidden: int = rule(2048, ge=1)  # DINO head MLP width
+    head_bottleneck: int = rule(256, ge=1)  # DINO head bottleneck before the prototypes
+    momentum: float = rule(0.996, ge=0.0, le=1.0)  # teacher EMA momentum, cosine to 1
+    center_momentum: float = rule(0.9, ge=0.0, lt=1.0)  # EMA momentum of the teacher centre
+    student_temp: float = rule(0.1, gt=0.0)  # student softmax temperature
+    teacher_temp: float = rule(0.07, gt=0.0)  # teacher temperature after the warm-up
+    warmup_teacher_temp: float = rule(0.04, gt=0.0)  # teacher temperature at step 0
+    teacher_temp_warmup_frac: float = rule(0.3, ge=0.0, le=1.0)  # linear warm-up share of steps
+    # auto (bfloat16 autocast on CUDA, float32 on CPU) | float32 | bfloat16
+    precision: str = rule("auto", choices=("auto", "float32", "bfloat16"))
+    compile: str = rule("auto", choices=("auto", "on", "off"))  # torch.compile of the student
+    checkpoint_every: int = rule(50, ge=1)  # optimizer steps between checkpoints
+    seed: int = rule(0, ge=0, le=2**31 - 1)  # LoRA/head init, sample order and crops
+
+
+@dataclass(frozen=True)
 class Config:
     preset: str = "phase1"  # name of the preset this tree was built from
     data: DataConfig = field(default_factory=DataConfig)
@@ -273,6 +316,7 @@ class Config:
     risk: RiskConfig = field(default_factory=RiskConfig)
     selective: SelectiveConfig = field(default_factory=SelectiveConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
 
     def validate(self) -> Config:
         """Raise ConfigError on values no run could use; returns self for chaining.
@@ -317,6 +361,7 @@ class Config:
         pw = self.optim.pos_weight
         _check(pw > 0 or pw == -1, f"optim.pos_weight must be > 0 or -1 (automatic), got {pw}")
         self._validate_finetune()
+        self._validate_adapt()
         return self
 
     def _validate_finetune(self) -> None:
@@ -331,6 +376,20 @@ class Config:
             re.compile(ft.blocks)
         except re.error as e:
             raise ConfigError(f"finetune.blocks {ft.blocks!r} is not a regex: {e}") from None
+
+    def _validate_adapt(self) -> None:
+        """The adapt rules a per-field ``Rule`` cannot state (crop ranges, targets)."""
+        ad = self.adapt
+        bad = [t for t in ad.targets if t not in FINETUNE_TARGETS]
+        _check(
+            bool(ad.targets) and not bad,
+            f"adapt.targets must be among {','.join(FINETUNE_TARGETS)}, got {bad or '()'}",
+        )
+        for key, (lo, hi) in (("global_scale", ad.global_scale), ("local_scale", ad.local_scale)):
+            _check(
+                0.0 < lo <= hi <= 1.0,
+                f"adapt.{key} must be two numbers 0 < lo <= hi <= 1, got {[lo, hi]}",
+            )
 
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true/false"}

@@ -37,7 +37,7 @@ class OutputExistsError(ValueError):
 
 # A folder ``overwrite`` may replace holds one of these (a stage1 run or sweep): a typo such as
 # ``--out ~ --overwrite`` must not delete a home directory.
-MARKERS = ("config.json", "metrics.json", "leaderboard.json", "leaderboard.csv")
+MARKERS = ("config.json", "metrics.json", "leaderboard.json", "leaderboard.csv", "adapt.json")
 
 
 def check_out(out: str | os.PathLike, overwrite: bool = False) -> Path:
