@@ -102,6 +102,11 @@ class PerDomain(Policy):
             if r["status"] == "deferred"
         ]
         self.calibration = {
+            "grouped": groups is not None,
+            "n_rows": int(y.size),
+            "n_effective": int(
+                sum(p.calibration.get("n_effective", 0) for p in self.fitted.values())
+            ),
             "per_domain": True,
             "simultaneous": self.simultaneous,
             "delta_per_domain": self.delta_domain,
@@ -226,7 +231,8 @@ class PerDomain(Policy):
                 t = getattr(self.fitted[d], "t", None)
                 val = r["shipped"] + ("" if t is None else f" t={t:.4g}")
             else:
-                val = f"DEFERRED ({r['counts']['positives']} positives; needs {r['needs']})"
+                have = ", ".join(f"{r['counts'][k]} {k} (needs {n})" for k, n in r["needs"].items())
+                val = f"DEFERRED: {have}"
             rows.append((f"  domain {d}", val))
         f = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
         rows += [("test exit rate (pooled)", f(m["exit_rate"])), ("test FNR (pooled)", f(m["fnr"]))]
