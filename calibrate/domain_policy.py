@@ -239,11 +239,33 @@ class PerDomain(Policy):
         return rows
 
     @staticmethod
-    def serving(records):
-        raise ValueError(
-            "per-domain runs (risk.per_domain=true) cannot be exported yet: the serving bundle "
-            "holds one rule; export a pooled run or serve the per-domain records yourself"
-        )
+    def serving(records):  # ``per_domain_serving`` (it needs the inner policy's class)
+        raise NotImplementedError("use calibrate.policies.serving_rule")
+
+
+def per_domain_serving(inner: type[Policy], records: dict[str, Any]) -> dict[str, Any]:
+    """The shipped rule as data (``calibrate.policies`` docstring) of a per-domain run: the
+    top-level rule (defer: images of unlisted domains) plus ``domains``: the inner policy's rule
+    rebuilt from each certified domain's own record; deferred domains have none (defer)."""
+    file = next(n for n, r in records.items() if isinstance(r, dict) and "per_domain" in r)
+    top = dict(records[file])
+    per = top.pop("per_domain")
+    rule = inner.serving({**records, file: top})
+    rule["domains"] = {
+        d: inner.serving({**records, file: e["record"]})
+        for d, e in per["domains"].items()
+        if e["status"] == "certified"
+    }
+    deferred = {d: e["reason"] for d, e in per["domains"].items() if e["status"] == "deferred"}
+    how = "simultaneously (Bonferroni)" if per["simultaneous"] else "each domain on its own"
+    rule["shipped"] = "per_domain"
+    rule["guarantee"] = {
+        **rule["guarantee"],
+        "statement": f"per domain, {how}: each domain's rule carries its certificate; images "
+        "of deferred or unknown domains are deferred",
+        "per_domain": {"delta_per_domain": per["delta_per_domain"], "deferred": deferred},
+    }
+    return rule
 
 
 def fit_per_domain(name, scores, y, domains, risk, groups=None, calib_views="clean") -> PerDomain:
