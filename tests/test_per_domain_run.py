@@ -195,3 +195,31 @@ def test_no_certifiable_domain_refuses_before_training(tmp_path):
     with pytest.raises(ValueError, match=r"no domain can be certified.*'day'.*needs >= 2995"):
         run_training(cfg, cache, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("fixture", ["phase1", "phase2"])
+def test_report_of_a_per_domain_run(fixture, request, tmp_path):
+    """The per-domain report: recomputed per-domain intervals at the report's resamples (written
+    back to metrics.json), the figure, and the deferred domain with what it needs."""
+    from calibrate.bootstrap import bootstrap_ci
+    from stage1.report import build_report
+    from stage1.run.domains import _stat
+
+    summary, _, _ = request.getfixturevalue(fixture)
+    paths = build_report(summary.out, tmp_path / "rep", n_bootstrap=200, seed=4)
+    assert paths["domains"].is_file() and paths["html"].is_file()
+    md = paths["markdown"].read_text()
+    assert "Per-domain certificates" in md and "| rare | deferred |" in md
+    m = read_json(summary.out / "metrics.json", schema="metrics")
+    with np.load(summary.out / "predictions.npz") as z:
+        c, p, y = z["test_decision"], z["test_probs"], z["test_labels"].astype(np.int32)
+        k = z["test_domains"].astype(str) == "night"
+    import jax.numpy as jnp
+
+    want = bootstrap_ci(
+        _stat, jnp.asarray(c[k]), jnp.asarray(y[k]), jnp.asarray(p[k], jnp.float32),
+        n_resamples=200, stratify=y[k], seed=4, weighted=True,
+    )  # fmt: skip
+    got = m["domains"]["night"]["fnr"]["ci"]
+    assert got == pytest.approx([float(want.low["fnr"]), float(want.high["fnr"])], rel=1e-6)
+    assert m["domains"]["night"]["calibration"]["status"] == "certified"
