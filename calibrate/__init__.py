@@ -11,6 +11,7 @@ from calibrate.calibrators import (
 )
 from calibrate.decision import is_roadwork
 from calibrate.groups import one_per_group
+from calibrate.mondrian import mondrian_fnr_thresholds
 from calibrate.policy import TwoSidedPolicy, fit_two_sided
 from calibrate.scrc import SCRCResult, fit_scrc_i
 from calibrate.thresholds import fnr_threshold, min_calibration_size
@@ -29,6 +30,7 @@ __all__ = [
     "is_roadwork",
     "metrics",
     "min_calibration_size",
+    "mondrian_fnr_thresholds",
     "odir_penalty",
     "one_per_group",
 ]

@@ -498,7 +498,12 @@ POLICIES = {"fnr_threshold": FNRThreshold, "selective": Selective}
 
 
 def serving_rule(name: str, records: dict[str, Any]) -> dict[str, Any]:
-    """The shipped rule of exit policy ``name`` rebuilt from a run's JSON records."""
+    """The shipped rule of exit policy ``name`` rebuilt from a run's JSON records (with a
+    ``domains`` rule per certified domain for a per-domain run, ``calibrate.domain_policy``)."""
+    if any(isinstance(r, dict) and "per_domain" in r for r in records.values()):
+        from calibrate.domain_policy import per_domain_serving  # it imports this module
+
+        return per_domain_serving(_policy(name), records)
     return _policy(name).serving(records)
 
 

@@ -196,6 +196,7 @@ def _cmd_predict(args) -> int:
         workers=args.workers,
         backbone_weights=args.backbone_weights,
         limit=args.limit,
+        domain=args.domain,
     )
     print(format_summary(s))
     return 0
@@ -465,6 +466,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="predict only the first N images")
     p.add_argument(
         "--backbone-weights", default=None, help="backbone weights for a bundle without them"
+    )
+    p.add_argument(
+        "--domain",
+        default=None,
+        help="domain of every input image (required by a per-domain bundle, risk.per_domain)",
     )
     p.set_defaults(func=_cmd_predict)
 

@@ -219,6 +219,11 @@ class RiskConfig:
     calib_views: str = rule("validator", choices=("clean", "validator"))
     # seed of the one-image-per-group draw and of the calib view draw
     group_seed: int = rule(0, ge=0, le=2**31 - 1)
+    # Mondrian: fit the exit policy on each domain's calib rows (calibrate.domain_policy); a
+    # domain too small to certify is deferred entirely
+    per_domain: bool = False
+    # per_domain: certify every domain at delta / D (all hold together) instead of each at delta
+    per_domain_simultaneous: bool = False
 
 
 FINETUNE_TARGETS: tuple[str, ...] = ("qkv", "proj", "fc1", "fc2", "fc1_g", "fc1_x")

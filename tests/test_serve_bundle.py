@@ -460,3 +460,39 @@ def test_cuda_bundle_reproduces_a_cuda_extracted_run(served, tmp_path):
     np.testing.assert_allclose(got.p, probs, atol=5e-3, rtol=0)
     assert np.mean(got.code == decision) >= 0.9
     assert mc(served["demo"] / ids[0]) == pytest.approx(m(served["demo"] / ids[0]), abs=5e-3)
+
+
+def test_per_domain_bundle_decides_each_image_by_its_domains_rule(served, tmp_path):
+    """risk.per_domain: the bundle carries one rule per certified domain; ``decide(images,
+    domains=...)`` reproduces the run's stored decisions, an unknown domain defers, and a
+    per-domain bundle refuses to decide without domains (never silently)."""
+    from stage1 import Stage1Model
+    from stage1.run import run_training
+    from stage1.serve.export import export_bundle
+
+    cfg = Config(
+        preset="phase1",
+        head=HeadConfig(feature="patch_mean", hidden=32, kind="mlp"),
+        optim=OptimConfig(lr=3e-3, epochs=12, batch_size=64),
+        risk=dataclasses.replace(RISK, per_domain=True),
+    ).validate()
+    run = tmp_path / "run"
+    run_training(cfg, served["root"] / "random.h5", run)
+    m = Stage1Model.from_bundle(export_bundle(run, tmp_path / "bundle"), device="cpu")
+    th = json.loads((run / "thresholds.json").read_text())["per_domain"]["domains"]
+    assert m.per_domain and set(m.rule["domains"]) == {"day", "dusk"}
+    for d, e in th.items():
+        assert (
+            m.rule["domains"][d]["exit_negative_below"] == e["record"]["exit_negative"]["threshold"]
+        )
+    with np.load(run / "predictions.npz") as z:
+        ids, dom, decision = z["test_ids"], z["test_domains"].astype(str), z["test_decision"]
+    paths = [served["demo"] / i for i in ids]
+    pred = m.predict(paths, domains=dom)
+    np.testing.assert_array_equal(pred.code, decision)
+    assert (decision >= 0).sum() >= 3 and len(set(dom)) == 2
+    t = {d: m.rule["domains"][d]["exit_negative_below"] for d in ("day", "dusk")}
+    assert t["day"] != t["dusk"]  # two rules, not one pooled threshold twice
+    assert set(m.decide(paths[:4], domains="fog")) == {"defer"}  # unknown domain
+    with pytest.raises(ValueError, match="certified per domain: pass domains="):
+        m.decide(paths[:2])

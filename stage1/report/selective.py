@@ -170,6 +170,7 @@ def build_selective_report(
     run_dir, out_dir=None, n_bootstrap: int = 1000, seed: int = 0
 ) -> dict[str, Path]:
     """``stage1.report.build_report`` for a selective-policy run (same arguments and return)."""
+    from stage1.report.domains import domain_blocks, domain_figure, recompute
     from stage1.report.selective_blocks import document
 
     check_resamples(n_bootstrap)
@@ -200,7 +201,16 @@ def build_selective_report(
     }
     title = f"stage1 report — {run['dir'].resolve().name}"
     figs = selective_figures(run, classifier)
-    paths = write_report(out, title, lambda captions: document(run, ctx, captions), figs)
+    doms = recompute(run["dir"], run["metrics"], n_bootstrap, seed)  # several test domains
+    if doms:
+        run["metrics"]["domains"] = doms
+        cap = "Per test domain: FNR (left) and coverage (right) of the shipped policy, 95% CIs."
+        figs.append(("domains", domain_figure(doms, None), cap, True))
+
+    def blocks(captions):
+        return document(run, ctx, captions) + (domain_blocks(doms) if doms else [])
+
+    paths = write_report(out, title, blocks, figs)
     shipped = policies[run["shipped"]]
     # metrics.json keeps phase 1's exit_rate next to coverage: one number, two names.
     head = classifier | shipped | {"exit_rate": shipped["coverage"]}

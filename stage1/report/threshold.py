@@ -508,6 +508,16 @@ def build_report(run_dir, out_dir=None, n_bootstrap: int = 1000, seed: int = 0) 
         file names are ``<key>.png``: reliability, risk_coverage, roc, pr, histograms).
     """
     check_resamples(n_bootstrap)
+    from stage1.report.domains import (
+        build_domain_report,
+        domain_blocks,
+        domain_figure,
+        per_domain_records,
+        recompute,
+    )
+
+    if per_domain_records(Path(run_dir)):  # risk.per_domain: no single rule to report around
+        return build_domain_report(run_dir, out_dir, n_bootstrap, seed)
     if run_kind(Path(run_dir)) == "selective":
         from stage1.report.selective import build_selective_report
 
@@ -572,13 +582,19 @@ def build_report(run_dir, out_dir=None, n_bootstrap: int = 1000, seed: int = 0) 
             False,
         ),
     ]
+    doms = recompute(run["dir"], run["metrics"], n_bootstrap, seed)  # several test domains
+    if doms:
+        run["metrics"]["domains"] = doms
+        cap = "Per test domain: FNR (left, dashed: alpha) and exit rate (right), 95% intervals."
+        figs.append(("domains", domain_figure(doms, alpha), cap, True))
     title = f"stage1 report — {run['dir'].resolve().name}"
     paths = write_report(
         out,
         title,
-        lambda captions: _blocks(
-            run, head, n_bootstrap, captions, split_rows, domain_rows, challenge
-        ),
+        lambda captions: (
+            _blocks(run, head, n_bootstrap, captions, split_rows, domain_rows, challenge)
+            + (domain_blocks(doms) if doms else [])
+        ),  # its figure is in "Figures"
         figs,
     )
     paths["metrics"] = update_metrics_json(

@@ -35,6 +35,7 @@ from stage1.artifacts import write_json
 from stage1.config import Config, to_dict
 from stage1.run import specs
 from stage1.run.data import constant_feature_warning, load_cache
+from stage1.run.domains import domain_metrics
 from stage1.run.guarantees import calibration_sets, guarantees_block
 from stage1.run.provenance import from_cache
 from stage1.run.records import save_predictions, small_sample_warnings, training_record
@@ -107,6 +108,7 @@ def run_training(
     from calibrate.calibration import fit_calibration
     from calibrate.challenge import challenge_block
     from calibrate.decision import is_roadwork
+    from calibrate.domain_policy import DOMAIN, fit_per_domain
     from calibrate.exit_policies import jsonable
     from calibrate.policies import fit_policy
     from heads.checkpoint import save_params
@@ -127,6 +129,7 @@ def run_training(
 
     fam = specs.family(cfg)
     warnings = _check_calibration_size(fam.policy, cfg.risk, splits["calib"], allow_uncertified)
+    per_domain = cfg.risk.per_domain  # Mondrian: the policy is fitted inside each domain
     short = bool(warnings)
     pos_weight = specs.resolve_pos_weight(cfg, tr.y)
     spec = specs.train_spec(cfg, in_dim=tr.x.shape[1], n_train=len(tr.y))
@@ -156,6 +159,10 @@ def run_training(
     notes += cal_notes
 
     def fit_on(cs, cond):
+        if per_domain:
+            return fit_per_domain(
+                fam.policy, cs.scores, cs.y, cs.domains, cfg.risk, cs.groups, calib_views=cond
+            )
         return fit_policy(
             fam.policy,
             cs.scores,
@@ -170,17 +177,19 @@ def run_training(
     notes += policy.notes
     if policy.shipped == "defer_all" and not short:  # only known after fitting (scrc error)
         warnings.append("UNCERTIFIED: no exit policy could be certified; ships defer_all")
-    decisions = {s: policy.decide(sc) for s, sc in scores.items()}
+    # A per-domain policy reads each row's domain off its scores dict (calibrate.domain_policy).
+    dscores = {s: {**sc, DOMAIN: splits[s].domains} for s, sc in scores.items()}
+    decisions = {s: policy.decide(dscores[s]) for s, sc in scores.items()}
 
     te = splits["test"]
     pt = scores["test"]["p"]
     pred = is_roadwork(pt).astype(np.int32)
     view_scores = None if views is None else cal.apply(predict(res.params, views.x, spec.head))
     view_p = None if views is None else view_scores["p"]
-    tests = {"clean": (scores["test"], te.y)}
+    tests = {"clean": (dscores["test"], te.y)}
     if views is not None:
-        tests["validator"] = (view_scores, views.y)
-    pol = policy.metrics(scores, labels)
+        tests["validator"] = ({**view_scores, DOMAIN: views.domains}, views.y)
+    pol = policy.metrics(dscores, labels)
     metrics = {
         "split": "test",
         "n": int(len(te.y)),
@@ -206,6 +215,10 @@ def run_training(
         "training": training_record(cfg, spec, res, pos_weight, round(time.perf_counter() - t0, 3)),
         "provenance": provenance,
     }
+    if per_domain or len(np.unique(te.domains.astype(str))) > 1:
+        metrics["domains"] = domain_metrics(
+            decisions["test"], pt, te.y, te.domains, getattr(policy, "domains", None)
+        )
     warnings += small_sample_warnings({"test": te.y, "val": va.y})
     metrics["warnings"] = warnings
     metrics = jsonable(metrics)
@@ -245,6 +258,8 @@ def _check_calibration_size(policy: str, risk, calib, allow_uncertified: bool) -
     counts is groups: groups holding a positive, a negative, and all groups."""
     from calibrate.policies import calibration_shortfall
 
+    if risk.per_domain:
+        return _check_domains(policy, risk, calib, allow_uncertified)
     y = np.asarray(calib.y)
     g = np.arange(y.size) if calib.groups is None else np.asarray(calib.groups).astype(str)
     counts = {
@@ -265,6 +280,43 @@ def _check_calibration_size(policy: str, risk, calib, allow_uncertified: bool) -
     warning = f"UNCERTIFIED: {short}; --allow-uncertified ships defer_all (no exits)"
     print(f"warning: {warning}", flush=True)
     return [warning]
+
+
+def _check_domains(policy: str, risk, calib, allow_uncertified: bool) -> list[str]:
+    """``risk.per_domain``: the size check runs inside every domain. A domain short of calib rows
+    is deferred entirely (a warning naming it and what it needs); only when no domain can be
+    certified is the run refused (or, with ``allow_uncertified``, ships defer_all)."""
+    import dataclasses
+
+    from calibrate.domain_policy import domain_counts
+    from calibrate.mondrian import domain_delta, domain_rows
+    from calibrate.policies import calibration_shortfall
+
+    rows = domain_rows(calib.domains)
+    simultaneous = risk.per_domain_simultaneous
+    risk_d = dataclasses.replace(risk, delta=domain_delta(risk.delta, len(rows), simultaneous))
+    g = None if calib.groups is None else np.asarray(calib.groups)
+    short = {}
+    for d, idx in rows.items():
+        counts = domain_counts(np.asarray(calib.y)[idx], None if g is None else g[idx])
+        if s := calibration_shortfall(policy, risk_d, counts):
+            short[d] = s
+    warnings = [
+        f"domain {d!r} deferred entirely: {s}" + (" (per domain, delta/D)" if simultaneous else "")
+        for d, s in short.items()
+    ]
+    if len(short) == len(rows):
+        if not allow_uncertified:
+            raise ValueError(
+                "risk.per_domain: no domain can be certified: "
+                + "; ".join(warnings)
+                + "; add calibration data, relax risk.alpha / risk.delta / risk.method, or pass "
+                "--allow-uncertified to train anyway and ship defer_all"
+            )
+        warnings = [f"UNCERTIFIED: {w}" for w in warnings]
+    for w in warnings:
+        print(f"warning: {w}", flush=True)
+    return warnings
 
 
 def _auroc(scores, labels) -> float | None:

@@ -40,6 +40,7 @@ class CalibSet:
     scores: dict[str, np.ndarray]  # calibrated scores (``calibrate.calibration``)
     y: np.ndarray
     groups: np.ndarray | None
+    domains: np.ndarray | None = None  # domain name per row (risk.per_domain)
 
 
 def calibration_sets(
@@ -49,11 +50,11 @@ def calibration_sets(
     risk: Any,
 ) -> tuple[dict[str, CalibSet], str, list[str]]:
     """``({condition: CalibSet}, shipped condition, notes)`` for the calib split."""
-    sets = {"clean": CalibSet(calib_scores, calib.y, calib.groups)}
+    sets = {"clean": CalibSet(calib_scores, calib.y, calib.groups, calib.domains)}
     notes = []
     v = validator_calibration(calib, risk.group_seed)
     if v is not None and len(v.y):
-        sets["validator"] = CalibSet(score_fn(v.x), v.y, v.groups)
+        sets["validator"] = CalibSet(score_fn(v.x), v.y, v.groups, v.domains)
     chosen = risk.calib_views
     if chosen == "validator" and "validator" not in sets:
         chosen = "clean"
@@ -107,4 +108,6 @@ def guarantees_block(
             "bounds": pol.guarantee_report(tests),
             "notes": list(pol.notes),
         }
+        if hasattr(pol, "domain_reports"):  # per-domain policy: each domain's own bounds
+            fits[cond]["domains"] = pol.domain_reports(tests)
     return {"shipped_calib": chosen, "grouped": sets[chosen].groups is not None, "fits": fits}

@@ -155,12 +155,38 @@ class Stage1Model:
         """Calibrated P(roadwork) per image (float64)."""
         return self.predict(images).p
 
-    def decide(self, images: ImageLike | Sequence[ImageLike]) -> list[str]:
-        """``exit_negative`` / ``exit_positive`` / ``defer`` per image (the shipped policy)."""
-        return self.predict(images).decision
+    def decide(self, images: ImageLike | Sequence[ImageLike], domains=None) -> list[str]:
+        """``exit_negative`` / ``exit_positive`` / ``defer`` per image (the shipped policy).
 
-    def predict(self, images: ImageLike | Sequence[ImageLike]) -> Prediction:
-        """Everything about a list of images (one image is a list of one)."""
+        ``domains``: one domain name per image (or one name for all), required by a bundle of
+        a per-domain run (``per_domain``): each image is decided by its domain's certified
+        rule, and an image of a deferred or unknown domain is deferred."""
+        return self.predict(images, domains).decision
+
+    @property
+    def per_domain(self) -> bool:
+        """True when the policy was certified per domain (``risk.per_domain``)."""
+        return self.rule.get("domains") is not None
+
+    def with_domains(self, scores: dict[str, np.ndarray], domains) -> dict[str, np.ndarray]:
+        """``scores`` (``scores_from_uint8``) with each image's code decided by its domain."""
+        if not self.per_domain:
+            return scores
+        n = len(scores["p"])
+        if domains is None:
+            raise ValueError(
+                "this bundle's policy is certified per domain: pass domains= (one name per "
+                f"image; known: {', '.join(self.rule['domains'])}; others are deferred)"
+            )
+        domains = [domains] * n if isinstance(domains, str) else list(domains)
+        if len(domains) != n:
+            raise ValueError(f"{len(domains)} domain names for {n} images")
+        t = {k: torch.as_tensor(v) for k, v in scores.items() if k != "code"}
+        return {**scores, "code": ops.apply_rule(self.rule, t, domains).numpy()}
+
+    def predict(self, images: ImageLike | Sequence[ImageLike], domains=None) -> Prediction:
+        """Everything about a list of images (one image is a list of one); ``domains`` as in
+        ``decide``."""
         images = _as_list(images)
         if not images:
             raise ValueError("no images given")
@@ -170,7 +196,7 @@ class Stage1Model:
         for lo in range(0, len(x), self.batch_size):
             parts.append(self.scores_from_uint8(x[lo : lo + self.batch_size]))
         scores = {k: np.concatenate([s[k] for s in parts]) for k in parts[0]}
-        return self.finish(scores, pil)
+        return self.finish(self.with_domains(scores, domains), pil)
 
     # -- pieces (the CLI and the benchmark call them on batches) -------------------------------
 
@@ -219,7 +245,7 @@ class Stage1Model:
     def _scores(self, outputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
         """Calibration and exit rule on host tensors (n x a few floats: cheaper on the CPU
         than as a dozen more kernel launches)."""
-        scores = ops.run_scores(self.calibration, outputs, self.rule["ops"])
+        scores = ops.run_scores(self.calibration, outputs, ops.rule_ops(self.rule))
         code = ops.apply_rule(self.rule, scores)
         out = {k: v.numpy() for k, v in scores.items()}
         out["code"] = code.numpy()

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["DECISIONS", "HeadProgram", "apply_rule", "run_scores", "threshold_value"]
+__all__ = ["DECISIONS", "HeadProgram", "apply_rule", "rule_ops", "run_scores", "threshold_value"]
 
 DECISIONS = ("exit_negative", "exit_positive", "defer")  # codes 0, 1, -1 (index -1 = "defer")
 
@@ -101,9 +101,31 @@ def run_scores(
     return {k: env[v] for k, v in names.items()}
 
 
-def apply_rule(rule: Mapping[str, Any], scores: Mapping[str, torch.Tensor]) -> torch.Tensor:
+def rule_ops(rule: Mapping[str, Any]) -> list:
+    """The extra score ops of a rule and of its per-domain rules (each output once)."""
+    out = {op["out"]: op for r in [rule, *(rule.get("domains") or {}).values()] for op in r["ops"]}
+    return list(out.values())
+
+
+def apply_rule(
+    rule: Mapping[str, Any], scores: Mapping[str, torch.Tensor], domains=None
+) -> torch.Tensor:
     """int8 decision codes (-1 defer, 0 exit negative, 1 exit positive) of the shipped rule,
-    compared in float64 (a float32 score and its float32 threshold compare exactly)."""
+    compared in float64 (a float32 score and its float32 threshold compare exactly).
+
+    A per-domain rule (``rule["domains"]``: domain name -> rule, ``calibrate.domain_policy``)
+    decides each image by its domain's rule given ``domains`` (one name per image); an image of
+    a domain without a rule (deferred or unknown) is deferred. Without ``domains`` the top-level
+    rule applies (for a per-domain bundle: defer every image)."""
+    per = rule.get("domains")
+    if per is not None and domains is not None:
+        dom = [str(d) for d in domains]
+        code = torch.full((len(dom),), -1, dtype=torch.int8, device=scores["p"].device)
+        for name, r in per.items():
+            m = torch.tensor([d == name for d in dom], device=code.device)
+            if bool(m.any()):
+                code[m] = apply_rule(r, {k: v[m] for k, v in scores.items()})
+        return code
     p = scores["p"].to(torch.float64)
     selected = torch.ones_like(p, dtype=torch.bool)
     sel = rule.get("selection")

@@ -128,6 +128,7 @@ def predict_files(
     backbone_weights: str | None = None,
     limit: int | None = None,
     progress: bool = True,
+    domain: str | None = None,
 ) -> dict[str, Any]:
     """Predict every input image, write ``out`` (JSON lines, atomically); returns the summary."""
     import torch
@@ -151,7 +152,7 @@ def predict_files(
             for i, why in bad:
                 lines[i] = {"id": items[i].id, "path": items[i].path, "error": why}
             if x is not None:
-                pred = m.finish(m.scores_from_uint8(x))
+                pred = m.finish(m.with_domains(m.scores_from_uint8(x), domain))
                 for k, i in enumerate(idx):
                     lines[i] = _line(items[i], pred, k)
             bar.update(len(idx) + len(bad))
