@@ -47,7 +47,7 @@ TINY = {"depth": 2, "embed_dim": 64, "num_heads": 2}
 
 
 def measure(args, row: str, device) -> dict:
-    from timm.utils import ModelEmaV3
+    from feature_extract.adapt import ema_teacher
 
     cuda = device.type == "cuda"
     ad = dataclasses.replace(
@@ -67,7 +67,7 @@ def measure(args, row: str, device) -> dict:
     if row.startswith("full"):
         net.backbone.requires_grad_(True)  # adapters included: a full-parameter upper bound
     net.to(device).train()
-    teacher = ModelEmaV3(net, decay=ad.momentum, stochastic_rounding=False)
+    teacher = ema_teacher(net, ad.momentum)
     teacher.module.requires_grad_(False)
     loss_fn = DINOLoss(ad.out_dim, ad.student_temp, ad.center_momentum).to(device)
     opt = _optimizer(net, ad)

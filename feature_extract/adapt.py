@@ -136,6 +136,23 @@ def build_student(ad: Any, bb: Any):
     return peft_model, Student(inner, head), info
 
 
+def ema_teacher(net: torch.nn.Module, decay: float):
+    """timm's ``ModelEmaV3`` of ``net`` (a deep copy updated as decay * t + (1 - decay) * s).
+
+    timm >= 1.0.31 adds ``stochastic_rounding`` (random rounding of low-precision EMA weights);
+    it is turned off so the float32 teacher is the exact EMA. Older timm (the H200 host has
+    1.0.29) has no such argument and always rounds to nearest: do not pass it there.
+    """
+    import inspect
+
+    from timm.utils import ModelEmaV3
+
+    extra = {}
+    if "stochastic_rounding" in inspect.signature(ModelEmaV3.__init__).parameters:
+        extra["stochastic_rounding"] = False
+    return ModelEmaV3(net, decay=decay, **extra)
+
+
 def adapt(
     samples: Sequence[Any],
     out_dir: str | os.PathLike,
@@ -162,9 +179,7 @@ def adapt(
     device = pick_device(bb.device)
     peft_model, net, info = build_student(ad, bb)
     net.to(device).train()
-    from timm.utils import ModelEmaV3
-
-    teacher = ModelEmaV3(net, decay=ad.momentum, stochastic_rounding=False)  # a deepcopy
+    teacher = ema_teacher(net, ad.momentum)  # a deepcopy
     teacher.module.requires_grad_(False)
     loss_fn = DINOLoss(ad.out_dim, ad.student_temp, ad.center_momentum).to(device)
     cuda = device.type == "cuda"

@@ -185,13 +185,11 @@ def test_dino_loss_decreases_on_a_fixed_batch(weights):
     """Distillation on one fixed multi-crop batch, the teacher held (momentum 1) with its
     centre at its converged value (the batch mean of the teacher outputs): the student's loss
     falls well below its start (a wrong sign or a detached student would not)."""
-    from timm.utils import ModelEmaV3
-
-    from feature_extract.adapt import forward_views
+    from feature_extract.adapt import ema_teacher, forward_views
 
     _, net, _ = build_student(AD, dataclasses.replace(BB, weights=weights))
     with torch.no_grad():  # a teacher that disagrees with the student
-        teacher = ModelEmaV3(net, decay=1.0, stochastic_rounding=False)
+        teacher = ema_teacher(net, 1.0)
         for p in teacher.module.head.parameters():
             p.add_(torch.randn_like(p) * 0.2)
     loss_fn = DINOLoss(AD.out_dim, AD.student_temp, AD.center_momentum)
@@ -367,3 +365,33 @@ def test_gpu_bf16_compiled_adaptation_runs_and_merges(tmp_path, images, weights)
     before, after = load_file(weights), load_file(rep.files["merged"])
     assert torch.equal(before["blocks.0.mlp.fc1.weight"], after["blocks.0.mlp.fc1.weight"])
     assert not torch.equal(before["blocks.1.mlp.fc1.weight"], after["blocks.1.mlp.fc1.weight"])
+
+
+def test_ema_teacher_works_with_timm_before_stochastic_rounding(monkeypatch):
+    """timm 1.0.29 (the H200 host's) has no ``stochastic_rounding`` argument: passing it made
+    `stage1 adapt` and bench/adapt.py fail there with a TypeError. ``ema_teacher`` passes it
+    only where the installed ModelEmaV3 takes it."""
+    import timm.utils
+
+    from feature_extract.adapt import ema_teacher
+
+    seen = {}
+
+    class OldEma(timm.utils.ModelEmaV3):  # timm 1.0.29's signature: no stochastic_rounding
+        def __init__(self, model, decay=0.9999, min_decay=0.0, update_after_step=0,
+                     use_warmup=False, warmup_gamma=1.0, warmup_power=2 / 3, device=None,
+                     foreach=True, exclude_buffers=False):  # fmt: skip
+            seen["decay"] = decay
+            super().__init__(model, decay=decay)
+
+    net = torch.nn.Linear(3, 2)
+    monkeypatch.setattr(timm.utils, "ModelEmaV3", OldEma)
+    t = ema_teacher(net, 0.9)
+    assert isinstance(t, OldEma) and seen["decay"] == 0.9
+    monkeypatch.undo()
+    t = ema_teacher(net, 0.5)  # the installed timm: the exact (non-stochastic) EMA
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    before = t.module.weight.clone()
+    t.update(net)
+    torch.testing.assert_close(t.module.weight, 0.5 * before + 0.5 * net.weight)
