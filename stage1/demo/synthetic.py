@@ -674,9 +674,14 @@ def plan(n: int, seed: int = 0) -> list[tuple[int, int, int]]:
     return [(i, streets[i], int(labels[i])) for i in range(n)]
 
 
-def _render_task(task: tuple[str, int, int, int, int]) -> tuple[int, str, int, str, str]:
-    out_dir, seed, index, street, label = task
+def _render_task(task: tuple) -> tuple[int, str, int, str, str]:
+    out_dir, seed, index, street, label, *domains = task
     img, domain = render(seed, index, street, label)
+    if domains:  # shifted domains (stage1.demo.domains): one per street, a shift per image
+        from stage1.demo.domains import shift, street_domain
+
+        domain = street_domain(tuple(domains), _rng(seed, "domain", street))
+        img = shift(img, domain, _rng(seed, "shift", index))
     rel = f"{'roadwork' if label == 1 else 'none'}/{index:06d}.jpg"
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=90)
@@ -692,7 +697,12 @@ def _spawn_safe() -> bool:
 
 
 def generate(
-    out_dir: str | Path, n: int = 2000, seed: int = 0, workers: int = 2, progress: bool = True
+    out_dir: str | Path,
+    n: int = 2000,
+    seed: int = 0,
+    workers: int = 2,
+    progress: bool = True,
+    domains: tuple[str, ...] = (),
 ) -> Path:
     """Write the synthetic set (roadwork/, none/, manifest.csv, DONE) to ``out_dir``.
 
@@ -702,6 +712,9 @@ def generate(
         seed: generator seed; (n, seed) fixes every byte.
         workers: render processes (<= 1 renders in this process).
         progress: show a tqdm progress bar.
+        domains: shifted domains to draw from, one per street (``stage1.demo.domains``: street,
+            night, fog, camera2); each row's domain is its name. Empty (default): today's set,
+            byte for byte (domains day/dusk).
 
     Returns:
         ``out_dir`` as a Path, loadable with ``stage1.manifest.load_manifest`` (the folder reader
@@ -716,6 +729,11 @@ def generate(
         "n": n,
         "seed": seed,
     }
+    if domains:
+        from stage1.demo.domains import parse_domains
+
+        domains = parse_domains(",".join(domains))
+        stamp["domains"] = list(domains)
     done = out / "DONE"
     if done.is_file():
         try:
@@ -729,7 +747,7 @@ def generate(
         for old in (out / name).iterdir():
             if _NAME.match(old.name):
                 old.unlink()
-    tasks = [(str(out), seed, i, s, lab) for i, s, lab in plan(n, seed)]
+    tasks = [(str(out), seed, i, s, lab, *domains) for i, s, lab in plan(n, seed)]
     from tqdm import tqdm
 
     bar = tqdm(total=n, desc="demo images", unit="img", disable=not progress)
