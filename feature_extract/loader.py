@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from feature_extract.augment import AUGMENT_SPLITS, augmented_view
 from feature_extract.decode_gpu import gpu_decodable, jpeg_header
 from feature_extract.preprocess import CorruptImageError, decode, to_uint8
-from feature_extract.augment import AUGMENT_SPLITS, augmented_view
 from feature_extract.validator_views import validator_view
 
 DECODE_PATHS = ("auto", "gpu", "cpu", "cpu_scaled")
