@@ -63,3 +63,29 @@ def test_bad_source_lists_are_one_line_errors(tmp_path):
 def test_a_path_with_an_equals_sign_that_exists_is_a_path(tmp_path):
     d = _folder(tmp_path / "x=y")
     assert parse_source(str(d)).name == "" and parse_source(f"k={d}").name == "k"
+
+
+def test_features_cli_combines_sources_records_them_and_resumes(tmp_path, capsys):
+    import json
+
+    from stage1.cache import open_cache
+    from stage1.cli import main
+
+    a, b = _folder(tmp_path / "a", n=8, domain="day"), _folder(tmp_path / "b", n=8)
+    kw = json.dumps({"depth": 1, "embed_dim": 32, "num_heads": 2})
+    out = tmp_path / "c.h5"
+    args = ["features", "--data", str(a), "--data", f"night={b}", "--out", str(out),
+            "--image-size", "32", "--weights", "none", "--set", f"backbone.model_kwargs={kw}",
+            "--set", "backbone.num_workers=0", "--set", "augment.views=1"]  # fmt: skip
+    assert main(args) == 0
+    c = open_cache(out)
+    assert c.metadata["sources"] == [str(a), f"night={b}"]  # provenance lists every source
+    assert sorted(set(c.domain[c.view == 0].tolist())) == ["day", "night"]
+    assert len(set(c.ids.tolist())) == 16 and c.metadata["augment"]["views"] == 1
+    n_train = int((c.mask("train", view=0)).sum())
+    assert len(c) == 16 + n_train and (c.view[c.mask("train", view=None)] <= 1).all()
+    capsys.readouterr()
+    assert main(args) == 0  # a rerun resumes: nothing left to do
+    assert f"extracted 0 rows (0 images skipped, {len(c)} already done)" in capsys.readouterr().out
+    rc = main([*args[:3], "--data", f"day={b}", *args[5:]])  # another source list: refused
+    assert rc == 2

@@ -47,11 +47,11 @@ def _night(arr: np.ndarray, r: np.random.Generator) -> np.ndarray:
 def _fog(arr: np.ndarray, r: np.random.Generator) -> np.ndarray:
     h, w, _ = arr.shape
     air = F32(r.uniform(185, 215)) + np.array([0, 3, 8], F32)  # slightly blue-white airlight
-    thick = F32(r.uniform(0.55, 0.8))
-    # transmission 1 - t(y): t falls linearly from `thick` at the top (far) to ~thick/3 at the
+    thick = F32(r.uniform(0.65, 0.85))
+    # transmission 1 - t(y): t falls linearly from `thick` at the top (far) to 0.55 thick at the
     # bottom (near) (Koschmieder: I = J t + A (1 - t), depth taken as a function of the row)
     rows = np.arange(h, dtype=F32) / F32(h)
-    t = thick * (F32(1) - F32(0.65) * rows)
+    t = thick * (F32(1) - F32(0.45) * rows)
     x = arr * (F32(1) - t)[:, None, None] + air * t[:, None, None]
     # 3x3 box blur (scattering softens edges), edge-replicated
     p = np.pad(x, ((1, 1), (1, 1), (0, 0)), mode="edge")
