@@ -108,7 +108,7 @@ def test_extracted_views_resume_and_rerun_give_identical_rows(tmp_path, samples,
                 to_uint8(
                     augmented_view(
                         decode(read_bytes(samples[k])),
-                        aug.profile(samples[k].domain),
+                        night if samples[k].domain == "disk" else aug.default,
                         samples[k].id,
                         v,
                         0,
@@ -125,6 +125,12 @@ def test_extracted_views_resume_and_rerun_give_identical_rows(tmp_path, samples,
     with torch.inference_mode():
         want = _model(tiny_cfg)(x).numpy()
     np.testing.assert_allclose(c.features("cls")[len(samples) :], want, atol=1e-5)
+    # the domain's profile is the one applied: the default profile gives other views
+    dflt = tmp_path / "dflt.h5"
+    extract(samples, dflt, tiny_cfg, progress=False, augment=_spec(2))
+    d = open_cache(dflt).features("cls")
+    np.testing.assert_array_equal(d[: len(samples)], c.features("cls")[: len(samples)])
+    assert np.abs(d[len(samples) :] - c.features("cls")[len(samples) :]).max(axis=1).min() > 1e-4
     # a second extraction and an interrupted + resumed one give the same rows
     two, part = tmp_path / "two.h5", tmp_path / "part.h5"
     extract(samples, two, tiny_cfg, progress=False, augment=aug)
