@@ -97,7 +97,7 @@ demo: setup
 # per train image, a phase-1 run with one pooled threshold, the FNR and exit rate per domain.
 DOMAINS       ?= street,night,fog,camera2
 DOMAINS_N     ?= 2000
-DOMAINS_VIEWS ?= 2
+DOMAINS_VIEWS ?= 1
 DOMAINS_DATA  ?= data/demo_domains
 DOMAINS_CACHE ?= data/demo_domains_features.h5
 demo-domains: setup
@@ -105,6 +105,7 @@ demo-domains: setup
 	$(STAGE1) features --data $(DOMAINS_DATA) --out $(DOMAINS_CACHE) --weights none --backbone $(BACKBONE) --image-size 128 --set augment.views=$(DOMAINS_VIEWS)
 	$(STAGE1) train --cache $(DOMAINS_CACHE) --phase 1 --out runs/domains_pooled $(OVERWRITE) $(DEMO_SET) $(SET)
 	$(STAGE1) report --run runs/domains_pooled
+	$(PY) -m stage1.demo.shift runs/domains_pooled --split calib
 	$(PY) -m stage1.demo.shift runs/domains_pooled
 # Lands with wip-mondrian (risk.per_domain: one certified threshold per domain):
 #	$(STAGE1) train --cache $(DOMAINS_CACHE) --phase 1 --out runs/domains_per_domain $(OVERWRITE) $(DEMO_SET) --set risk.per_domain=true $(SET)

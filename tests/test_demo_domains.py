@@ -105,3 +105,22 @@ def test_domain_names_are_checked():
     for bad in ("street,rain", "night,night", ","):
         with pytest.raises(ValueError, match="--domains must list distinct names"):
             parse_domains(bad)
+
+
+def test_domain_rates_count_exits_and_misses_per_domain(tmp_path):
+    from stage1.demo.shift import domain_rates, format_rates
+
+    dom = np.array(["night"] * 4 + ["street"] * 4)
+    y = np.array([1, 1, 1, 0, 1, 1, 0, 0])
+    p = np.array([0.1, 0.2, 0.9, 0.1, 0.8, 0.9, 0.2, 0.1], np.float32)
+    dec = np.array(
+        [0, 0, -1, 0, 1, -1, 0, -1], np.int8
+    )  # exit negative at p < 0.25, positive > 0.75
+    np.savez(tmp_path / "predictions.npz", test_domains=dom, test_labels=y, test_probs=p,
+             test_decision=dec)  # fmt: skip
+    rows = {r["domain"]: r for r in domain_rates(tmp_path)}
+    assert (rows["night"]["fnr"], rows["night"]["exit_rate"]) == (2 / 3, 3 / 4)
+    assert (rows["street"]["fnr"], rows["street"]["exit_rate"]) == (0.0, 2 / 4)
+    assert rows["all"]["fnr"] == 2 / 5 and rows["all"]["pos"] == 5
+    assert rows["night"]["pos_score"] == pytest.approx(0.4)
+    assert "night" in format_rates(tmp_path, list(rows.values()))
