@@ -130,3 +130,36 @@ def test_load_cache_gives_train_its_views_and_keeps_augmented_rows_out_of_the_re
         np.testing.assert_array_equal(d.x, feats[[i for i in range(n) if split[i] == s]])
     assert set(test_views.level.tolist()) == {0, 1, 2, 3}
     assert not {tuple(r) for r in test_views.x} & aug
+
+
+def test_a_run_on_an_augmented_cache_trains_on_the_views_and_says_so(tmp_path):
+    from stage1.cache import synthetic_metadata
+    from stage1.config import SPLITS, Config, HeadConfig, OptimConfig, RiskConfig
+    from stage1.run import run_training
+
+    rng = np.random.default_rng(0)
+    n, k = 400, 2
+    y = (rng.random(n) < 0.5).astype(np.int8)
+    split = [SPLITS[i % 4] for i in range(n)]
+    train = [i for i in range(n) if split[i] == "train"]
+    rows = list(range(n)) + [i for i in train for _ in range(k)]
+    x = rng.normal(size=(len(rows), D)) + y[rows][:, None]
+    write_cache(
+        tmp_path / "c.h5",
+        {"cls": x.astype(np.float32)},
+        ids=[f"i{i}" for i in rows],
+        labels=y[rows],
+        split=[split[i] for i in rows],
+        view=[0] * n + [1, 2] * len(train),
+        metadata=synthetic_metadata(),
+    )
+    cfg = Config(
+        head=HeadConfig(kind="linear"),
+        optim=OptimConfig(epochs=2, batch_size=64, ema_decay=0.0),
+        risk=RiskConfig(method="empirical", alpha=0.1),
+    )
+    s = run_training(cfg, tmp_path / "c.h5", tmp_path / "run")
+    assert any("one of 3 cached views" in note for note in s.notes)
+    with np.load(tmp_path / "run" / "predictions.npz") as z:  # one clean row per image
+        assert len(z["test_ids"]) == len(set(z["test_ids"].tolist())) == n // 4
+        assert len(z["train_ids"]) == len(train)

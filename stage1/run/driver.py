@@ -130,6 +130,11 @@ def run_training(
     short = bool(warnings)
     pos_weight = specs.resolve_pos_weight(cfg, tr.y)
     x_fit, y_fit, n_views = tr.training_rows()  # one view per image per epoch when V > 1
+    if n_views > 1:
+        notes.append(
+            f"trained on one of {n_views} cached views (clean + augmented) per train image per "
+            "epoch; val, calib and test use the clean images"
+        )
     spec = specs.train_spec(cfg, in_dim=tr.x.shape[1], n_train=len(tr.y), views=n_views)
     hp = specs.hparams(cfg, pos_weight)
     print(
