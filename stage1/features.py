@@ -16,7 +16,7 @@ def resolve_source(cfg: Config, out: Path, demo_dir: str | None = None) -> str:
     on first use next to the cache, or in ``demo_dir``)."""
     if cfg.data.source:
         return cfg.data.source  # load_manifest reports a missing source as a one-line error
-    from stage1.demo.synthetic import generate
+    from stage1.demo.dataset import generate
 
     folder = Path(demo_dir) if demo_dir else out.parent / "demo"
     print(f"no --data given: using the embedded synthetic set in {folder}")
