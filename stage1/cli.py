@@ -35,8 +35,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _cmd_demo_data(args) -> int:
-    from stage1.demo.domains import parse_domains
     from stage1.demo.dataset import generate
+    from stage1.demo.domains import parse_domains
 
     domains = parse_domains(args.domains)
     out = generate(args.out, n=args.n, seed=args.seed, workers=args.workers, domains=domains)
