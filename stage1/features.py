@@ -16,6 +16,11 @@ def resolve_source(cfg: Config, out: Path, demo_dir: str | None = None) -> str:
     on first use next to the cache, or in ``demo_dir``)."""
     if cfg.data.source:
         return cfg.data.source  # load_manifest reports a missing source as a one-line error
+    if cfg.data.sources:  # never fall back to the demo set silently
+        raise ValueError(
+            "this step reads one data source (data.source); data.sources lists "
+            f"{len(cfg.data.sources)}: pass --data PATH"
+        )
     from stage1.demo.dataset import generate
 
     folder = Path(demo_dir) if demo_dir else out.parent / "demo"

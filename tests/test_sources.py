@@ -89,3 +89,15 @@ def test_features_cli_combines_sources_records_them_and_resumes(tmp_path, capsys
     assert f"extracted 0 rows (0 images skipped, {len(c)} already done)" in capsys.readouterr().out
     rc = main([*args[:3], "--data", f"day={b}", *args[5:]])  # another source list: refused
     assert rc == 2
+
+
+def test_a_one_source_step_refuses_a_source_list_instead_of_using_the_demo_set(tmp_path):
+    import dataclasses
+
+    from stage1.config import Config
+    from stage1.features import resolve_source
+
+    cfg = Config()
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, sources=("a", "n=b")))
+    with pytest.raises(ValueError, match="reads one data source"):
+        resolve_source(cfg, tmp_path / "c.h5")
