@@ -46,7 +46,7 @@ define record
 	@printf '# written by `make %s`: defaults of make train / sweep / report\nLAST_CACHE := %s\nLAST_SET := %s\nLAST_RUN := %s\n' '$@' '$(strip $(1))' '$(strip $(2))' '$(strip $(3))' > $(LAST_MK)
 endef
 
-.PHONY: setup demo features train sweep report export predict test lint clean help mutate
+.PHONY: setup demo demo-domains features train sweep report export predict test lint clean help mutate
 
 help:
 	@echo "make help                  this list, with the current value of every variable"
@@ -54,6 +54,9 @@ help:
 	@echo "                           VENV=$(VENV) TORCH_PAIR='$(TORCH_PAIR)'"
 	@echo "make demo                  synthetic set -> features -> phase-1 run -> report (records the defaults)"
 	@echo "                           DEMO_CACHE=$(DEMO_CACHE) DEMO_SET='$(DEMO_SET)' SET=..."
+	@echo "make demo-domains          shifted domains (street/night/fog/camera2) + augmented views -> pooled run, FNR per domain"
+	@echo "                           DOMAINS=$(DOMAINS) DOMAINS_N=$(DOMAINS_N) DOMAINS_VIEWS=$(DOMAINS_VIEWS)"
+	@echo "                           DOMAINS_DATA=$(DOMAINS_DATA) DOMAINS_CACHE=$(DOMAINS_CACHE)"
 	@echo "make features              embed images into a cache (records it as the default CACHE)"
 	@echo "                           DATA=folder|manifest|parquet WEIGHTS=$(WEIGHTS) BACKBONE=$(BACKBONE) CACHE=$(FEATURES_OUT)"
 	@echo "make train                 train + certify a preset on CACHE into RUN"
@@ -91,6 +94,30 @@ demo: setup
 	$(STAGE1) export --run runs/demo --out runs/demo/bundle --overwrite
 	$(STAGE1) demo-data --out data/demo_heldout --n 8 --seed 1
 	$(STAGE1) predict --bundle runs/demo/bundle data/demo_heldout --out runs/demo/heldout.jsonl
+
+# ---- Domain-shift demo (docs/domains.md): the synthetic set in four domains, K augmented views
+# per train image, a phase-1 run with one pooled threshold, the FNR and exit rate per domain.
+DOMAINS       ?= street,night,fog,camera2
+DOMAINS_N     ?= 2000
+DOMAINS_VIEWS ?= 1
+DOMAINS_DATA  ?= data/demo_domains
+DOMAINS_CACHE ?= data/demo_domains_features.h5
+demo-domains: setup
+	$(STAGE1) demo-data --out $(DOMAINS_DATA) --n $(DOMAINS_N) --domains $(DOMAINS)
+	$(STAGE1) features --data $(DOMAINS_DATA) --out $(DOMAINS_CACHE) --weights none --backbone $(BACKBONE) --image-size 128 --set augment.views=$(DOMAINS_VIEWS)
+	$(STAGE1) train --cache $(DOMAINS_CACHE) --phase 1 --out runs/domains_pooled $(OVERWRITE) $(DEMO_SET) $(SET)
+	$(STAGE1) report --run runs/domains_pooled
+	$(PY) -m stage1.demo.shift runs/domains_pooled --split calib
+	$(PY) -m stage1.demo.shift runs/domains_pooled
+# Lands with wip-mondrian (risk.per_domain: one certified threshold per domain):
+#	$(STAGE1) train --cache $(DOMAINS_CACHE) --phase 1 --out runs/domains_per_domain $(OVERWRITE) $(DEMO_SET) --set risk.per_domain=true $(SET)
+#	$(STAGE1) report --run runs/domains_per_domain
+#	$(PY) -m stage1.demo.shift runs/domains_pooled runs/domains_per_domain
+# Lands with wip-adapt (stage1 adapt on the shifted domain's unlabelled images, then re-extract):
+#	$(STAGE1) adapt --out runs/domains_adapt --data night=$(DOMAINS_DATA) --weights none --backbone $(BACKBONE) --image-size 128 --device cpu
+#	$(STAGE1) features --data $(DOMAINS_DATA) --out data/demo_domains_adapted.h5 --weights runs/domains_adapt/backbone_merged.safetensors --backbone $(BACKBONE) --image-size 128 --set augment.views=$(DOMAINS_VIEWS)
+#	$(STAGE1) train --cache data/demo_domains_adapted.h5 --phase 1 --out runs/domains_adapted $(OVERWRITE) $(DEMO_SET) --set risk.per_domain=true $(SET)
+#	$(STAGE1) report --run runs/domains_adapted
 
 features: setup
 	$(STAGE1) features $(if $(DATA),--data $(DATA)) --out $(FEATURES_OUT) --weights $(WEIGHTS) --backbone $(BACKBONE)

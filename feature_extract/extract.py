@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from feature_extract.augment import AUGMENT_SPLITS, AugmentSpec
 from feature_extract.backbone import build_backbone
 from feature_extract.fast_forward import fast_forward
 from feature_extract.loader import batch_input, choose, cpu_decoder, make_loader
@@ -68,9 +69,13 @@ _RESUME_KEYS = (
     "views",
     "view_seed",
     "view_splits",
+    "augment",
 )
 # Splits that get validator views: calibration on validator views, evaluation on test.
 VIEW_SPLITS: tuple[str, ...] = ("calib", "test")
+# A row's view kind follows from its split: views > 0 of train rows are augmented views
+# (feature_extract.augment), of calib/test rows validator views; the two never share a split.
+assert not set(VIEW_SPLITS) & set(AUGMENT_SPLITS)
 VIEW_NAMES = {
     0: "clean image",
     1: "validator level 0: centre square crop, resize 224, JPEG q75",
@@ -170,11 +175,16 @@ def embed(
     return {v: out[v] for v in variants}
 
 
-def view_rows(samples: Sequence[Any], views: str = "clean") -> tuple[np.ndarray, np.ndarray]:
+def view_rows(
+    samples: Sequence[Any], views: str = "clean", augment_views: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """The cache's row table: ``(sample index, view code)`` per row.
 
     Rows ``0..N-1`` are the clean images in sample order; with ``views="validator"`` each
-    sample of a split in ``VIEW_SPLITS`` then gets rows with views ``1..4`` (levels 0-3).
+    sample of a split in ``VIEW_SPLITS`` then gets rows with views ``1..4`` (levels 0-3); with
+    ``augment_views = K > 0`` each sample of ``AUGMENT_SPLITS`` (train) then gets rows with views
+    ``1..K`` (augmented, ``feature_extract.augment``). Without augmentation the table is exactly
+    the one earlier caches were written with.
     """
     if views not in ("clean", "validator"):
         raise ValueError(f"backbone.views must be clean or validator, got {views!r}")
@@ -182,8 +192,21 @@ def view_rows(samples: Sequence[Any], views: str = "clean") -> tuple[np.ndarray,
     extra = (
         [k for k, s in enumerate(samples) if s.split in VIEW_SPLITS] if views == "validator" else []
     )
-    idx = np.concatenate([np.arange(n), np.repeat(np.asarray(extra, np.int64), len(LEVELS))])
-    view = np.concatenate([np.zeros(n), np.tile(np.arange(1, len(LEVELS) + 1), len(extra))])
+    aug = [k for k, s in enumerate(samples) if s.split in AUGMENT_SPLITS] if augment_views else []
+    idx = np.concatenate(
+        [
+            np.arange(n),
+            np.repeat(np.asarray(extra, np.int64), len(LEVELS)),
+            np.repeat(np.asarray(aug, np.int64), augment_views),
+        ]
+    )
+    view = np.concatenate(
+        [
+            np.zeros(n),
+            np.tile(np.arange(1, len(LEVELS) + 1), len(extra)),
+            np.tile(np.arange(1, augment_views + 1), len(aug)),
+        ]
+    )
     return idx.astype(np.int64), view.astype(np.int16)
 
 
@@ -244,6 +267,8 @@ def extract(
     limit_batches: int | None = None,
     view_seed: int = 0,
     strict: bool = False,
+    augment: AugmentSpec | None = None,
+    sources: Sequence[str] | None = None,
 ) -> ExtractReport:
     """Extract (or resume) the feature cache ``out_path`` for ``samples`` with backbone ``cfg``.
 
@@ -266,6 +291,9 @@ def extract(
             metadata and checked on resume.
         strict: raise ``StrictError`` naming the first unreadable file instead of skipping it
             (rows written so far stay, so a rerun resumes).
+        augment: K augmented views per train image (``feature_extract.augment``); None or
+            ``views == 0``: none (recorded in the metadata and checked on resume).
+        sources: the data sources the samples came from, recorded as ``metadata["sources"]``.
 
     Returns:
         An ``ExtractReport`` of this call.
@@ -291,8 +319,14 @@ def extract(
     model.to(device)
     info = {**info, "n_params": sum(p.numel() for p in model.parameters())}
     dims = {v: VARIANTS[v] * info["embed_dim"] for v in variants}
-    row_sample, row_view = view_rows(samples, cfg.views)
+    if augment is not None and augment.views == 0:
+        augment = None
+    row_sample, row_view = view_rows(samples, cfg.views, augment.views if augment else 0)
     meta = _metadata(cfg, info, dims, view_seed)
+    if augment is not None:
+        meta["augment"] = augment.record()
+    if sources:
+        meta["sources"] = [str(s) for s in sources]
     row_ids = np.asarray([samples[k].id for k in row_sample], dtype=object)
     row_labels = np.asarray([samples[k].label for k in row_sample], dtype=np.int8)
     retry_entries: dict[str, dict[str, Any]] = {}
@@ -325,7 +359,17 @@ def extract(
     pending = pending[np.lexsort((row_view[pending], row_sample[pending]))]
     choice = choose(cfg, device, info.get("n_params", 0), local_world_size())
     loader = make_loader(
-        samples, read, pending, cfg, choice, row_sample, row_view, view_seed, skip_reason, device
+        samples,
+        read,
+        pending,
+        cfg,
+        choice,
+        row_sample,
+        row_view,
+        view_seed,
+        skip_reason,
+        device,
+        augment,
     )
     forward = fast_forward(model, device, variants, getattr(cfg, "compile", "auto"))
     cpu_decode = cpu_decoder(cfg.image_size)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from feature_extract.augment import AUGMENT_SPLITS, augmented_view
 from feature_extract.decode_gpu import device_batch, gpu_decodable, jpeg_header
 from feature_extract.preprocess import CorruptImageError, decode, to_uint8
 from feature_extract.validator_views import validator_view
@@ -121,10 +122,12 @@ class RowDataset(torch.utils.data.Dataset):
     path are shipped as bytes; everything else is decoded here.
     """
 
-    def __init__(self, samples, read, rows, size, row_sample, row_view, view_seed, path, reason):
+    def __init__(
+        self, samples, read, rows, size, row_sample, row_view, view_seed, path, reason, augment=None
+    ):
         self.samples, self.read, self.rows, self.size = samples, read, rows, size
         self.row_sample, self.row_view, self.view_seed = row_sample, row_view, view_seed
-        self.path, self.reason = path, reason
+        self.path, self.reason, self.augment = path, reason, augment
         self._last: tuple[int, Any] = (-1, None)
 
     def __len__(self) -> int:
@@ -148,8 +151,14 @@ class RowDataset(torch.utils.data.Dataset):
                 if gpu_decodable(data):
                     return row, "jpeg", torch.frombuffer(bytearray(data), dtype=torch.uint8)
             img = self._decoded(k, data)
-            if view > 0:
-                img = validator_view(img, view - 1, self.samples[k].id, self.view_seed)
+            s = self.samples[k]
+            if view > 0 and self.augment is not None and s.split in AUGMENT_SPLITS:
+                # a train image's view k: augmented with its domain's profile (feature_extract.
+                # augment); the validator views live on calib/test only (disjoint splits)
+                prof = self.augment.profile(s.domain)
+                img = augmented_view(img, prof, s.id, view, self.augment.seed)
+            elif view > 0:
+                img = validator_view(img, view - 1, s.id, self.view_seed)
             return row, "pixels", to_uint8(img, self.size)
         except (CorruptImageError, OSError, ValueError) as e:  # corrupt, missing, no bytes
             return row, "bad", self.reason(e)
@@ -231,11 +240,21 @@ def make_loader(
     view_seed: int,
     reason: Callable[[BaseException], str],
     device: torch.device,
+    augment: Any = None,
 ) -> torch.utils.data.DataLoader:
     """A DataLoader over ``rows`` with pinned memory and ``4 x workers`` batches in flight, so
     reading/decoding overlaps the forward pass."""
     ds = RowDataset(
-        samples, read, rows, cfg.image_size, row_sample, row_view, view_seed, choice.decode, reason
+        samples,
+        read,
+        rows,
+        cfg.image_size,
+        row_sample,
+        row_view,
+        view_seed,
+        choice.decode,
+        reason,
+        augment,
     )
     w = choice.num_workers
     return torch.utils.data.DataLoader(

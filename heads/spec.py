@@ -106,7 +106,7 @@ class TrainSpec:
     in_dim: int  # feature dimension D
     epochs: int  # passes over the train split
     batch_size: int  # examples per step
-    n_train: int  # number of training rows (sets the steps per epoch)
+    n_train: int  # number of training images (sets the steps per epoch)
     # Resolved training precision (heads.optim.resolve_precision): "float32", or "bfloat16" =
     # bfloat16 GEMM inputs and activations, bfloat16 Adam first moment, float32 master weights,
     # second moment and EMA. Evaluation on val is always float32.
@@ -114,6 +114,10 @@ class TrainSpec:
     ema_every: int = 1  # weight-EMA period in optimizer steps (heads.optim.ema_block_update)
     optimizer: str = "adamw"  # adamw | sgd (momentum 0.9), both with decoupled weight decay
     sam: str = "none"  # none | sam | asam | fsam (heads.sam): two gradients per step
+    # Cached views per training image (clean + augmented, feature_extract.augment). With
+    # views = V > 1 the train arrays hold n_train * V rows, image-major (row i * V + v), and each
+    # epoch trains on one view per image drawn with the run seed (heads.train.epoch_views).
+    views: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.head, HeadSpec):
@@ -128,7 +132,7 @@ class TrainSpec:
             raise ValueError(f"TrainSpec.optimizer must be one of {OPTIMIZERS}")
         if self.sam not in SAM_MODES:
             raise ValueError(f"TrainSpec.sam must be one of {SAM_MODES}, got {self.sam!r}")
-        for name in ("ema_every", "in_dim", "epochs", "batch_size", "n_train"):
+        for name in ("ema_every", "in_dim", "epochs", "batch_size", "n_train", "views"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainSpec.{name} must be >= 1, got {getattr(self, name)}")
 

@@ -88,10 +88,11 @@ class FitResult(NamedTuple):
 
 def _check_inputs(spec: TrainSpec, hp: HParams, x_train, y_train, x_val, y_val) -> None:
     """Trace-time shape checks (shapes are static, so these cost nothing at run time)."""
-    if x_train.shape != (spec.n_train, spec.in_dim) or y_train.shape != (spec.n_train,):
+    rows = spec.n_train * spec.views
+    if x_train.shape != (rows, spec.in_dim) or y_train.shape != (rows,):
         raise ValueError(
             f"train arrays {x_train.shape}, {y_train.shape} do not match "
-            f"TrainSpec(n_train={spec.n_train}, in_dim={spec.in_dim})"
+            f"TrainSpec(n_train={spec.n_train}, views={spec.views}, in_dim={spec.in_dim})"
         )
     if x_val.ndim != 2 or x_val.shape[1] != spec.in_dim or y_val.shape != (x_val.shape[0],):
         raise ValueError(f"val arrays {x_val.shape}, {y_val.shape} do not match in_dim")
@@ -189,6 +190,19 @@ def init_run(spec: TrainSpec, hp: HParams) -> tuple[TrainState, Tracker]:
 _REDUCE = {"mean": jnp.mean, "last": lambda a: a[-1], "max": jnp.max}
 
 
+def epoch_views(spec: TrainSpec, shuffle_key: jax.Array, epoch) -> jax.Array:
+    """The train rows of one epoch: image ``i`` contributes row ``i * V + v_i`` with ``v_i``
+    uniform over its ``V = spec.views`` cached views (clean or augmented), drawn from the run's
+    shuffle key folded with the epoch and then with 1 (the permutation uses the epoch's key
+    itself, so the two draws are independent). ``V = 1``: ``arange(n_train)``."""
+    base = jnp.arange(spec.n_train, dtype=jnp.int32)
+    if spec.views == 1:
+        return base
+    key = jax.random.fold_in(jax.random.fold_in(shuffle_key, epoch), 1)
+    pick = jax.random.randint(key, (spec.n_train,), 0, spec.views, dtype=jnp.int32)
+    return base * spec.views + pick
+
+
 def train_epoch(spec: TrainSpec, hp: HParams, state: TrainState, epoch, x_train, y_train):
     """One epoch of optimizer steps with the weight EMA.
 
@@ -199,6 +213,9 @@ def train_epoch(spec: TrainSpec, hp: HParams, state: TrainState, epoch, x_train,
     fam = families.of(spec)
     _, k_shuffle, k_drop = split_seed(hp.seed)
     tx = optimizer(spec, hp, state.params)
+    if spec.views > 1:  # one cached view per image this epoch (a gather of n_train rows)
+        rows = epoch_views(spec, k_shuffle, epoch)
+        x_train, y_train = x_train[rows], y_train[rows]
     train_step = make_step(spec, hp, fam, tx, x_train, y_train, k_drop)
     # Unroll the step loop by 2 on GPUs: the loop's bookkeeping kernels (~25 us an iteration)
     # were ~8 % of a 64-head H100 step; on CPU a step is milliseconds and unrolling only costs

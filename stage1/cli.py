@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 from stage1 import __version__, compile_cache, xla_flags
@@ -34,9 +35,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _cmd_demo_data(args) -> int:
-    from stage1.demo.synthetic import generate
+    from stage1.demo.dataset import generate
+    from stage1.demo.domains import parse_domains
 
-    out = generate(args.out, n=args.n, seed=args.seed, workers=args.workers)
+    domains = parse_domains(args.domains)
+    out = generate(args.out, n=args.n, seed=args.seed, workers=args.workers, domains=domains)
     print(f"demo data ready in {out}")
     return 0
 
@@ -57,12 +60,17 @@ def _cmd_features(args) -> int:
         ("backbone.views", args.views),
         ("backbone.decode", args.decode),
         ("backbone.num_workers", args.workers),
-        ("data.source", args.data),
         ("data.max_skip_frac", args.max_skip_frac),
     ):
         if val is not None:
             sets.append(f"{key}={val}")
-    cfg = override(cfg, sets).validate()
+    cfg = override(cfg, sets)
+    if args.data and (len(args.data) > 1 or _tagged(args.data[0])):
+        # several sources (or one tagged NAME=PATH): set as a tuple, so no path is re-split
+        cfg = replace(cfg, data=replace(cfg.data, sources=tuple(args.data)))
+    elif args.data:
+        cfg = override(cfg, [f"data.source={args.data[0]}"])
+    cfg = cfg.validate()
     from feature_extract.extract import StrictError
     from stage1.features import too_many_skipped
 
@@ -78,6 +86,12 @@ def _cmd_features(args) -> int:
         print(f"stage1 features: error: {error}", file=sys.stderr)
         return EXIT_TOO_MANY_SKIPPED
     return 0
+
+
+def _tagged(spec: str) -> bool:
+    from stage1.sources import parse_source
+
+    return bool(parse_source(spec).name)
 
 
 def _cmd_train(args) -> int:
@@ -227,6 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=2000, help="number of images (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    p.add_argument(
+        "--domains",
+        default=None,
+        help="comma-separated shifted domains, one drawn per street: street (as rendered), "
+        "night, fog, camera2 (colour cast, vignetting, barrel distortion); each manifest row "
+        "carries its domain. Default: the plain set (domains day/dusk)",
+    )
     p.set_defaults(func=_cmd_demo_data)
 
     p = sub.add_parser(
@@ -239,9 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data",
         default=None,
+        action="append",
+        metavar="[NAME=]PATH",
         help="image folder (roadwork/ + none/), CSV/JSONL manifest "
         "(path,label[,domain,group]) or parquet file/folder with image bytes; "
-        "default: the embedded synthetic set",
+        "repeat to combine several sources, NAME=PATH tags every image of PATH with domain NAME "
+        "(docs/domains.md); default: the embedded synthetic set",
     )
     p.add_argument("--out", required=True, help="HDF5 cache to write or resume")
     p.add_argument(

@@ -99,6 +99,9 @@ class DataConfig:
     demo_images: int = rule(2000, ge=1)  # size of the embedded synthetic set
     # `stage1 features` exits with code 3 above this unreadable share
     max_skip_frac: float = rule(0.01, ge=0.0, le=1.0)
+    # several sources combined (`stage1 features --data A --data NAME=B`; stage1.sources), each
+    # PATH or NAME=PATH (NAME tags the domain); when set, it takes the place of `source`
+    sources: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -268,6 +271,67 @@ class FinetuneConfig:
     seed: int = rule(0, ge=0, le=2**31 - 1)  # adapter init, head init, shuffling, dropout
 
 
+# Photometric/geometric fields of an augmentation profile (``augment.domains`` may override each
+# per domain); ``views`` and ``seed`` are global. Names = AugmentConfig fields.
+AUGMENT_PARAMS: tuple[str, ...] = (
+    "flip", "crop_scale", "brightness", "contrast", "saturation", "hue", "blur", "blur_sigma",
+    "noise", "jpeg", "jpeg_quality", "cutout", "cutout_area",
+)  # fmt: skip
+_NAME = r"[A-Za-z0-9_.-]+"
+_ASSIGN = r"[a-z_]+=[-+0-9.eE]+"
+_PROFILE = rf"{_NAME}:{_ASSIGN}(,{_ASSIGN})*"
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """K augmented views per *training* image, cached at extraction (``feature_extract.augment``,
+    docs/domains.md). The fields below ``seed`` are the default profile (torchvision.transforms.v2
+    ops in this order: random resized crop, h-flip, colour jitter, blur, noise, JPEG, cutout);
+    ``domains`` overrides any of them for the images of one domain."""
+
+    views: int = rule(0, ge=0, le=64)  # K augmented views per train image; 0 = off
+    seed: int = rule(0, ge=0, le=2**31 - 1)  # views are a function of (seed, image id, view)
+    flip: float = rule(0.5, ge=0.0, le=1.0)  # probability of a horizontal flip
+    # RandomResizedCrop: smallest kept area fraction (ratio 3/4-4/3); 1 = no crop
+    crop_scale: float = rule(0.5, gt=0.0, le=1.0)
+    brightness: float = rule(0.3, ge=0.0)  # ColorJitter brightness factor range 1 +- b
+    contrast: float = rule(0.3, ge=0.0)  # ColorJitter contrast 1 +- c
+    saturation: float = rule(0.3, ge=0.0)  # ColorJitter saturation 1 +- s
+    hue: float = rule(0.05, ge=0.0, le=0.5)  # ColorJitter hue shift +- h
+    blur: float = rule(0.2, ge=0.0, le=1.0)  # probability of a Gaussian blur
+    blur_sigma: float = rule(1.5, gt=0.0)  # its sigma ~ U(0.1, blur_sigma) px
+    noise: float = rule(0.02, ge=0.0, le=1.0)  # Gaussian pixel noise, std ~ U(0, noise); 0 = off
+    jpeg: float = rule(0.3, ge=0.0, le=1.0)  # probability of a JPEG re-encode (PIL)
+    jpeg_quality: int = rule(40, ge=1, le=95)  # its quality ~ U{jpeg_quality..95}
+    cutout: float = rule(0.25, ge=0.0, le=1.0)  # probability of one cutout (RandomErasing)
+    cutout_area: float = rule(0.1, gt=0.0, lt=1.0)  # its area fraction ~ U(0.02, cutout_area)
+    # per-domain overrides, "night:brightness=0.1,noise=0.05;fog:contrast=0.1" (field=value of
+    # the fields above); a domain not named uses the default profile
+    domains: str = rule("", pattern=rf"({_PROFILE}(;{_PROFILE})*)?")
+
+    def profile(self, domain: str) -> dict[str, float]:
+        """The augmentation parameters of ``domain``: the defaults, then its overrides."""
+        out = {k: getattr(self, k) for k in AUGMENT_PARAMS}
+        return {**out, **self.overrides().get(domain, {})}
+
+    def overrides(self) -> dict[str, dict[str, float]]:
+        """``domains`` parsed: domain -> {field: value} (values typed as the field)."""
+        types_ = {f.name: f.type for f in dataclasses.fields(self)}
+        out: dict[str, dict[str, float]] = {}
+        for part in filter(None, self.domains.split(";")):
+            name, assigns = part.split(":", 1)
+            for a in assigns.split(","):
+                key, value = a.split("=", 1)
+                if key not in AUGMENT_PARAMS:
+                    raise ConfigError(
+                        f"augment.domains: {key!r} is not an augmentation field "
+                        f"(one of {', '.join(AUGMENT_PARAMS)})"
+                    )
+                v = _coerce(value, int if types_[key] in (int, "int") else float, "augment.domains")
+                out.setdefault(name, {})[key] = v
+        return out
+
+
 @dataclass(frozen=True)
 class AdaptConfig:
     """``stage1 adapt``: ExPLoRA-style self-supervised adaptation of the backbone to unlabelled
@@ -321,6 +385,7 @@ class Config:
     risk: RiskConfig = field(default_factory=RiskConfig)
     selective: SelectiveConfig = field(default_factory=SelectiveConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
 
     def validate(self) -> Config:
@@ -366,8 +431,17 @@ class Config:
         pw = self.optim.pos_weight
         _check(pw > 0 or pw == -1, f"optim.pos_weight must be > 0 or -1 (automatic), got {pw}")
         self._validate_finetune()
+        self._validate_augment()
         self._validate_adapt()
         return self
+
+    def _validate_augment(self) -> None:
+        """Each per-domain override is checked against its field's rule, as the default is."""
+        rs = rules()
+        for domain, values in self.augment.overrides().items():
+            for key, v in values.items():
+                r = rs[f"augment.{key}"]
+                _check(r.ok(v), f"augment.domains: {domain}.{key} must be {r.allowed()}, got {v!r}")
 
     def _validate_finetune(self) -> None:
         """The finetune rules a per-field ``Rule`` cannot state (items of a tuple, a regex)."""

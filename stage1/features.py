@@ -16,7 +16,12 @@ def resolve_source(cfg: Config, out: Path, demo_dir: str | None = None) -> str:
     on first use next to the cache, or in ``demo_dir``)."""
     if cfg.data.source:
         return cfg.data.source  # load_manifest reports a missing source as a one-line error
-    from stage1.demo.synthetic import generate
+    if cfg.data.sources:  # never fall back to the demo set silently
+        raise ValueError(
+            "this step reads one data source (data.source); data.sources lists "
+            f"{len(cfg.data.sources)}: pass --data PATH"
+        )
+    from stage1.demo.dataset import generate
 
     folder = Path(demo_dir) if demo_dir else out.parent / "demo"
     print(f"no --data given: using the embedded synthetic set in {folder}")
@@ -38,24 +43,47 @@ def run_features(cfg: Config, out: Path, demo_dir: str | None = None, strict: bo
     from stage1.manifest import load_manifest, read_bytes, summarize
 
     rank, size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    if size > 1 and not cfg.data.source:
+    if size > 1 and not (cfg.data.source or cfg.data.sources):
         raise ValueError("torchrun extraction needs --data (run `stage1 demo-data` first)")
-    source = resolve_source(cfg, out, demo_dir)
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=source))
-    samples = load_manifest(source, cfg.data)
+    if cfg.data.sources:  # several sources, each PATH or NAME=PATH (stage1.sources)
+        from stage1.sources import load_sources
+
+        sources = list(cfg.data.sources)
+        samples = load_sources(sources, cfg.data)
+    else:
+        source = resolve_source(cfg, out, demo_dir)
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=source))
+        sources = [source]
+        samples = load_manifest(source, cfg.data)
     if rank == 0:
-        print(f"manifest: {len(samples)} images from {source}; {_fmt_counts(summarize(samples))}")
+        print(
+            f"manifest: {len(samples)} images from {', '.join(sources)}; "
+            f"{_fmt_counts(summarize(samples))}"
+        )
+        if len(summarize(samples)["domains"]) > 1:
+            print("domains: " + _fmt_counts({"splits": summarize(samples)["domains"]}))
+
+    import functools
 
     from feature_extract.extract import extract, view_rows
 
+    augment = augment_spec(cfg)
     # The PyTorch room imports nothing from stage1: the cache format's owner and the image
     # reader are handed to it.
-    kw = dict(store=cache, read=read_bytes, progress=rank == 0, strict=strict)
+    kw = dict(
+        store=cache,
+        read=read_bytes,
+        progress=rank == 0,
+        strict=strict,
+        augment=augment,
+        sources=sources,
+    )
     if size > 1:
         from feature_extract.distributed import extract_distributed
 
+        rows = functools.partial(view_rows, augment_views=augment.views)
         report = extract_distributed(
-            samples, out, cfg.backbone, extract=extract, row_table=view_rows, **kw
+            samples, out, cfg.backbone, extract=extract, row_table=rows, **kw
         )
     else:
         report = extract(samples, out, cfg.backbone, **kw)
@@ -65,6 +93,20 @@ def run_features(cfg: Config, out: Path, demo_dir: str | None = None, strict: bo
     for line in skip_summary(report):
         print(line)
     return report
+
+
+def augment_spec(cfg: Config):
+    """``cfg.augment`` as the PyTorch room's ``feature_extract.augment.AugmentSpec``: the default
+    profile and one resolved profile per domain named in ``augment.domains``."""
+    from feature_extract.augment import AugmentSpec
+
+    a = cfg.augment
+    return AugmentSpec(
+        views=a.views,
+        seed=a.seed,
+        default=a.profile(""),
+        domains={d: a.profile(d) for d in a.overrides()},
+    )
 
 
 def skipped_csv_path(out: Path) -> Path:

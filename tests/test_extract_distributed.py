@@ -35,9 +35,29 @@ def _dataset(root: Path, n: int = 14, side: int = 56) -> Path:
 
 
 def _features_args(data: Path, out: Path) -> list[str]:
-    return ["features", "--data", str(data), "--out", str(out), "--device", "cpu",
-            "--image-size", "32", "--batch-size", "2", "--views", "validator", "--workers", "0",
-            "--max-skip-frac", "0.5", "--set", f"backbone.model_kwargs={KW}"]  # fmt: skip
+    return [
+        "features",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "2",
+        "--views",
+        "validator",
+        "--workers",
+        "0",
+        "--max-skip-frac",
+        "0.5",
+        "--set",
+        f"backbone.model_kwargs={KW}",
+        "--set",
+        "augment.views=1",
+    ]  # fmt: skip  (validator views on calib/test, augmented on train)
 
 
 def _env() -> dict[str, str]:
@@ -77,12 +97,16 @@ def test_torchrun_two_gloo_processes_equal_one_process(tmp_path):
     from stage1.manifest import load_manifest, read_bytes
 
     args = _features_args(data, two)
-    cfg = override(Config(), [f"backbone.model_kwargs={KW}", "backbone.views=validator"])
+    from stage1.features import augment_spec
+
+    cfg = override(
+        Config(), [f"backbone.model_kwargs={KW}", "backbone.views=validator", "augment.views=1"]
+    )
     bb = dataclasses.replace(cfg.backbone, device="cpu", image_size=32, batch_size=2, num_workers=0)
     samples = load_manifest(str(data), cfg.data)
     mine = [samples[k] for k in shard(len(samples), 0, 2)]
     extract(mine, shard_path(two, 0, 2), bb, store=stage1.cache, read=read_bytes,
-            progress=False, limit_batches=4)  # fmt: skip
+            progress=False, limit_batches=4, augment=augment_spec(cfg))  # fmt: skip
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "stage1", *args]  # fmt: skip
     run = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
@@ -91,7 +115,8 @@ def test_torchrun_two_gloo_processes_equal_one_process(tmp_path):
     assert re.search(r"extracted \d+ rows \(1 images skipped, [1-9]\d* already done\)", run.stdout)
     _same(two, one)
     meta = open_cache(two).metadata
-    assert meta["shards"] == 2
+    assert meta["shards"] == 2 and meta["augment"]["views"] == 1
+    assert (open_cache(two).view[open_cache(two).mask("train", view=None)] == 1).any()
     assert not list(tmp_path.glob(".two.h5.shard*"))  # shards removed after the merge
     assert "broken" in (tmp_path / "two.skipped.csv").read_text()
 

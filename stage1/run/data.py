@@ -45,6 +45,17 @@ class SplitData:
     domains: np.ndarray
     groups: np.ndarray | None = field(default=None, kw_only=True)  # None: no group column
     views: ViewData | None = field(default=None, kw_only=True)  # validator views (calib)
+    # train only: every cached view of each image (clean + augmented, feature_extract.augment),
+    # (n_images * n_views, D) image-major, row i * n_views + v; None = clean rows only
+    view_x: np.ndarray | None = field(default=None, kw_only=True)
+    n_views: int = field(default=1, kw_only=True)
+
+    def training_rows(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """``(x, y, views)`` a trainer takes (``heads.spec.TrainSpec.views``): the clean rows, or
+        all views image-major with each image's label repeated ``views`` times."""
+        if self.view_x is None:
+            return self.x, self.y, 1
+        return self.view_x, np.repeat(self.y, self.n_views), self.n_views
 
 
 @dataclass
@@ -53,13 +64,13 @@ class ViewData(SplitData):
 
 
 def load_splits(cache_path: Path, variant: str) -> tuple[dict[str, SplitData], dict]:
-    """Labelled rows of every split (train may hold several views; the others view 0 only).
+    """Labelled rows of every split, the clean view 0 of each image.
 
-    Train takes every cached view *of train images* (augmented copies, if a cache ever holds
-    them, are meant to be trained on). Views share their image's split, so the validator views
-    of calib and test images (``feature_extract.extract.VIEW_SPLITS``) can never reach train;
-    val, calib and test use the clean view 0 only here (``validator_calibration`` draws the
-    calib views for the policy).
+    The augmented views of train images (``feature_extract.augment``; cache views 1..K of train
+    rows) ride along as ``splits["train"].view_x`` for the trainer, which draws one view per
+    image per epoch. Views share their image's split, so no view of a val, calib or test image
+    can reach train, and no augmented row is ever scored as val, calib or test (their splits hold
+    view 0 only here; ``validator_calibration`` draws the calib validator views for the policy).
     """
     splits, meta, _ = load_cache(cache_path, variant)
     return splits, meta
@@ -86,7 +97,7 @@ def load_cache(
     groups = _group_ids(cache)
     out = {}
     for split in ("train", "val", "calib", "test"):
-        m = cache.mask(split, view=None if split == "train" else 0) & (cache.labels >= 0)
+        m = cache.mask(split, view=0) & (cache.labels >= 0)
         out[split] = SplitData(
             x_all[m],
             cache.labels[m].astype(np.int32),
@@ -94,6 +105,11 @@ def load_cache(
             cache.domain[m],
             groups=None if groups is None else groups[m],
         )
+    m = cache.mask("train", view=None) & (cache.labels >= 0)
+    table = view_table(out["train"].ids, cache.ids[m], cache.view[m])
+    if table.shape[1] > 1:
+        out["train"].view_x = x_all[np.flatnonzero(m)[table.reshape(-1)]]
+        out["train"].n_views = table.shape[1]
 
     def view_rows(split):
         m = cache.mask(split, view=None) & (cache.view > 0) & (cache.labels >= 0)
@@ -117,6 +133,25 @@ def load_cache(
         if split in ("train", "val") and len(np.unique(d.y)) < 2:
             raise CacheError(f"{cache_path}: split {split!r} holds only one class")
     return out, cache.metadata, views
+
+
+def view_table(ids: np.ndarray, row_ids: np.ndarray, row_view: np.ndarray) -> np.ndarray:
+    """``(len(ids), V)`` indices into the rows: image ``k``'s rows sorted by view (view 0 first).
+
+    V is the most views any image has; an image with fewer (some views unlabelled) repeats its
+    rows cyclically to fill the table, which weights its views unevenly but never drops one.
+    """
+    pos = {i: k for k, i in enumerate(ids.tolist())}
+    owner = np.asarray([pos.get(i, -1) for i in row_ids.tolist()], np.int64)
+    keep = np.flatnonzero(owner >= 0)
+    order = keep[np.lexsort((row_view[keep], owner[keep]))]
+    counts = np.bincount(owner[keep], minlength=len(ids))
+    if len(ids) == 0:
+        return np.zeros((0, 1), np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    v = int(counts.max())
+    j = np.arange(v)[None, :] % np.maximum(counts, 1)[:, None]
+    return order[starts[:, None] + j]
 
 
 def check_disjoint(splits: dict[str, SplitData]) -> None:

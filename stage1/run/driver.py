@@ -132,16 +132,25 @@ def run_training(
     per_domain = cfg.risk.per_domain  # Mondrian: the policy is fitted inside each domain
     short = bool(warnings)
     pos_weight = specs.resolve_pos_weight(cfg, tr.y)
-    spec = specs.train_spec(cfg, in_dim=tr.x.shape[1], n_train=len(tr.y))
+    x_fit, y_fit, n_views = tr.training_rows()  # one view per image per epoch when V > 1
+    if n_views > 1:
+        notes.append(
+            f"trained on one of {n_views} cached views (clean + augmented) per train image per "
+            "epoch; val, calib and test use the clean images"
+        )
+    spec = specs.train_spec(cfg, in_dim=tr.x.shape[1], n_train=len(tr.y), views=n_views)
     hp = specs.hparams(cfg, pos_weight)
     print(
         f"training {fam.kind} head on {len(tr.y)} x {tr.x.shape[1]} ({cfg.head.feature}), "
         f"{cfg.optim.epochs} epochs, batch {spec.batch_size}, {cfg.optim.optimizer}"
         + (f" + {cfg.optim.sam}" if cfg.optim.sam != "none" else "")
+        + (f", one of {n_views} cached views per image per epoch" if n_views > 1 else "")
         + " ...",
         flush=True,
     )
-    res = fit(spec, hp, jnp.asarray(tr.x), jnp.asarray(tr.y), jnp.asarray(va.x), jnp.asarray(va.y))
+    res = fit(
+        spec, hp, jnp.asarray(x_fit), jnp.asarray(y_fit), jnp.asarray(va.x), jnp.asarray(va.y)
+    )
 
     # Outputs everywhere; calibration on val only; the exit policy on calib only.
     outputs = {s: predict(res.params, d.x, spec.head) for s, d in splits.items()}

@@ -52,9 +52,12 @@ def head_spec(cfg: Config, *, dropout: bool | None = None):
     return fam.spec_type(**kwargs)
 
 
-def train_spec(cfg: Config, *, in_dim: int, n_train: int, dropout: bool | None = None):
+def train_spec(
+    cfg: Config, *, in_dim: int, n_train: int, dropout: bool | None = None, views: int = 1
+):
     """The run's static ``heads.spec.TrainSpec``; the batch is capped at ``n_train`` (a full
-    batch on small sets; the selective loss's coverage is a batch statistic)."""
+    batch on small sets; the selective loss's coverage is a batch statistic). ``views``: cached
+    views per training image (``SplitData.training_rows``)."""
     from heads.optim import resolve_precision
     from heads.spec import TrainSpec
 
@@ -69,6 +72,7 @@ def train_spec(cfg: Config, *, in_dim: int, n_train: int, dropout: bool | None =
         ema_every=o.ema_every,
         optimizer=o.optimizer,
         sam=o.sam,
+        views=views,
     )
 
 

@@ -77,7 +77,10 @@ def load_feature(cache_path: Path, feature: str, memo: dict) -> tuple[Any, Any]:
         ds = [p[k] for p in parts]
         if any(not np.array_equal(d.ids, ds[0].ids) for d in ds[1:]):
             raise CacheError(f"variants of {feature!r} do not cover the same rows")
-        out.append(dataclasses.replace(ds[0], x=np.concatenate([d.x for d in ds], axis=1)))
+        vx = None if ds[0].view_x is None else np.concatenate([d.view_x for d in ds], axis=1)
+        out.append(
+            dataclasses.replace(ds[0], x=np.concatenate([d.x for d in ds], axis=1), view_x=vx)
+        )
     return out[0], out[1]
 
 
@@ -241,15 +244,19 @@ def run_sweep(
         tg = time.perf_counter()
         tr, va = data[feature]
         sub = [points[i] for i in idx]
+        x_fit, y_fit, n_views = tr.training_rows()  # augmented views: one per image per epoch
         spec = specs.train_spec(
             sub[0],
             in_dim=tr.x.shape[1],
             n_train=len(tr.y),
             dropout=any(c.head.dropout > 0 for c in sub),
+            views=n_views,
         )
         hps = stack([specs.hparams(c, specs.resolve_pos_weight(c, tr.y)) for c in sub])
         n_chunk = chunk or hs.auto_chunk(spec, len(va.y), mesh)
-        res = hs.run_group(spec, hps, tr.x, tr.y, va.x, va.y, alpha=alpha, mesh=mesh, chunk=n_chunk)
+        res = hs.run_group(
+            spec, hps, x_fit, y_fit, va.x, va.y, alpha=alpha, mesh=mesh, chunk=n_chunk
+        )
         for j, i in enumerate(idx):
             flat = flat_config(points[i])
             rows.append(
