@@ -57,6 +57,7 @@ help:
 	@echo "make demo-domains          shifted domains (street/night/fog/camera2) + augmented views -> pooled run, FNR per domain"
 	@echo "                           DOMAINS=$(DOMAINS) DOMAINS_N=$(DOMAINS_N) DOMAINS_VIEWS=$(DOMAINS_VIEWS)"
 	@echo "                           DOMAINS_DATA=$(DOMAINS_DATA) DOMAINS_CACHE=$(DOMAINS_CACHE)"
+	@echo "                           then per-domain thresholds, stage1 adapt on DOMAINS_ADAPT=$(DOMAINS_ADAPT), re-extract, per-domain run"
 	@echo "make features              embed images into a cache (records it as the default CACHE)"
 	@echo "                           DATA=folder|manifest|parquet WEIGHTS=$(WEIGHTS) BACKBONE=$(BACKBONE) CACHE=$(FEATURES_OUT)"
 	@echo "make train                 train + certify a preset on CACHE into RUN"
@@ -96,12 +97,19 @@ demo: setup
 	$(STAGE1) predict --bundle runs/demo/bundle data/demo_heldout --out runs/demo/heldout.jsonl
 
 # ---- Domain-shift demo (docs/domains.md): the synthetic set in four domains, K augmented views
-# per train image, a phase-1 run with one pooled threshold, the FNR and exit rate per domain.
+# per train image, a phase-1 run with one pooled threshold, the same with one certified threshold
+# per domain (risk.per_domain), then `stage1 adapt` on one shifted domain, re-extraction and the
+# per-domain run again; the FNR and exit rate per domain of all three runs.
 DOMAINS       ?= street,night,fog,camera2
 DOMAINS_N     ?= 2000
 DOMAINS_VIEWS ?= 1
 DOMAINS_DATA  ?= data/demo_domains
 DOMAINS_CACHE ?= data/demo_domains_features.h5
+# the domain `stage1 adapt` adapts the backbone to (its unlabelled train images), and a short
+# CPU-sized adaptation (docs/adapt.md: the defaults are for a GPU and real weights)
+DOMAINS_ADAPT ?= fog
+DOMAINS_ADAPTED ?= data/demo_domains_adapted.h5
+ADAPT_SET ?= --set adapt.steps=10 --set adapt.batch_size=8 --set adapt.local_crops=2 --set adapt.local_size=64 --set adapt.out_dim=4096 --set adapt.head_hidden=512 --set adapt.export=student --set adapt.lr=1e-3
 demo-domains: setup
 	$(STAGE1) demo-data --out $(DOMAINS_DATA) --n $(DOMAINS_N) --domains $(DOMAINS)
 	$(STAGE1) features --data $(DOMAINS_DATA) --out $(DOMAINS_CACHE) --weights none --backbone $(BACKBONE) --image-size 128 --set augment.views=$(DOMAINS_VIEWS)
@@ -109,15 +117,14 @@ demo-domains: setup
 	$(STAGE1) report --run runs/domains_pooled
 	$(PY) -m stage1.demo.shift runs/domains_pooled --split calib
 	$(PY) -m stage1.demo.shift runs/domains_pooled
-# Lands with wip-mondrian (risk.per_domain: one certified threshold per domain):
-#	$(STAGE1) train --cache $(DOMAINS_CACHE) --phase 1 --out runs/domains_per_domain $(OVERWRITE) $(DEMO_SET) --set risk.per_domain=true $(SET)
-#	$(STAGE1) report --run runs/domains_per_domain
-#	$(PY) -m stage1.demo.shift runs/domains_pooled runs/domains_per_domain
-# Lands with wip-adapt (stage1 adapt on the shifted domain's unlabelled images, then re-extract):
-#	$(STAGE1) adapt --out runs/domains_adapt --data night=$(DOMAINS_DATA) --weights none --backbone $(BACKBONE) --image-size 128 --device cpu
-#	$(STAGE1) features --data $(DOMAINS_DATA) --out data/demo_domains_adapted.h5 --weights runs/domains_adapt/backbone_merged.safetensors --backbone $(BACKBONE) --image-size 128 --set augment.views=$(DOMAINS_VIEWS)
-#	$(STAGE1) train --cache data/demo_domains_adapted.h5 --phase 1 --out runs/domains_adapted $(OVERWRITE) $(DEMO_SET) --set risk.per_domain=true $(SET)
-#	$(STAGE1) report --run runs/domains_adapted
+	$(STAGE1) train --cache $(DOMAINS_CACHE) --phase 1 --out runs/domains_per_domain $(OVERWRITE) $(DEMO_SET) --set risk.per_domain=true $(SET)
+	$(STAGE1) report --run runs/domains_per_domain
+	$(STAGE1) adapt --out runs/domains_adapt --data $(DOMAINS_DATA) --domain $(DOMAINS_ADAPT) --weights none --backbone $(BACKBONE) --image-size 128 --overwrite $(ADAPT_SET)
+	rm -f $(DOMAINS_ADAPTED)  # embeds the weights just adapted: never resume one of other weights
+	$(STAGE1) features --data $(DOMAINS_DATA) --out $(DOMAINS_ADAPTED) --weights runs/domains_adapt/backbone_merged.safetensors --backbone $(BACKBONE) --image-size 128 --set augment.views=$(DOMAINS_VIEWS)
+	$(STAGE1) train --cache $(DOMAINS_ADAPTED) --phase 1 --out runs/domains_adapted $(OVERWRITE) $(DEMO_SET) --set risk.per_domain=true $(SET)
+	$(STAGE1) report --run runs/domains_adapted
+	$(PY) -m stage1.demo.shift runs/domains_pooled runs/domains_per_domain runs/domains_adapted
 
 features: setup
 	$(STAGE1) features $(if $(DATA),--data $(DATA)) --out $(FEATURES_OUT) --weights $(WEIGHTS) --backbone $(BACKBONE)
