@@ -126,6 +126,7 @@ test: setup
 # recompiles) to stay near 30 min on 2 cores; MUTANTS='calibrate.* stage1.run.*' runs everything,
 # MUTANTS='calibrate.thresholds*' one module.
 MUTANTS   ?= calibrate.thresholds* calibrate.scrc* calibrate.policy.* calibrate.policies* \
+             calibrate.groups* calibrate.decision* \
              calibrate.exit_policies* calibrate.calibration* calibrate.calibrators* stage1.run.*
 mutate: setup
 	rm -rf mutants
