@@ -127,7 +127,9 @@ test: setup
 # MUTANTS='calibrate.thresholds*' one module.
 MUTANTS   ?= calibrate.thresholds* calibrate.scrc* calibrate.policy.* calibrate.policies* \
              calibrate.groups* calibrate.decision* \
-             calibrate.exit_policies* calibrate.calibration* calibrate.calibrators* stage1.run.*
+             calibrate.exit_policies* calibrate.calibration* calibrate.calibrators* \
+             stage1.run.driver* stage1.run.records* stage1.run.guarantees* stage1.run.data* \
+             stage1.run.specs*
 mutate: setup
 	rm -rf mutants
 	# one persistent XLA cache for every mutant's process: unchanged jitted code compiles once
