@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -115,30 +116,14 @@ def _outputs(run, cache_path, split):
     return {k: np.asarray(v, np.float64) for k, v in predict(params, x).items()}, y, ids
 
 
-@pytest.fixture(scope="module")
-def phase1(tmp_path_factory):
-    from stage1.run import run_training
-
-    tmp = tmp_path_factory.mktemp("discipline1")
-    cache = _cache(tmp / "c.h5", seed=0)
-    cfg = Config(
+CONFIGS = {
+    "phase1": lambda: Config(
         preset="phase1",
         head=HeadConfig(kind="linear", feature="cls"),
         optim=OptimConfig(lr=0.05, epochs=8, batch_size=128, ema_decay=0.0),
         risk=RiskConfig(alpha=0.1, method="pac", delta=0.1),
-    ).validate()
-    SUMMARIES[cfg.preset] = run_training(cfg, cache, tmp / "run")
-    _HIT[cfg.preset] = set(_mutmut_stats() or ())
-    return tmp / "run", cache, cfg
-
-
-@pytest.fixture(scope="module")
-def phase2(tmp_path_factory):
-    from stage1.run import run_training
-
-    tmp = tmp_path_factory.mktemp("discipline2")
-    cache = _cache(tmp / "c.h5", seed=1)
-    cfg = Config(
+    ).validate(),
+    "phase2": lambda: Config(
         preset="phase2",
         head=HeadConfig(kind="selective", feature="cls"),
         optim=OptimConfig(lr=0.02, epochs=10, batch_size=400, ema_decay=0.0),
@@ -146,10 +131,46 @@ def phase2(tmp_path_factory):
         risk=RiskConfig(
             alpha=0.1, method="crc", delta=0.2, beta=0.1, target_coverage=0.3, scrc_risk="fnr"
         ),
-    ).validate()
-    SUMMARIES[cfg.preset] = run_training(cfg, cache, tmp / "run")
-    _HIT[cfg.preset] = set(_mutmut_stats() or ())
+    ).validate(),
+}
+
+
+def _build(preset, tmp):
+    """The run of ``preset`` on its own tiny cache (seed 0 for phase 1, 1 for phase 2)."""
+    from stage1.run import run_training
+
+    cfg = CONFIGS[preset]()
+    cache = _cache(tmp / "c.h5", seed=int(preset == "phase2"))
+    return run_training(cfg, cache, tmp / "run"), cache, cfg
+
+
+def _run_fixture(preset, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp(f"discipline-{preset}")
+    SUMMARIES[preset], cache, cfg = _build(preset, tmp)
+    _HIT[preset] = set(_mutmut_stats() or ())
     return tmp / "run", cache, cfg
+
+
+@pytest.fixture(scope="module")
+def phase1(tmp_path_factory):
+    return _run_fixture("phase1", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def phase2(tmp_path_factory):
+    return _run_fixture("phase2", tmp_path_factory)
+
+
+def mutmut_warmup():
+    """`make mutate` only (tests/mutmut_guard.py): build both runs once in mutmut's fork server.
+
+    Every mutant's process is forked from it and inherits the traced and compiled head programs
+    (heads/ is not mutated, and the mutated modules' code is not inside these traces), so it
+    builds its own runs in a fraction of a second instead of seconds of JAX tracing."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for preset in CONFIGS:
+            (Path(tmp) / preset).mkdir()
+            _build(preset, Path(tmp) / preset)
 
 
 # ---------------------------------------------------------------------------------------------
