@@ -451,6 +451,60 @@ def test_threshold_records_state_the_guarantee_and_delta_of_their_method(method,
     assert pol.t == fnr_threshold(p, y, 0.1, method=method, delta=0.2)
 
 
+def _summary_rows(name, scores, y, risk):
+    """The terminal summary rows of policy ``name`` fitted and evaluated on the same rows."""
+    from calibrate.policies import fit_policy
+
+    pol = fit_policy(name, scores, y, risk, allow_uncertified=True)
+    pm = pol.metrics({"test": scores, "calib": scores}, {"test": y, "calib": y})
+    return dict(pol.summary({**pm, "metrics": pm["metrics"]}))
+
+
+@pytest.mark.parametrize(
+    "method, want",
+    [("crc", "E[FNR] <= 0.1"), ("pac", "P(FNR <= 0.1) >= 0.8"), ("empirical", "none (empirical)")],
+)
+def test_phase1_terminal_summary_states_the_certificate_of_its_method(method, want):
+    rng = np.random.default_rng(0)
+    y = (rng.random(400) < 0.5).astype(np.int32)
+    p = expit(rng.normal(size=400) + 2 * y).astype(np.float32)
+    rows = _summary_rows(
+        "fnr_threshold", {"p": p}, y, RiskConfig(alpha=0.1, method=method, delta=0.2)
+    )
+    assert rows["  certified on calib"] == want
+
+
+@pytest.mark.parametrize(
+    "scrc_risk, want",
+    [
+        ("fnr", "P(FNR <= 0.2, coverage >= 0.3) >= 0.8"),
+        ("fnr_fpr", "P(FNR <= 0.2, FPR <= 0.25, coverage >= 0.3) >= 0.8"),
+        ("error", "P(selected error <= 0.2, coverage >= 0.3) >= 0.8"),
+        ("uncertified", "none (defers every image)"),
+    ],
+)
+def test_phase2_terminal_summary_states_the_certificate_of_its_risk(scrc_risk, want):
+    rng = np.random.default_rng(3)
+    none = scrc_risk == "uncertified"  # 60 calib images certify no FNR <= 0.01
+    n = 60 if none else 3000
+    q = rng.uniform(size=n)
+    y = (rng.uniform(size=n) < q).astype(np.int32)
+    gate = np.maximum(q, 1 - q) + rng.normal(0, 0.15, size=n)
+    risk = RiskConfig(
+        alpha=0.01 if none else 0.2,
+        method="crc",
+        delta=0.2,
+        beta=0.25,
+        target_coverage=0.3,
+        scrc_risk="fnr" if none else scrc_risk,
+    )
+    rows = _summary_rows("selective", {"gate_calibrated": gate, "p": q}, y, risk)
+    assert rows["  certified on calib"] == want
+    level = f"{risk.scrc_risk} <= {risk.alpha}"
+    level = "FNR <= 0.2, FPR <= 0.25" if scrc_risk == "fnr_fpr" else level
+    assert f"shipped policy (SCRC-I {level})" in rows
+
+
 def test_phase1_terminal_summary_shows_the_run_numbers(phase1, capsys):
     from stage1.run import print_summary
 
