@@ -503,6 +503,11 @@ def test_phase2_terminal_summary_states_the_certificate_of_its_risk(scrc_risk, w
     level = f"{risk.scrc_risk} <= {risk.alpha}"
     level = "FNR <= 0.2, FPR <= 0.25" if scrc_risk == "fnr_fpr" else level
     assert f"shipped policy (SCRC-I {level})" in rows
+    if none:  # no candidate fitted, nothing exits: "infeasible" rows and "-" for no number
+        assert rows["shipped policy (SCRC-I fnr <= 0.01)"] == "defer_all"
+        for name in ("scrc_gate", "scrc_softmax_response", "two_sided"):
+            assert rows[f"  {name} on test"] == "infeasible"
+        assert rows["test selected risk"] == "-" and rows["test coverage (exit rate)"] == "0.0000"
 
 
 def test_phase1_terminal_summary_shows_the_run_numbers(phase1, capsys):
