@@ -1,20 +1,8 @@
-"""`make mutate` only: a warm fork server, a wall-clock limit per test, cheapest tests first.
+"""`make mutate` only: a wall-clock limit per test, and a mutant's tests cheapest first.
 
-The hooks act only under mutmut: in its fork server's warm-up (``pytest --collect-only`` inside
-``mutants/`` with ``MUTANT_UNDER_TEST`` empty) and in a process it runs for one mutant
-(``MUTANT_UNDER_TEST`` names a mutant, ``module.x_function__mutmut_N``); in ``make test`` and in
-mutmut's stats and clean-test passes they do nothing. ``tests/conftest.py`` imports them.
-
-Why a warm fork server. Every mutant runs in a process forked from mutmut's fork server, which
-has only collected the tests. A mutant of the run driver then builds test_discipline's runs from
-scratch, and most of that is JAX tracing the head's training and prediction programs (seconds;
-0.05 s once traced). A test module may define ``mutmut_warmup()``; the fork server calls it
-after collecting, so every mutant inherits those traces. They stay valid because heads/ is not
-mutated and no mutated function of the default set runs inside them, with two exceptions that
-each mutant's process undoes before its tests: JAX's caches are cleared for a mutant of a module
-whose code runs inside traced JAX (``JAX_MODULES``), and every ``functools`` cache of the
-project's modules is emptied (``calibrate.thresholds._raw_rank`` memoises results that call
-mutated ``_floor``).
+Both hooks act only in a process mutmut runs for one mutant (``MUTANT_UNDER_TEST`` names a
+mutant, ``module.x_function__mutmut_N``); in ``make test`` and in mutmut's stats and clean-test
+passes they do nothing. ``tests/conftest.py`` imports them.
 
 Why a limit per test. mutmut limits a mutant's whole test run to ``(sum of the recorded
 durations of every test that reaches the mutated function + timeout_constant) x
@@ -39,19 +27,10 @@ import functools
 import json
 import os
 import signal
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-# mutated modules whose code runs inside traced JAX (metrics calls decision.is_roadwork under jit)
-JAX_MODULES = (
-    "calibrate.decision",
-    "calibrate.metrics",
-    "calibrate.bootstrap",
-    "calibrate.challenge",
-)
 BASE_S = 15.0  # a module-scoped run is built inside one item's setup: ~1-3 s on an idle core
 FACTOR = 10.0
 TIMEOUT_EXIT = 36  # mutmut.stats.status_by_exit_code[36] == "timeout"
@@ -59,46 +38,6 @@ TIMEOUT_EXIT = 36  # mutmut.stats.status_by_exit_code[36] == "timeout"
 
 def _active() -> bool:
     return "__mutmut_" in os.environ.get("MUTANT_UNDER_TEST", "")
-
-
-def _forkserver_warmup(config) -> bool:
-    """mutmut's fork server warms up with ``pytest --collect-only`` inside ``mutants/``, after
-    the clean run reset ``MUTANT_UNDER_TEST`` to ""."""
-    return (
-        config.option.collectonly
-        and os.environ.get("MUTANT_UNDER_TEST") == ""
-        and Path.cwd().name == "mutants"
-    )
-
-
-def pytest_collection_finish(session):
-    if not _forkserver_warmup(session.config):
-        return
-    modules = {id(m): m for m in (getattr(i, "module", None) for i in session.items) if m}
-    with open("mutmut-warmup.log", "a") as log:  # the fork server's stdout is /dev/null
-        for m in modules.values():
-            if hasattr(m, "mutmut_warmup"):
-                t0 = time.perf_counter()
-                try:
-                    m.mutmut_warmup()
-                    log.write(f"{m.__name__}: {time.perf_counter() - t0:.1f} s\n")
-                except Exception as e:  # a warm-up only saves time; the mutants' runs decide
-                    log.write(f"{m.__name__}: failed: {e!r}\n")
-
-
-def pytest_sessionstart(session):
-    if not _active():
-        return
-    mutant = os.environ["MUTANT_UNDER_TEST"]
-    for name, module in list(sys.modules.items()):
-        if name.split(".")[0] in ("calibrate", "stage1", "heads"):
-            for f in list(vars(module).values()):
-                if callable(getattr(f, "cache_clear", None)) and hasattr(f, "cache_info"):
-                    f.cache_clear()
-    if mutant.startswith(tuple(m + "." for m in JAX_MODULES)):
-        import jax
-
-        jax.clear_caches()
 
 
 @functools.cache

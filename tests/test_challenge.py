@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -198,10 +196,11 @@ def _views_cache(path, with_views=True):
     return path, len(test)
 
 
-def _train_runs(base):
-    """A phase-1 run on a cache with validator views and one without."""
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
     from stage1.run import run_training
 
+    base = tmp_path_factory.mktemp("challenge")
     cfg = Config(
         head=HeadConfig(kind="linear", feature="cls"),
         optim=OptimConfig(lr=0.05, epochs=20, batch_size=64, ema_decay=0.0),
@@ -213,18 +212,6 @@ def _train_runs(base):
         out = base / f"run{with_views}"
         runs[with_views] = (run_training(cfg, cache, out), out, n_test)
     return runs
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return _train_runs(tmp_path_factory.mktemp("challenge"))
-
-
-def mutmut_warmup():
-    """`make mutate` only: trace the runs' programs once in mutmut's fork server (why:
-    tests/mutmut_guard.py)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        _train_runs(Path(tmp))
 
 
 def test_run_scores_every_validator_level(trained):

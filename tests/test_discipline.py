@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -159,18 +158,6 @@ def phase1(tmp_path_factory):
 @pytest.fixture(scope="module")
 def phase2(tmp_path_factory):
     return _run_fixture("phase2", tmp_path_factory)
-
-
-def mutmut_warmup():
-    """`make mutate` only (tests/mutmut_guard.py): build both runs once in mutmut's fork server.
-
-    Every mutant's process is forked from it and inherits the traced and compiled head programs
-    (heads/ is not mutated, and the mutated modules' code is not inside these traces), so it
-    builds its own runs in a fraction of a second instead of seconds of JAX tracing."""
-    with tempfile.TemporaryDirectory() as tmp:
-        for preset in CONFIGS:
-            (Path(tmp) / preset).mkdir()
-            _build(preset, Path(tmp) / preset)
 
 
 # ---------------------------------------------------------------------------------------------
