@@ -9,7 +9,12 @@ import pytest
 
 # `make mutate` only (inactive otherwise): a wall-clock limit per test and a mutant's tests
 # cheapest first; why in tests/mutmut_guard.py.
-from mutmut_guard import pytest_collection_modifyitems, pytest_runtest_protocol  # noqa: F401
+from mutmut_guard import (  # noqa: F401
+    pytest_collection_modifyitems,
+    pytest_runtest_logreport,
+    pytest_runtest_protocol,
+    pytest_sessionfinish,
+)
 
 
 @pytest.fixture(autouse=True, scope="session")

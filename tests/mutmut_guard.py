@@ -18,7 +18,10 @@ handler cannot run. ``MUTATE_TEST_LIMIT_S`` overrides ``BASE_S`` (a heavily load
 Why an order. mutmut passes a mutant's tests in set order (random from run to run) and stops at
 the first failure (``-x``); most mutants are killed by a cheap unit test, so the cheapest files
 run first, and within a file the cheapest tests. A file's tests stay together: interleaving
-files would tear down and rebuild a module-scoped fixture (``test_discipline``'s runs).
+files would tear down and rebuild a module-scoped fixture (``test_discipline``'s runs). mutmut
+records only the call phase; a file's cost also counts its most expensive setup, recorded here
+during mutmut's stats pass (``mutmut-setup.json``): test_challenge's two validator-view runs
+(~3 s) then come after test_discipline's runs (~1 s), which kill most run-driver mutants.
 """
 
 from __future__ import annotations
@@ -49,14 +52,43 @@ def _durations() -> dict[str, float]:
         return {}
 
 
+@functools.cache
+def _setups() -> dict[str, float]:
+    """Setup durations by node id from the stats pass (empty if not recorded)."""
+    try:
+        return json.loads(Path(SETUPS).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+SETUPS = "mutmut-setup.json"
+_recorded: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "setup" and os.environ.get("MUTANT_UNDER_TEST") == "stats":
+        _recorded[report.nodeid] = report.duration
+
+
+def pytest_sessionfinish(session):
+    if _recorded and os.environ.get("MUTANT_UNDER_TEST") == "stats":
+        Path(SETUPS).write_text(json.dumps(_recorded))
+
+
 def pytest_collection_modifyitems(config, items):
     if not _active():
         return
-    d = _durations()
+    d, setup = _durations(), _setups()
     files: dict[str, list] = {}
     for item in items:
         files.setdefault(item.nodeid.split("::")[0], []).append(item)
-    cost = {f: sum(d.get(i.nodeid, 0.0) for i in its) for f, its in files.items()}
+    fixture = {}  # a file's most expensive recorded setup: its module-scoped fixtures
+    for nodeid, seconds in setup.items():
+        f = nodeid.split("::")[0]
+        fixture[f] = max(fixture.get(f, 0.0), seconds)
+    cost = {
+        f: sum(d.get(i.nodeid, 0.0) for i in its) + fixture.get(f, 0.0) for f, its in files.items()
+    }
     items[:] = [
         i
         for f in sorted(files, key=cost.__getitem__)

@@ -1,6 +1,7 @@
 """tests/mutmut_guard.py, `make mutate`'s hooks: under a mutant a test past its limit ends the
-process with mutmut's "timeout" status, and the mutant's tests run cheapest file first, cheapest
-test first; outside a mutant (``make test``, mutmut's stats and clean runs) nothing changes.
+process with mutmut's "timeout" status, and the mutant's tests run cheapest file first (calls and
+fixture setup), cheapest test first; outside a mutant (``make test``, mutmut's stats and clean
+runs) nothing changes, except that the stats pass records the setup times.
 
 Each case runs pytest in a subprocess on a two-file project that uses the real hooks.
 """
@@ -41,9 +42,8 @@ def project(tmp_path):
     tests.mkdir()
     shutil.copy(HERE / "mutmut_guard.py", tests)
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
-    (tests / "conftest.py").write_text(
-        "from mutmut_guard import pytest_collection_modifyitems, pytest_runtest_protocol\n"
-    )
+    hooks = "pytest_collection_modifyitems, pytest_runtest_logreport, pytest_runtest_protocol"
+    (tests / "conftest.py").write_text(f"from mutmut_guard import {hooks}, pytest_sessionfinish\n")
     for f in "ab":
         (tests / f"test_{f}.py").write_text(TEST.format(f=f))
     # recorded durations: file a costs 3 s in all, file b 3 ms; a2 and b1 the cheaper of their file
@@ -78,5 +78,10 @@ def test_a_mutants_tests_run_cheapest_first_and_a_slow_one_ends_as_a_timeout(pro
     # b2's limit is 0.3 s + 10 x 2 ms: sleeping 0.6 s ends the process with status 36
     # (mutmut.stats: "timeout"), and nothing runs after it
     assert _pytest(project, MUTANT, *IDS, SLOW="b2", **env) == (36, ["b1", "b2"])
-    # outside a mutant (make test; mutmut's stats and clean runs): the given order, no limit
-    assert _pytest(project, None, *IDS, SLOW="b2", **env) == (0, ["a1", "b2", "a2", "b1"])
+    # outside a mutant (make test; mutmut's stats and clean runs): the given order, no limit;
+    # the stats pass records each test's setup time
+    assert _pytest(project, "stats", *IDS, SLOW="b2", **env) == (0, ["a1", "b2", "a2", "b1"])
+    assert set(json.loads((project / "mutmut-setup.json").read_text())) == set(IDS)
+    # a file whose fixtures take long to build goes last (b: 5 s, more than a's 3 s of calls)
+    (project / "mutmut-setup.json").write_text(json.dumps({IDS[1]: 5.0, IDS[0]: 0.1}))
+    assert _pytest(project, MUTANT, *IDS) == (0, ["a2", "a1", "b1", "b2"])
