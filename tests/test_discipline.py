@@ -435,6 +435,10 @@ def test_threshold_records_state_the_guarantee_and_delta_of_their_method(method,
     ex = pol.records(y)["thresholds.json"][0]["exit_negative"]
     assert ex["guarantee"] == want
     assert ex["delta"] == delta  # only PAC has a failure probability
+    # the same statement in metrics.json's guarantees block; the empirical one is not certified
+    assert pol.bounds() == {
+        "fnr": {"bound": 0.1, "side": "<=", "certified": method != "empirical", "guarantee": want}
+    }
     assert pol.t == fnr_threshold(p, y, 0.1, method=method, delta=0.2)
 
 
@@ -572,8 +576,10 @@ def test_terminal_summary_with_validator_views_and_missing_numbers(capsys):
         "training": {"best_epoch": 3},
     }
     cfg = Config(preset="phase1", risk=risk)
-    print_summary(RunSummary(Path("runs/x"), cfg, metrics, pol, 1.25, ["a note"]))
+    print_summary(RunSummary(Path("runs/x"), cfg, metrics, pol, 1.25, ["a note"], ["short"]))
     lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == "WARNING: short"  # after the notes: what a run warned about is shown
+    lines = lines[:-1]
     rows = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in lines if "  " in line)
     assert rows["test AUROC"] == "-"
     assert rows["challenge score, validator mix"] == "0.6250"
