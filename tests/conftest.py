@@ -11,7 +11,7 @@ import pytest
 # cheapest first; why in tests/mutmut_guard.py.
 from mutmut_guard import (  # noqa: F401
     pytest_collection_modifyitems,
-    pytest_runtest_logreport,
+    pytest_fixture_setup,
     pytest_runtest_protocol,
     pytest_sessionfinish,
 )

@@ -19,9 +19,10 @@ Why an order. mutmut passes a mutant's tests in set order (random from run to ru
 the first failure (``-x``); most mutants are killed by a cheap unit test, so the cheapest files
 run first, and within a file the cheapest tests. A file's tests stay together: interleaving
 files would tear down and rebuild a module-scoped fixture (``test_discipline``'s runs). mutmut
-records only the call phase; a file's cost also counts its most expensive setup, recorded here
-during mutmut's stats pass (``mutmut-setup.json``): test_challenge's two validator-view runs
-(~3 s) then come after test_discipline's runs (~1 s), which kill most run-driver mutants.
+records only the call phase, so the cost of each module- or session-scoped fixture is recorded
+here during mutmut's stats pass (``mutmut-fixtures.json``): a file costs its tests' calls plus
+the shared fixtures they use, and within a file the tests without expensive fixtures (the
+constructed-score tests) run before those that build a run, phase 1's before phase 2's.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import functools
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -53,46 +55,48 @@ def _durations() -> dict[str, float]:
 
 
 @functools.cache
-def _setups() -> dict[str, float]:
-    """Setup durations by node id from the stats pass (empty if not recorded)."""
+def _fixture_costs() -> dict[str, float]:
+    """Seconds to set up each module- or session-scoped fixture, by name, from the stats pass."""
     try:
-        return json.loads(Path(SETUPS).read_text())
+        return json.loads(Path(FIXTURES).read_text())
     except (OSError, ValueError):
         return {}
 
 
-SETUPS = "mutmut-setup.json"
+FIXTURES = "mutmut-fixtures.json"
 _recorded: dict[str, float] = {}
 
 
-def pytest_runtest_logreport(report):
-    if report.when == "setup" and os.environ.get("MUTANT_UNDER_TEST") == "stats":
-        _recorded[report.nodeid] = report.duration
+@pytest.hookimpl(hookwrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    t0 = time.perf_counter()
+    yield
+    if fixturedef.scope != "function" and os.environ.get("MUTANT_UNDER_TEST") == "stats":
+        seconds = time.perf_counter() - t0
+        _recorded[fixturedef.argname] = max(_recorded.get(fixturedef.argname, 0.0), seconds)
 
 
 def pytest_sessionfinish(session):
     if _recorded and os.environ.get("MUTANT_UNDER_TEST") == "stats":
-        Path(SETUPS).write_text(json.dumps(_recorded))
+        Path(FIXTURES).write_text(json.dumps(_recorded))
 
 
 def pytest_collection_modifyitems(config, items):
     if not _active():
         return
-    d, setup = _durations(), _setups()
+    d, fixture = _durations(), _fixture_costs()
+
+    def fixtures(its):  # the shared fixtures these tests build, and their cost
+        return sum(fixture.get(n, 0.0) for n in set().union(*(i.fixturenames for i in its)))
+
     files: dict[str, list] = {}
     for item in items:
         files.setdefault(item.nodeid.split("::")[0], []).append(item)
-    fixture = {}  # a file's most expensive recorded setup: its module-scoped fixtures
-    for nodeid, seconds in setup.items():
-        f = nodeid.split("::")[0]
-        fixture[f] = max(fixture.get(f, 0.0), seconds)
-    cost = {
-        f: sum(d.get(i.nodeid, 0.0) for i in its) + fixture.get(f, 0.0) for f, its in files.items()
-    }
+    cost = {f: sum(d.get(i.nodeid, 0.0) for i in its) + fixtures(its) for f, its in files.items()}
     items[:] = [
         i
         for f in sorted(files, key=cost.__getitem__)
-        for i in sorted(files[f], key=lambda i: d.get(i.nodeid, 0.0))
+        for i in sorted(files[f], key=lambda i: (fixtures([i]), d.get(i.nodeid, 0.0)))
     ]
 
 

@@ -22,16 +22,22 @@ TEST = """
 import os, time
 from pathlib import Path
 
+import pytest
+
 def _run(name):
     with Path(os.environ["ORDER_LOG"]).open("a") as f:
         f.write(name + "\\n")
     if os.environ.get("SLOW") == name:
         time.sleep(0.6)
 
+@pytest.fixture(scope="module")
+def shared_{f}():
+    pass
+
 def test_{f}1():
     _run("{f}1")
 
-def test_{f}2():
+def test_{f}2(shared_{f}):
     _run("{f}2")
 """
 
@@ -42,7 +48,7 @@ def project(tmp_path):
     tests.mkdir()
     shutil.copy(HERE / "mutmut_guard.py", tests)
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
-    hooks = "pytest_collection_modifyitems, pytest_runtest_logreport, pytest_runtest_protocol"
+    hooks = "pytest_collection_modifyitems, pytest_fixture_setup, pytest_runtest_protocol"
     (tests / "conftest.py").write_text(f"from mutmut_guard import {hooks}, pytest_sessionfinish\n")
     for f in "ab":
         (tests / f"test_{f}.py").write_text(TEST.format(f=f))
@@ -79,9 +85,13 @@ def test_a_mutants_tests_run_cheapest_first_and_a_slow_one_ends_as_a_timeout(pro
     # (mutmut.stats: "timeout"), and nothing runs after it
     assert _pytest(project, MUTANT, *IDS, SLOW="b2", **env) == (36, ["b1", "b2"])
     # outside a mutant (make test; mutmut's stats and clean runs): the given order, no limit;
-    # the stats pass records each test's setup time
+    # the stats pass records the cost of each shared fixture
     assert _pytest(project, "stats", *IDS, SLOW="b2", **env) == (0, ["a1", "b2", "a2", "b1"])
-    assert set(json.loads((project / "mutmut-setup.json").read_text())) == set(IDS)
-    # a file whose fixtures take long to build goes last (b: 5 s, more than a's 3 s of calls)
-    (project / "mutmut-setup.json").write_text(json.dumps({IDS[1]: 5.0, IDS[0]: 0.1}))
-    assert _pytest(project, MUTANT, *IDS) == (0, ["a2", "a1", "b1", "b2"])
+    assert set(json.loads((project / "mutmut-fixtures.json").read_text())) == {
+        "shared_a",
+        "shared_b",
+    }
+    # a file whose shared fixtures take long to build goes last (b: 5 s, more than a's 3 s),
+    # and in a file the tests without them first (a1 before a2 although a2's call is cheaper)
+    (project / "mutmut-fixtures.json").write_text(json.dumps({"shared_b": 5.0, "shared_a": 0.5}))
+    assert _pytest(project, MUTANT, *IDS) == (0, ["a1", "a2", "b1", "b2"])
