@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pytest
 
-BASE_S = 15.0  # a module-scoped run is built inside one item's setup: ~1-3 s on an idle core
+BASE_S = 8.0  # a module-scoped run is built inside one item's setup: ~1 s on an idle core
 FACTOR = 10.0
 TIMEOUT_EXIT = 36  # mutmut.stats.status_by_exit_code[36] == "timeout"
 
