@@ -432,7 +432,9 @@ def test_threshold_records_state_the_guarantee_and_delta_of_their_method(method,
     p = expit(rng.normal(size=400) + 2 * y).astype(np.float32)
     risk = RiskConfig(alpha=0.1, method=method, delta=0.2)
     pol = fit_policy("fnr_threshold", {"p": p}, y, risk)
-    ex = pol.records(y)["thresholds.json"][0]["exit_negative"]
+    rec = pol.records(y)["thresholds.json"][0]
+    assert rec["calibration"]["views"] == "clean"  # what the certificate was computed on
+    ex = rec["exit_negative"]
     assert ex["guarantee"] == want
     assert ex["delta"] == delta  # only PAC has a failure probability
     # the same statement in metrics.json's guarantees block; the empirical one is not certified
