@@ -12,6 +12,8 @@ spends all of it inside the first test (a 2-core run stalled 7 minutes on one). 
 item (setup, call and teardown) gets ``BASE_S + FACTOR x`` its own recorded duration; past it
 the process exits with status 36, mutmut's code for "timeout", so the mutant is counted as a
 timeout (detected), as mutmut's own limit would count it, seconds instead of minutes later.
+An item that uses a shared fixture (a run built in its setup) also gets ``FACTOR x`` that
+fixture's recorded cost (below).
 mutmut's per-mutant limit stays as the backstop for a hang inside C code, where a Python signal
 handler cannot run. ``MUTATE_TEST_LIMIT_S`` overrides ``BASE_S`` (a heavily loaded machine).
 
@@ -36,7 +38,7 @@ from pathlib import Path
 
 import pytest
 
-BASE_S = 8.0  # a module-scoped run is built inside one item's setup: ~1 s on an idle core
+BASE_S = 6.0
 FACTOR = 10.0
 TIMEOUT_EXIT = 36  # mutmut.stats.status_by_exit_code[36] == "timeout"
 
@@ -110,7 +112,8 @@ def pytest_runtest_protocol(item, nextitem):
         yield
         return
     base = float(os.environ.get("MUTATE_TEST_LIMIT_S", BASE_S))
-    limit = base + FACTOR * _durations().get(item.nodeid, 0.0)
+    shared = sum(_fixture_costs().get(n, 0.0) for n in item.fixturenames)
+    limit = base + FACTOR * (_durations().get(item.nodeid, 0.0) + shared)
     previous = signal.signal(signal.SIGALRM, _timed_out)
     signal.setitimer(signal.ITIMER_REAL, limit)
     try:
