@@ -156,18 +156,21 @@ test: setup
 
 # Mutation testing of calibrate/ and stage1/run/ (configuration: [tool.mutmut] in pyproject.toml;
 # score, timings and the surviving mutants in docs/testing.md). Not part of `make test`. The
-# default set leaves out the jitted JAX modules (metrics, bootstrap, challenge: every mutant there
-# recompiles) to stay near 30 min on 2 cores; MUTANTS='calibrate.* stage1.run.*' runs everything,
-# MUTANTS='calibrate.thresholds*' one module.
+# default set is what fits 30 min on 2 cores: the numpy/scipy modules of calibrate/ and the run
+# driver; MUTANTS='calibrate.* stage1.run.*' runs everything (the jitted JAX modules metrics,
+# bootstrap, challenge and the run's provenance too), MUTANTS='calibrate.thresholds*' one module.
 MUTANTS   ?= calibrate.thresholds* calibrate.scrc* calibrate.policy.* calibrate.policies* \
-             calibrate.exit_policies* calibrate.calibration* calibrate.calibrators* stage1.run.*
+             calibrate.groups* calibrate.decision* \
+             calibrate.exit_policies* calibrate.calibration* calibrate.calibrators* \
+             stage1.run.driver* stage1.run.records* stage1.run.guarantees* stage1.run.data* \
+             stage1.run.specs*
 mutate: setup
 	rm -rf mutants
 	# one persistent XLA cache for every mutant's process: unchanged jitted code compiles once
 	JAX_COMPILATION_CACHE_DIR=$(CURDIR)/mutants/jax-cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
 	  $(PY) -m mutmut run --max-children $(or $(JOBS),2) $(foreach m,$(MUTANTS),'$(m)')
 	$(PY) -m mutmut export-cicd-stats
-	$(PY) -m mutmut results
+	$(PY) tests/mutmut_score.py $(foreach m,$(MUTANTS),'$(m)')
 
 PY_DIRS := stage1 feature_extract heads calibrate schemas tests bench examples
 

@@ -7,6 +7,15 @@ earlier run left there.
 
 import pytest
 
+# `make mutate` only (inactive otherwise): a wall-clock limit per test and a mutant's tests
+# cheapest first; why in tests/mutmut_guard.py.
+from mutmut_guard import (  # noqa: F401
+    pytest_collection_modifyitems,
+    pytest_fixture_setup,
+    pytest_runtest_protocol,
+    pytest_sessionfinish,
+)
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _compile_cache_in_tmp(tmp_path_factory):

@@ -115,30 +115,14 @@ def _outputs(run, cache_path, split):
     return {k: np.asarray(v, np.float64) for k, v in predict(params, x).items()}, y, ids
 
 
-@pytest.fixture(scope="module")
-def phase1(tmp_path_factory):
-    from stage1.run import run_training
-
-    tmp = tmp_path_factory.mktemp("discipline1")
-    cache = _cache(tmp / "c.h5", seed=0)
-    cfg = Config(
+CONFIGS = {
+    "phase1": lambda: Config(
         preset="phase1",
         head=HeadConfig(kind="linear", feature="cls"),
         optim=OptimConfig(lr=0.05, epochs=8, batch_size=128, ema_decay=0.0),
         risk=RiskConfig(alpha=0.1, method="pac", delta=0.1),
-    ).validate()
-    SUMMARIES[cfg.preset] = run_training(cfg, cache, tmp / "run")
-    _HIT[cfg.preset] = set(_mutmut_stats() or ())
-    return tmp / "run", cache, cfg
-
-
-@pytest.fixture(scope="module")
-def phase2(tmp_path_factory):
-    from stage1.run import run_training
-
-    tmp = tmp_path_factory.mktemp("discipline2")
-    cache = _cache(tmp / "c.h5", seed=1)
-    cfg = Config(
+    ).validate(),
+    "phase2": lambda: Config(
         preset="phase2",
         head=HeadConfig(kind="selective", feature="cls"),
         optim=OptimConfig(lr=0.02, epochs=10, batch_size=400, ema_decay=0.0),
@@ -146,10 +130,34 @@ def phase2(tmp_path_factory):
         risk=RiskConfig(
             alpha=0.1, method="crc", delta=0.2, beta=0.1, target_coverage=0.3, scrc_risk="fnr"
         ),
-    ).validate()
-    SUMMARIES[cfg.preset] = run_training(cfg, cache, tmp / "run")
-    _HIT[cfg.preset] = set(_mutmut_stats() or ())
+    ).validate(),
+}
+
+
+def _build(preset, tmp):
+    """The run of ``preset`` on its own tiny cache (seed 0 for phase 1, 1 for phase 2)."""
+    from stage1.run import run_training
+
+    cfg = CONFIGS[preset]()
+    cache = _cache(tmp / "c.h5", seed=int(preset == "phase2"))
+    return run_training(cfg, cache, tmp / "run"), cache, cfg
+
+
+def _run_fixture(preset, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp(f"discipline-{preset}")
+    SUMMARIES[preset], cache, cfg = _build(preset, tmp)
+    _HIT[preset] = set(_mutmut_stats() or ())
     return tmp / "run", cache, cfg
+
+
+@pytest.fixture(scope="module")
+def phase1(tmp_path_factory):
+    return _run_fixture("phase1", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def phase2(tmp_path_factory):
+    return _run_fixture("phase2", tmp_path_factory)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -424,10 +432,75 @@ def test_threshold_records_state_the_guarantee_and_delta_of_their_method(method,
     p = expit(rng.normal(size=400) + 2 * y).astype(np.float32)
     risk = RiskConfig(alpha=0.1, method=method, delta=0.2)
     pol = fit_policy("fnr_threshold", {"p": p}, y, risk)
-    ex = pol.records(y)["thresholds.json"][0]["exit_negative"]
+    rec = pol.records(y)["thresholds.json"][0]
+    assert rec["calibration"]["views"] == "clean"  # what the certificate was computed on
+    ex = rec["exit_negative"]
     assert ex["guarantee"] == want
     assert ex["delta"] == delta  # only PAC has a failure probability
+    # the same statement in metrics.json's guarantees block; the empirical one is not certified
+    assert pol.bounds() == {
+        "fnr": {"bound": 0.1, "side": "<=", "certified": method != "empirical", "guarantee": want}
+    }
     assert pol.t == fnr_threshold(p, y, 0.1, method=method, delta=0.2)
+
+
+def _summary_rows(name, scores, y, risk):
+    """The terminal summary rows of policy ``name`` fitted and evaluated on the same rows."""
+    from calibrate.policies import fit_policy
+
+    pol = fit_policy(name, scores, y, risk, allow_uncertified=True)
+    pm = pol.metrics({"test": scores, "calib": scores}, {"test": y, "calib": y})
+    return dict(pol.summary({**pm, "metrics": pm["metrics"]}))
+
+
+@pytest.mark.parametrize(
+    "method, want",
+    [("crc", "E[FNR] <= 0.1"), ("pac", "P(FNR <= 0.1) >= 0.8"), ("empirical", "none (empirical)")],
+)
+def test_phase1_terminal_summary_states_the_certificate_of_its_method(method, want):
+    rng = np.random.default_rng(0)
+    y = (rng.random(400) < 0.5).astype(np.int32)
+    p = expit(rng.normal(size=400) + 2 * y).astype(np.float32)
+    rows = _summary_rows(
+        "fnr_threshold", {"p": p}, y, RiskConfig(alpha=0.1, method=method, delta=0.2)
+    )
+    assert rows["  certified on calib"] == want
+
+
+@pytest.mark.parametrize(
+    "scrc_risk, want",
+    [
+        ("fnr", "P(FNR <= 0.2, coverage >= 0.3) >= 0.8"),
+        ("fnr_fpr", "P(FNR <= 0.2, FPR <= 0.25, coverage >= 0.3) >= 0.8"),
+        ("error", "P(selected error <= 0.2, coverage >= 0.3) >= 0.8"),
+        ("uncertified", "none (defers every image)"),
+    ],
+)
+def test_phase2_terminal_summary_states_the_certificate_of_its_risk(scrc_risk, want):
+    rng = np.random.default_rng(3)
+    none = scrc_risk == "uncertified"  # 60 calib images certify no FNR <= 0.01
+    n = 60 if none else 3000
+    q = rng.uniform(size=n)
+    y = (rng.uniform(size=n) < q).astype(np.int32)
+    gate = np.maximum(q, 1 - q) + rng.normal(0, 0.15, size=n)
+    risk = RiskConfig(
+        alpha=0.01 if none else 0.2,
+        method="crc",
+        delta=0.2,
+        beta=0.25,
+        target_coverage=0.3,
+        scrc_risk="fnr" if none else scrc_risk,
+    )
+    rows = _summary_rows("selective", {"gate_calibrated": gate, "p": q}, y, risk)
+    assert rows["  certified on calib"] == want
+    level = f"{risk.scrc_risk} <= {risk.alpha}"
+    level = "FNR <= 0.2, FPR <= 0.25" if scrc_risk == "fnr_fpr" else level
+    assert f"shipped policy (SCRC-I {level})" in rows
+    if none:  # no candidate fitted, nothing exits: "infeasible" rows and "-" for no number
+        assert rows["shipped policy (SCRC-I fnr <= 0.01)"] == "defer_all"
+        for name in ("scrc_gate", "scrc_softmax_response", "two_sided"):
+            assert rows[f"  {name} on test"] == "infeasible"
+        assert rows["test selected risk"] == "-" and rows["test coverage (exit rate)"] == "0.0000"
 
 
 def test_phase1_terminal_summary_shows_the_run_numbers(phase1, capsys):
@@ -505,8 +578,10 @@ def test_terminal_summary_with_validator_views_and_missing_numbers(capsys):
         "training": {"best_epoch": 3},
     }
     cfg = Config(preset="phase1", risk=risk)
-    print_summary(RunSummary(Path("runs/x"), cfg, metrics, pol, 1.25, ["a note"]))
+    print_summary(RunSummary(Path("runs/x"), cfg, metrics, pol, 1.25, ["a note"], ["short"]))
     lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == "WARNING: short"  # after the notes: what a run warned about is shown
+    lines = lines[:-1]
     rows = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in lines if "  " in line)
     assert rows["test AUROC"] == "-"
     assert rows["challenge score, validator mix"] == "0.6250"
