@@ -113,7 +113,7 @@ DOMAINS_ADAPTED ?= data/demo_domains_adapted.h5
 # alpha 0.2: each shifted domain's own calib split (about 30 street groups) can certify it, so
 # adaptation shows in that domain's exit rate instead of the domain being deferred entirely
 DOMAINS_SET ?= --set head.feature=patch_mean --set risk.alpha=0.2
-ADAPT_SET ?= --set adapt.steps=10 --set adapt.batch_size=8 --set adapt.local_crops=2 --set adapt.local_size=64 --set adapt.out_dim=4096 --set adapt.head_hidden=512 --set adapt.export=student --set adapt.lr=1e-3
+ADAPT_SET ?= --set adapt.steps=40 --set adapt.batch_size=8 --set adapt.local_crops=2 --set adapt.local_size=64 --set adapt.out_dim=4096 --set adapt.head_hidden=512 --set adapt.export=student --set adapt.lr=3e-3
 demo-domains: setup
 	$(STAGE1) demo-data --out $(DOMAINS_DATA) --n $(DOMAINS_N) --domains $(DOMAINS)
 	$(STAGE1) features --data $(DOMAINS_DATA) --out $(DOMAINS_CACHE) --weights none --backbone $(BACKBONE) --image-size 128 --set augment.views=$(DOMAINS_VIEWS)
