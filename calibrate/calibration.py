@@ -10,7 +10,7 @@ that ships, and for gated heads ``"gate_calibrated"``, P(the classifier's decisi
   scale, and the FNR threshold only needs the ranking).
 - ``"dirichlet_gate"``: Dirichlet calibration of ``sigmoid(logit)`` (binary: a logistic fit on
   ``(log p, log(1 - p))``, Kull et al. 2019) and Platt calibration of the gate's logit for the
-  event "the calibrated classifier's decision q >= 1/2 is right": the selective loss trains g to
+  event "the calibrated classifier's decision q > 1/2 is right": the selective loss trains g to
   accept where f's loss is low, so correctness is the event it scores.
 
 Each procedure also says what it adds to predictions.npz (``arrays``), to metrics.json
@@ -210,7 +210,7 @@ class DirichletGate(Calibration):
             "calibrator": "platt",
             "slope": pl.slope_,
             "intercept": pl.intercept_,
-            "target": "f is right: (calibrated q >= 1/2) == label",
+            "target": "f is right: (calibrated q > 1/2) == label",
             "fitted_on": "val",
             "n_fit": int(len(y_val)),
             "n_fit_positive_target": self.n_right,

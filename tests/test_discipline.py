@@ -314,6 +314,49 @@ def test_phase2_calibrators_are_fitted_on_val(phase2):
         )
 
 
+def test_phase2_gate_records_metrics_and_arrays_are_the_runs_numbers(phase2):
+    """gateparams.json's per-split gate statistics, calibration.json's val ECEs, the stored
+    per-split arrays and the test metrics (ECE raw/calibrated, AUROC of the calibrated gate for
+    "f is right") recomputed from the head's outputs with numpy / scikit-learn."""
+    run, cache, _ = phase2
+    cal = read_json(run / "calibration.json", schema="calibration")
+    gp = read_json(run / "gateparams.json", schema="gateparams")
+    metrics = read_json(run / "metrics.json", schema="metrics")["metrics"]
+    out_val, y_val, _ = _outputs(run, cache, "val")
+    d = DirichletCalibrator(reg_lambda=DIRICHLET_REG).fit(expit(out_val["logit"]), y_val)
+    right_val = (d.predict_proba(expit(out_val["logit"])) > 0.5).astype(int) == y_val
+    assert gp["n_fit"] == len(y_val) and gp["n_fit_positive_target"] == int(right_val.sum())
+    assert gp["score"] == "gate_logit" and gp["calibrator"] == "platt"
+    for split in ("train", "val", "calib", "test"):
+        out, y, _ = _outputs(run, cache, split)
+        g = expit(out["gate_logit"])
+        g_cal = expit(gp["slope"] * out["gate_logit"] + gp["intercept"])
+        st = gp["stats"][split]
+        assert st["n"] == len(y) == SIZES[split]
+        want = {"mean": g.mean(), "std": g.std(), "min": g.min(), "max": g.max(),
+                "frac_above_half": np.mean(g > 0.5), "mean_calibrated": g_cal.mean()}  # fmt: skip
+        for k, v in want.items():
+            assert st[k] == pytest.approx(v, abs=1e-6), (split, k)
+        for q in (5, 25, 50, 75, 95):
+            assert st["quantiles"][f"q{q:02d}"] == pytest.approx(np.quantile(g, q / 100), abs=1e-6)
+        with np.load(run / "predictions.npz") as z:
+            np.testing.assert_allclose(z[f"{split}_gate"], g, atol=1e-6)
+            np.testing.assert_allclose(z[f"{split}_gate_calibrated"], g_cal, atol=1e-6)
+            np.testing.assert_allclose(z[f"{split}_probs_raw"], expit(out["logit"]), atol=1e-6)
+    p_val = d.predict_proba(expit(out_val["logit"]))
+    assert cal["val_ece"]["raw"] == pytest.approx(float(M.ece(expit(out_val["logit"]), y_val)))
+    assert cal["val_ece"]["calibrated"] == pytest.approx(float(M.ece(p_val, y_val)))
+    assert cal["val_ece"]["raw"] != pytest.approx(cal["val_ece"]["calibrated"])
+    out, y, _ = _outputs(run, cache, "test")
+    p = d.predict_proba(expit(out["logit"]))
+    right = ((p > 0.5).astype(int) == y).astype(int)
+    g_cal = expit(gp["slope"] * out["gate_logit"] + gp["intercept"])
+    assert 0 < right.sum() < len(right)
+    assert metrics["auroc_gate_right"] == pytest.approx(roc_auc_score(right, g_cal), abs=1e-6)
+    assert metrics["ece"] == pytest.approx(float(M.ece(p, y)), abs=1e-6)
+    assert metrics["ece_raw"] == pytest.approx(float(M.ece(expit(out["logit"]), y)), abs=1e-6)
+
+
 def _calib_scores(run):
     with np.load(run / "predictions.npz") as z:
         return (
