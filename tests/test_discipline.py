@@ -357,6 +357,32 @@ def test_phase2_gate_records_metrics_and_arrays_are_the_runs_numbers(phase2):
     assert metrics["ece_raw"] == pytest.approx(float(M.ece(expit(out["logit"]), y)), abs=1e-6)
 
 
+def test_phase2_guarantee_block_states_the_shipped_candidates_bounds(phase2):
+    """metrics.json's guarantee of the shipped SCRC-I candidate: each certified quantity with
+    its configured bound and side, and one sentence with the joint event and 1 - delta."""
+    run, _, _ = phase2
+    m = read_json(run / "metrics.json", schema="metrics")
+    risk = CONFIGS["phase2"]().risk
+    fit = m["guarantees"]["fits"][m["guarantees"]["shipped_calib"]]
+    assert fit["policy"] == m["policy"] and m["policy"].startswith("scrc_")
+    primary = "fnr" if risk.scrc_risk == "fnr_fpr" else risk.scrc_risk
+    want = {"coverage": (risk.target_coverage, ">="), primary: (risk.alpha, "<=")}
+    if risk.scrc_risk == "fnr_fpr":
+        want["fpr"] = (risk.beta, "<=")
+    assert set(fit["bounds"]) == set(want)
+    parts = " and ".join(
+        f"{'coverage' if q == 'coverage' else q.upper()} {side} {bound:g}"
+        for q, (bound, side) in want.items()
+    )
+    text = (
+        f"P({parts}) >= {1 - risk.delta:g} over calibration draws (SCRC-I, union bound; "
+        "each candidate at delta/2)"
+    )
+    for q, (bound, side) in want.items():
+        b = fit["bounds"][q]
+        assert (b["bound"], b["side"], b["certified"], b["guarantee"]) == (bound, side, True, text)
+
+
 def _calib_scores(run):
     with np.load(run / "predictions.npz") as z:
         return (
