@@ -131,6 +131,30 @@ def test_decide_labels_and_serialisation():
     assert d["lambda1"] == "-inf" and SCRCResult.from_dict(d) == everything
 
 
+@pytest.mark.parametrize("risk", ["fnr_fpr", "fnr", "error"])
+def test_bounds_name_each_certified_quantity_with_its_estimate_and_confidence_bound(risk):
+    """``SCRCResult.bounds`` (what scrcparams.json and the run's guarantee block report): the
+    coverage lower bound, the risk's upper bound (FNR for fnr_fpr, plus FPR at beta), each with
+    the calib estimate and the one-sided confidence bound the fit computed."""
+    rng = np.random.default_rng(11)
+    g, p, y = SMOOTH.sample(rng, 3000)
+    beta = 0.15 if risk == "fnr_fpr" else None
+    res = fit_scrc_i(g, p, y, 0.2, 0.1, 0.3, risk=risk, beta=beta)
+    primary = "fnr" if risk == "fnr_fpr" else risk
+    want = {
+        "coverage": {"bound": 0.3, "side": ">=", "calib_estimate": res.coverage_hat,
+                     "confidence_bound": res.coverage_lcb},
+        primary: {"bound": 0.2, "side": "<=", "calib_estimate": res.risk_hat,
+                  "confidence_bound": res.risk_ucb},
+    }  # fmt: skip
+    if risk == "fnr_fpr":
+        want["fpr"] = {"bound": 0.15, "side": "<=", "calib_estimate": res.fpr_hat,
+                       "confidence_bound": res.fpr_ucb}  # fmt: skip
+        assert res.fpr_ucb is not None and res.fpr_ucb <= 0.15
+    assert res.bounds() == want
+    assert res.coverage_lcb >= 0.3 and res.risk_ucb <= 0.2  # the bounds certify the levels
+
+
 def test_infeasible_requests_name_the_needed_size():
     def perfect(n, n_pos):
         y = np.r_[np.ones(n_pos, int), np.zeros(n - n_pos, int)]
