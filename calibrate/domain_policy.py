@@ -126,7 +126,15 @@ class PerDomain(Policy):
             return {}
         inner = next(iter(self.fitted.values())).bounds()
         deferred = any(r["status"] == "deferred" for r in self.domains.values())
-        how = "all domains together" if self.simultaneous else "each domain on its own"
+        if self.simultaneous:
+            # the inner text states each domain's level, 1 - delta/D; Bonferroni makes the
+            # joint statement hold at 1 - delta, not at the per-domain level
+            how = (
+                f"each domain at delta/D = {self.delta_domain:g}, so all domains together hold "
+                f"with probability >= {1 - self.risk.delta:g} (Bonferroni)"
+            )
+        else:
+            how = "each domain on its own"
         return {
             q: b
             | {"guarantee": f"per domain ({how}; deferred domains exit nothing): {b['guarantee']}"}

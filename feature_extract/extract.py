@@ -511,16 +511,20 @@ def _check_resume(
         ids = np.asarray([samples[k].id for k in row_sample], dtype=object)
         split = store.split_codes([samples[k].split for k in row_sample])
         labels = np.asarray([samples[k].label for k in row_sample])
+        # domains too: `--data A` then `--data night=A` keeps every id, and resuming would leave
+        # the old domain names (and the old domain's augmentation of the rows already written)
+        domains = np.asarray([str(samples[k].domain) for k in row_sample], dtype=object)
         was_skipped = np.asarray([i in skipped for i in ids], dtype=bool)
         same_rows = bool(
             (cache.ids == ids).all()
             and (cache.split == split).all()
             and (cache.view == row_view).all()
+            and (np.asarray(cache.domain, dtype=object) == domains).all()
             and ((cache.labels == labels) | was_skipped).all()
         )
     if not same_rows:
         raise store.CacheError(
-            f"cache {path} was made with another sample list (ids, splits or labels "
+            f"cache {path} was made with another sample list (ids, splits, domains or labels "
             "differ); delete it or choose another --out"
         )
     return cache.done, list(old.get("skipped", []))

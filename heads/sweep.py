@@ -111,15 +111,22 @@ def auto_chunk(spec: TrainSpec, n_val: int, mesh: Mesh, budget_bytes: int | None
     rows and activations (``batch * (D + 3 * width)``), and about eight copies of the parameters
     (weights, optimizer moments, EMA, best, gradients, update), where ``width`` is the sum of
     the head's layer widths (read off the family's initial parameters, so it holds for every
-    family). Default budget: half of the first device's memory where the runtime reports it,
+    family); with augmented views (``spec.views > 1``) also the epoch's gathered train rows
+    (``n_train * (D + 1)``). Default budget: half of the first device's memory where the runtime reports it,
     else 8 GiB. A rough bound, not a promise.
     """
     shapes = jax.eval_shape(lambda: families.of(spec).init(spec, jax.random.key(0)))
     leaves = jax.tree.leaves(shapes)
     n_params = sum(math.prod(a.shape) for a in leaves)
     width = sum(a.shape[-1] for a in leaves if a.ndim == 2)
+    # With cached augmented views each epoch gathers one view per image (heads.train
+    # train_epoch): an (n_train, D + 1) copy per config under the sweep's vmap.
+    views_copy = spec.n_train * (spec.in_dim + 1) if spec.views > 1 else 0
     per_cfg = 4 * (
-        min(n_val, VAL_CHUNK) * width + spec.batch_size * (spec.in_dim + 3 * width) + 8 * n_params
+        min(n_val, VAL_CHUNK) * width
+        + spec.batch_size * (spec.in_dim + 3 * width)
+        + 8 * n_params
+        + views_copy
     )
     if budget_bytes is None:
         stats = mesh.devices.flat[0].memory_stats() or {}

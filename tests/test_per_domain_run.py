@@ -10,6 +10,8 @@ wrote, and check the stored decisions, the per-domain metrics and the refusals.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from scipy.special import expit
@@ -185,6 +187,10 @@ def test_simultaneous_certifies_each_domain_at_delta_over_d(tmp_path):
     want = fnr_threshold(p[m], y[m], cfg.risk.alpha, "pac", cfg.risk.delta / 3)
     got = th["per_domain"]["domains"]["day"]["record"]["exit_negative"]["threshold"]
     assert got == pytest.approx(want, rel=1e-6, abs=1e-7)
+    g = read_json(summary.out / "metrics.json", schema="metrics")["guarantees"]
+    text = g["fits"][g["shipped_calib"]]["bounds"]["fnr"]["guarantee"]
+    # each domain at 1 - delta/3, all together (Bonferroni) at 1 - delta: the joint level
+    assert f"with probability >= {1 - cfg.risk.delta:g} (Bonferroni)" in text, text
 
 
 def test_no_certifiable_domain_refuses_before_training(tmp_path):
@@ -223,3 +229,32 @@ def test_report_of_a_per_domain_run(fixture, request, tmp_path):
     got = m["domains"]["night"]["fnr"]["ci"]
     assert got == pytest.approx([float(want.low["fnr"]), float(want.high["fnr"])], rel=1e-6)
     assert m["domains"]["night"]["calibration"]["status"] == "certified"
+
+
+@pytest.mark.parametrize("fixture", ["phase1", "phase2"])
+def test_a_per_domain_bundles_answers_cross_half_at_each_domains_cut(fixture, request, tmp_path):
+    """Exported per-domain bundles carry one validator cut per certified domain, so every
+    exit_positive answer is > 0.5 and every exit_negative answer < 0.5 in every domain (one
+    pooled cut put 24 exit_positive test images of the phase-2 run below 0.5)."""
+    from calibrate.policies import serving_rule
+    from stage1.serve.export import RECORDS, validator_block
+    from stage1.serve.validator_scale import answer
+
+    summary, _, _ = request.getfixturevalue(fixture)
+    run = summary.out
+    records = {n: json.loads((run / n).read_text()) for n in RECORDS if (run / n).is_file()}
+    name = "fnr_threshold" if fixture == "phase1" else "selective"  # the families' policies
+    rule = serving_rule(name, records)  # what `stage1 export` ships
+    with np.load(run / "predictions.npz") as z:
+        p, dom, dec = z["test_probs"], z["test_domains"].astype(str), z["test_decision"]
+        validator = validator_block(rule, z["val_probs"], z["val_labels"])
+    cuts = validator["domains"]
+    assert set(cuts) == set(rule["domains"])
+    cut = np.asarray([cuts.get(d, validator["threshold"]) for d in dom])
+    ans = answer(p, cut)
+    assert (dec == 0).any() and ((dec == 1).any() or fixture == "phase1")  # FNR rule: no exit+
+    assert (ans[dec == 1] > 0.5).all() and (ans[dec == 0] < 0.5).all()
+    for d, r in rule["domains"].items():  # the cut is the domain's own threshold
+        pos = r.get("exit_positive_at_or_above")
+        if pos is not None and np.isfinite(float(pos)):
+            assert cuts[d] == float(pos)

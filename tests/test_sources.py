@@ -89,6 +89,12 @@ def test_features_cli_combines_sources_records_them_and_resumes(tmp_path, capsys
     assert f"extracted 0 rows (0 images skipped, {len(c)} already done)" in capsys.readouterr().out
     rc = main([*args[:3], "--data", f"day={b}", *args[5:]])  # another source list: refused
     assert rc == 2
+    one = ["features", "--data", str(b), "--out", str(tmp_path / "one.h5"), *args[7:]]
+    assert main(one) == 0
+    capsys.readouterr()
+    # the same images retagged keep every id, split and label: still refused (domains differ)
+    assert main([*one[:2], f"night={b}", *one[3:]]) == 2
+    assert "domains" in capsys.readouterr().err
 
 
 def test_a_one_source_step_refuses_a_source_list_instead_of_using_the_demo_set(tmp_path):

@@ -98,7 +98,7 @@ def export_bundle(
 
     with np.load(run / "predictions.npz") as z:
         val_p, val_y = z["val_probs"], z["val_labels"]
-    validator = validator_threshold(rule, val_p, val_y)
+    validator = validator_block(rule, val_p, val_y)
 
     doc: dict[str, Any] = {
         "format": FORMAT,
@@ -142,6 +142,23 @@ def export_bundle(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return out
+
+
+def validator_block(rule: dict[str, Any], val_p, val_y) -> dict[str, Any]:
+    """bundle.json's ``validator``: ``validator_threshold`` of the shipped rule and, for a
+    per-domain rule, one cut per certified domain (``domains``).
+
+    One cut cannot sit on every domain's thresholds (each domain certifies its own): each
+    domain's answers cross 0.5 at its own rule's cut, so exit_positive answers land above 0.5
+    and exit_negative ones below in every domain. The val fallback cut stays pooled.
+    """
+    out = validator_threshold(rule, val_p, val_y)
+    if rule.get("domains"):
+        out["domains"] = {
+            d: float(validator_threshold(r, val_p, val_y)["threshold"])
+            for d, r in rule["domains"].items()
+        }
     return out
 
 

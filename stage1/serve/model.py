@@ -182,7 +182,10 @@ class Stage1Model:
         if len(domains) != n:
             raise ValueError(f"{len(domains)} domain names for {n} images")
         t = {k: torch.as_tensor(v) for k, v in scores.items() if k != "code"}
-        return {**scores, "code": ops.apply_rule(self.rule, t, domains).numpy()}
+        cuts = self.doc["validator"].get("domains", {})
+        cut = np.asarray([cuts.get(d, self.threshold) for d in domains], np.float64)
+        code = ops.apply_rule(self.rule, t, domains).numpy()
+        return {**scores, "code": code, "validator_cut": cut}
 
     def predict(self, images: ImageLike | Sequence[ImageLike], domains=None) -> Prediction:
         """Everything about a list of images (one image is a list of one); ``domains`` as in
@@ -263,8 +266,9 @@ class Stage1Model:
         images (``pil``)."""
         scores = dict(scores)
         code = scores.pop("code").astype(np.int8)
+        cut = scores.pop("validator_cut", self.threshold)  # per image for per-domain bundles
         p = scores["p"].astype(np.float64)
-        ans = answer(p, self.threshold, self.margin, self.clip)
+        ans = answer(p, cut, self.margin, self.clip)
         if self.stage2 is not None and pil is not None:
             for i in np.flatnonzero(code == -1):
                 ans[i] = float(self.stage2(pil[i]))

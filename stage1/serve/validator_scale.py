@@ -37,7 +37,7 @@ def answer(p, threshold: float, margin: float = MARGIN, clip=CLIP) -> np.ndarray
     """The validator-scale answers (float64) of calibrated probabilities ``p``."""
     p = np.asarray(p, np.float64)
     q = np.clip(p, _EPS, 1.0 - _EPS)
-    c = float(np.clip(threshold, _EPS, 1.0 - _EPS))
+    c = np.clip(np.asarray(threshold, np.float64), _EPS, 1.0 - _EPS)  # one cut, or one per image
     z = np.log(q) - np.log1p(-q) - (np.log(c) - np.log1p(-c))
     v = 1.0 / (1.0 + np.exp(-z))
     pos = p >= threshold
