@@ -346,6 +346,12 @@ def test_auto_chunk_fits_the_budget():
     assert hs.auto_chunk(lin, 32768, mesh, budget_bytes=8 * 2**30) > 4000 * mesh.size
     assert hs.auto_chunk(mlp, 32768, mesh, 2**30) < hs.auto_chunk(mlp, 32768, mesh, 2**31)
     assert hs.auto_chunk(mlp, 32768, mesh, budget_bytes=1) == mesh.size
+    # augmented views: each config gathers its epoch's (n_train, D + 1) rows (heads.train)
+    big = dict(shape, n_train=50_000)
+    lin1 = hs.auto_chunk(TrainSpec(head=LinearSpec(), **big), 32768, mesh, 8 * 2**30)
+    lin2 = hs.auto_chunk(TrainSpec(head=LinearSpec(), views=2, **big), 32768, mesh, 8 * 2**30)
+    per_cfg_views = 4 * 50_000 * (768 + 1)  # ~154 MB: at most ~56 configs per 8 GiB and device
+    assert lin2 <= (8 * 2**30 // per_cfg_views) * mesh.size < lin1
 
 
 def test_rank_rows_by_exit_rate_with_tie_breaks_and_missing_last():
