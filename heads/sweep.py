@@ -112,8 +112,8 @@ def auto_chunk(spec: TrainSpec, n_val: int, mesh: Mesh, budget_bytes: int | None
     (weights, optimizer moments, EMA, best, gradients, update), where ``width`` is the sum of
     the head's layer widths (read off the family's initial parameters, so it holds for every
     family); with augmented views (``spec.views > 1``) also the epoch's gathered train rows
-    (``n_train * (D + 1)``). Default budget: half of the first device's memory where the runtime reports it,
-    else 8 GiB. A rough bound, not a promise.
+    (``n_train * (D + 1)``). Default budget: half of the first device's memory where the
+    runtime reports it, else 8 GiB. A rough bound, not a promise.
     """
     shapes = jax.eval_shape(lambda: families.of(spec).init(spec, jax.random.key(0)))
     leaves = jax.tree.leaves(shapes)
