@@ -247,8 +247,14 @@ class PerDomain(Policy):
         return rows
 
     @staticmethod
-    def serving(records):  # ``per_domain_serving`` (it needs the inner policy's class)
-        raise NotImplementedError("use calibrate.policies.serving_rule")
+    def serving(records):
+        """``per_domain_serving`` with the inner policy whose record file carries the
+        ``per_domain`` block (thresholds.json: the FNR threshold, scrcparams.json: SCRC-I)."""
+        from calibrate.policies import POLICIES
+
+        file = next(n for n, r in records.items() if isinstance(r, dict) and "per_domain" in r)
+        inner = next(c for c in POLICIES.values() if c.record_file == file)
+        return per_domain_serving(inner, records)
 
 
 def per_domain_serving(inner: type[Policy], records: dict[str, Any]) -> dict[str, Any]:

@@ -73,6 +73,7 @@ class Policy(abc.ABC):
     """A fitted exit policy (``fit_policy``)."""
 
     shipped: str  # name of the decision rule that ships ("fnr_threshold", "scrc_gate", ...)
+    record_file: str  # the run record holding the fitted rule (``records()``, ``serving()``)
     notes: list[str]  # one line per thing the user must know (infeasible candidates, ...)
     calibration: dict  # what the certificate was fitted on (grouped, n_effective, views, ...)
 
@@ -157,6 +158,7 @@ class FNRThreshold(Policy):
     """Exit as "no roadwork" iff ``p < t`` with FNR <= alpha certified on calib."""
 
     shipped = "fnr_threshold"
+    record_file = "thresholds.json"
 
     def __init__(
         self,
@@ -290,6 +292,8 @@ class FNRThreshold(Policy):
 
 class Selective(Policy):
     """SCRC-I (gate, softmax response) and the two-sided policy (``calibrate.exit_policies``)."""
+
+    record_file = "scrcparams.json"
 
     def __init__(
         self,

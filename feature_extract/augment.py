@@ -45,8 +45,9 @@ PARAMS: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class AugmentSpec:
-    """What ``stage1.config.AugmentConfig`` resolves to, as plain data (this room imports nothing
-    from stage1): K views, the seed, the default profile and per-domain profiles."""
+    """What the orchestration config's ``augment`` section resolves to, as plain data (this
+    room imports nothing from the orchestration room): K views, the seed, the default profile
+    and per-domain profiles."""
 
     views: int = 0
     seed: int = 0

@@ -245,6 +245,9 @@ def test_a_per_domain_bundles_answers_cross_half_at_each_domains_cut(fixture, re
     records = {n: json.loads((run / n).read_text()) for n in RECORDS if (run / n).is_file()}
     name = "fnr_threshold" if fixture == "phase1" else "selective"  # the families' policies
     rule = serving_rule(name, records)  # what `stage1 export` ships
+    from calibrate.domain_policy import PerDomain
+
+    assert PerDomain.serving(records) == rule  # the policy's own serving() infers the inner one
     with np.load(run / "predictions.npz") as z:
         p, dom, dec = z["test_probs"], z["test_domains"].astype(str), z["test_decision"]
         validator = validator_block(rule, z["val_probs"], z["val_labels"])
