@@ -128,44 +128,34 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _cmd_finetune(args) -> int:
+def _backbone_run_config(args):
+    """The config of `stage1 finetune` / `stage1 adapt`: --preset/--set, then their backbone and
+    data flags (a flag left out keeps the config's value)."""
     from stage1.config import override
+
+    flags = (
+        ("backbone.name", args.backbone),
+        ("backbone.weights", args.weights),
+        ("backbone.image_size", args.image_size),
+        ("backbone.device", args.device),
+        ("data.source", args.data),
+    )
+    sets = [f"{key}={val}" for key, val in flags if val is not None]
+    return override(config_from_args(args), sets).validate()
+
+
+def _cmd_finetune(args) -> int:
     from stage1.finetune import run_finetune
 
-    cfg = config_from_args(args)
-    sets = [
-        f"{key}={val}"
-        for key, val in (
-            ("backbone.name", args.backbone),
-            ("backbone.weights", args.weights),
-            ("backbone.image_size", args.image_size),
-            ("backbone.device", args.device),
-            ("data.source", args.data),
-        )
-        if val is not None
-    ]
-    cfg = override(cfg, sets).validate()
+    cfg = _backbone_run_config(args)
     run_finetune(cfg, Path(args.out), demo_dir=args.demo_dir)
     return 0
 
 
 def _cmd_adapt(args) -> int:
     from stage1.adapt import run_adapt
-    from stage1.config import override
 
-    cfg = config_from_args(args)
-    sets = [
-        f"{key}={val}"
-        for key, val in (
-            ("backbone.name", args.backbone),
-            ("backbone.weights", args.weights),
-            ("backbone.image_size", args.image_size),
-            ("backbone.device", args.device),
-            ("data.source", args.data),
-        )
-        if val is not None
-    ]
-    cfg = override(cfg, sets).validate()
+    cfg = _backbone_run_config(args)
     run_adapt(
         cfg, Path(args.out), domain=args.domain, overwrite=args.overwrite, demo_dir=args.demo_dir
     )
