@@ -121,17 +121,27 @@ def rate(fn, n_images: int, repeats: int, device) -> float:
     return n_images * repeats / (time.perf_counter() - t)
 
 
-def latency(fn, items, warmup: int) -> tuple[float, float]:
-    """p50 and p99 in ms of ``fn(item)`` (each call returns a host float: synchronised)."""
+def latency(fns: dict, items, warmup: int) -> dict[str, tuple[float, float]]:
+    """p50 and p99 in ms of each ``fn(item)`` (each call returns a host float: synchronised).
+
+    The functions are timed interleaved, item by item, so that every one of them sees the same
+    machine state (a DataLoader still shutting down, clock changes): timing one after the other
+    would hand whichever runs second a quieter machine.
+    """
     for it in items[:warmup]:
-        fn(it)
-    times = []
+        for fn in fns.values():
+            fn(it)
+    times = {k: [] for k in fns}
     for it in items:
-        t = time.perf_counter()
-        fn(it)
-        times.append(time.perf_counter() - t)
-    ms = np.array(times) * 1e3
-    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn(it)
+            times[k].append(time.perf_counter() - t)
+    out = {}
+    for k, ts in times.items():
+        ms = np.array(ts) * 1e3
+        out[k] = (float(np.percentile(ms, 50)), float(np.percentile(ms, 99)))
+    return out
 
 
 def main(argv=None) -> int:
@@ -280,10 +290,9 @@ def main(argv=None) -> int:
         return m(Image.open(io.BytesIO(b)))
 
     items = data[: args.warmup + args.single]
-    lat = {
-        "bare timm, 1 image": latency(bare_one, items, args.warmup),
-        "Stage1Model, 1 image": latency(model_one, items, args.warmup),
-    }
+    lat = latency(
+        {"bare timm, 1 image": bare_one, "Stage1Model, 1 image": model_one}, items, args.warmup
+    )
     f_rate = results["backbone forward only"]
     p99_bare = lat["bare timm, 1 image"][1]
     name = (
