@@ -295,3 +295,57 @@ def test_fnr_fpr_lambda2_is_the_validator_rule_when_certified():
     res = fit_scrc_i(np.full(3000, 0.9), q2, y, 0.05, 0.1, 0.5, beta=0.05, decision_boundary=0.5)
     assert res.lambda2 > 0.65
     assert res.fpr_hat <= 0.05 and res.risk_hat <= 0.05
+
+
+# ---------------------------------------------------------------------------------------------
+# the phase-1 policy (calibrate.policies.FNRThreshold) certifies at group level
+
+
+def _grouped_calib(n_groups=200, frames=5, seed=0):
+    """Correlated frames: one label and a shared offset per street, noise per frame."""
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(n_groups), frames)
+    y = np.repeat((rng.random(n_groups) < 0.5).astype(np.int32), frames)
+    p = np.clip(0.3 + 0.4 * y + np.repeat(rng.normal(0, 0.15, n_groups), frames), 0, 1)
+    return np.clip(p + rng.normal(0, 0.02, g.size), 0, 1), y, g.astype(str)
+
+
+def test_phase1_policy_certifies_one_frame_per_group_at_the_configured_seed():
+    from calibrate.policies import fit_policy
+    from calibrate.thresholds import fnr_threshold_fit
+    from stage1.config import RiskConfig
+
+    p, y, g = _grouped_calib()
+    risk = RiskConfig(alpha=0.1, method="pac", delta=0.1, group_seed=3)
+    pol = fit_policy("fnr_threshold", {"p": p}, y, risk, groups=g)
+    t, rec = fnr_threshold_fit(p, y, 0.1, method="pac", delta=0.1, groups=g, group_seed=3)
+    assert pol.t == float(t)
+    assert {k: v for k, v in pol.calibration.items() if k != "views"} == rec
+    # the threshold is a rank among positives: one frame of each of the 88 positive streets
+    assert (rec["grouped"], rec["n_effective"], rec["n_rows"], rec["seed"]) == (True, 88, 440, 3)
+    # the nearest wrong answers differ on this data: every frame as if exchangeable, seed 0
+    assert pol.t != float(fnr_threshold_fit(p, y, 0.1, method="pac", delta=0.1)[0])
+    assert pol.t != float(
+        fnr_threshold_fit(p, y, 0.1, method="pac", delta=0.1, groups=g, group_seed=0)[0]
+    )
+
+
+def test_phase1_shortfall_counts_positive_groups_not_frames():
+    """20 positive streets of 10 frames: 200 positive rows but 20 certifying units, short of the
+    22 PAC positives alpha = delta = 0.1 needs (the 40 negative streets do not count). Grouped,
+    nothing is certified (defer_all, the record says grouped); without groups 200 rows certify."""
+    from calibrate.policies import fit_policy
+    from stage1.config import RiskConfig
+
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.r_[np.ones(20), np.zeros(40)].astype(np.int32), 10)  # 20 + 40 streets
+    g = np.repeat(np.arange(60), 10).astype(str)
+    p = np.clip(0.3 + 0.4 * y + rng.normal(0, 0.1, y.size), 0, 1)
+    risk = RiskConfig(alpha=0.1, method="pac", delta=0.1)
+    pol = fit_policy("fnr_threshold", {"p": p}, y, risk, allow_uncertified=True, groups=g)
+    assert (pol.shipped, pol.t) == ("defer_all", 0.0)
+    assert "20 positives (needs >= 22)" in pol.uncertified
+    assert pol.calibration["grouped"] and pol.calibration["n_groups"] == 60
+    assert fit_policy("fnr_threshold", {"p": p}, y, risk, allow_uncertified=True).shipped == (
+        "fnr_threshold"
+    )
