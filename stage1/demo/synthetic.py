@@ -36,16 +36,17 @@ import hashlib
 from functools import lru_cache
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
+
+from stage1.demo import props
 
 GENERATOR_VERSION = 2
 _SS = 2  # supersampling: draw at 2x, box-downsample (anti-aliasing)
 _ORANGE = (240, 105, 15)
-_WHITE = (236, 236, 232)
 # Roadwork colour schemes: US orange-white, European red-white, yellow-black (chevron boards).
 # Red and yellow lie outside the orange hue band, so an orange-pixel count only sees the US
 # scenes, while the random-init ViT features respond to all three (see _roadwork).
-_SCHEMES = ((_ORANGE, _WHITE), ((205, 25, 35), _WHITE), ((245, 200, 20), (25, 25, 25)))
+_SCHEMES = ((_ORANGE, props.WHITE), ((205, 25, 35), props.WHITE), ((245, 200, 20), (25, 25, 25)))
 _SCHEME_P = (0.35, 0.35, 0.30)
 # Positive scene styles: one small far cue (hard), lane-closure taper, work zone, road closed.
 _STYLE_P = (0.10, 0.20, 0.25, 0.45)
@@ -66,236 +67,6 @@ def _grey(rng: np.random.Generator, base, jitter: int) -> tuple[int, int, int]:
     """Brightness jitter with only a faint tint (asphalt and concrete stay grey)."""
     g = int(rng.integers(-jitter, jitter + 1))
     return tuple(int(min(255, max(0, c + g + rng.integers(-3, 4)))) for c in base)
-
-
-def _mix(a, b, t: float) -> tuple[int, int, int]:
-    return tuple(int(x + (y - x) * t) for x, y in zip(a, b, strict=True))
-
-
-# ---------------------------------------------------------------------------------------------
-# Camera and drawing primitives (world: X right, Y up, Z forward, metres)
-
-
-class _Painter:
-    """Pinhole camera at height ``h`` with roll, drawing on a PIL canvas."""
-
-    def __init__(self, img: Image.Image, f: float, cx: float, hy: float, h: float, t: float):
-        self.draw = ImageDraw.Draw(img)
-        self.f, self.cx, self.hy, self.h = f, cx, hy, h
-        # roll 2*atan(t) via the rational parametrisation: exact IEEE arithmetic, no cos/sin
-        self.c, self.s = (1 - t * t) / (1 + t * t), 2 * t / (1 + t * t)
-        self.ox, self.oy = img.width / 2, img.height / 2
-
-    def pt(self, X: float, Y: float, Z: float) -> tuple[float, float]:
-        x, y = self.cx + self.f * X / Z - self.ox, self.hy + self.f * (self.h - Y) / Z - self.oy
-        return self.ox + self.c * x - self.s * y, self.oy + self.s * x + self.c * y
-
-    def world(self, pts, fill) -> None:
-        self.draw.polygon([self.pt(*p) for p in pts], fill=fill)
-
-    def ground(self, x0, x1, z0, z1, fill) -> None:
-        """Quad on the road plane (Y = 0) between lateral x0..x1 and depth z0..z1."""
-        self.world([(x0, 0, z0), (x1, 0, z0), (x1, 0, z1), (x0, 0, z1)], fill)
-
-    def wall(self, X, y0, y1, z0, z1, fill) -> None:
-        """Quad in the vertical plane X = const (facades, barrier sides)."""
-        self.world([(X, y0, z0), (X, y1, z0), (X, y1, z1), (X, y0, z1)], fill)
-
-    def flat(self, X: float, Z: float, uv, fill) -> None:
-        """Polygon in the plane facing the camera at depth Z (u right, v up, metres)."""
-        self.draw.polygon([self.pt(X + u, v, Z) for u, v in uv], fill=fill)
-
-    def box(self, X, Z, u0, u1, v0, v1, fill) -> None:
-        self.flat(X, Z, [(u0, v0), (u1, v0), (u1, v1), (u0, v1)], fill)
-
-    def disc(self, X, Z, u, v, ru, rv, fill) -> None:
-        x, y = self.pt(X + u, v, Z)
-        k = self.f / Z
-        self.draw.ellipse([x - ru * k, y - rv * k, x + ru * k, y + rv * k], fill=fill)
-
-
-def _clip_u(poly, lo: float, hi: float):
-    """Sutherland-Hodgman clip of a polygon to lo <= u <= hi."""
-    for keep, edge in ((lambda u: u >= lo, lo), (lambda u: u <= hi, hi)):
-        out = []
-        for i, (u1, v1) in enumerate(poly):
-            u0, v0 = poly[i - 1]
-            if keep(u1) != keep(u0):
-                out.append((edge, v0 + (v1 - v0) * (edge - u0) / (u1 - u0)))
-            if keep(u1):
-                out.append((u1, v1))
-        poly = out
-    return poly
-
-
-# ---------------------------------------------------------------------------------------------
-# Objects (each drawn at one depth; the scene sorts them far to near)
-
-
-def _car(p: _Painter, X, Z, color, kind: str) -> None:
-    dark, glass = (24, 24, 26), (45, 55, 66)
-    p.ground(X - 1.0, X + 1.0, Z - 0.2, Z + 4, (34, 34, 36))  # shadow
-    half, top = (1.2, 3.0) if kind == "truck" else (0.9, 1.0 if kind == "car" else 1.9)
-    p.box(X, Z, -half + 0.05, -half + 0.35, 0, 0.4, dark)
-    p.box(X, Z, half - 0.35, half - 0.05, 0, 0.4, dark)
-    p.box(X, Z, -half, half, 0.3, top, color)
-    if kind == "car":
-        p.flat(
-            X,
-            Z,
-            [(-0.85, 0.95), (0.85, 0.95), (0.62, 1.45), (-0.62, 1.45)],
-            _mix(color, dark, 0.15),
-        )
-        p.flat(X, Z, [(-0.72, 1.0), (0.72, 1.0), (0.56, 1.38), (-0.56, 1.38)], glass)
-    elif kind == "van":
-        p.box(X, Z, -0.75, 0.75, 1.2, 1.75, glass)
-    else:  # work truck: amber light bar on the roof
-        p.box(X, Z, -0.6, 0.6, top, top + 0.15, (255, 190, 30))
-    p.box(X, Z, -half + 0.05, -half + 0.3, 0.7, 0.85, (205, 25, 20))
-    p.box(X, Z, half - 0.3, half - 0.05, 0.7, 0.85, (205, 25, 20))
-    p.box(X, Z, -0.22, 0.22, 0.4, 0.53, (225, 225, 215))
-
-
-def _cone(p: _Painter, X, Z, h, color, band=_WHITE) -> None:
-    s = h / 0.75
-    p.box(X, Z, -0.24 * s, 0.24 * s, 0, 0.05 * s, _mix(color, (20, 20, 20), 0.6))
-
-    def hw(v):  # half width of the cone body at height v (linear taper)
-        return 0.17 * s + (0.035 - 0.17) * s * (v - 0.05 * s) / (h - 0.05 * s)
-
-    for a, b, c in ((0.05, 1.0, color), (0.35, 0.5, band), (0.62, 0.72, band)):
-        v0, v1 = 0.05 * s if a == 0.05 else a * h, b * h
-        p.flat(X, Z, [(-hw(v0), v0), (hw(v0), v0), (hw(v1), v1), (-hw(v1), v1)], c)
-
-
-def _drum(p: _Painter, X, Z, color, band=_WHITE) -> None:
-    p.box(X, Z, -0.33, 0.33, 0, 0.08, (25, 25, 25))
-    p.box(X, Z, -0.28, 0.28, 0.08, 0.95, color)
-    p.disc(X, Z, 0, 0.95, 0.28, 0.05, _mix(color, band, 0.3))
-    for v0 in (0.25, 0.55):
-        p.box(X, Z, -0.28, 0.28, v0, v0 + 0.14, band)
-
-
-def _barricade(p: _Painter, X, Z, w, c1, slant, tall: bool = False, base=_WHITE) -> None:
-    """Barricade ``w`` m wide: two rails (three when ``tall``: Type III, 1.5 m) of diagonal
-    ``c1`` stripes on ``base``, slanting left or right with ``slant`` = -1 | 1."""
-    top = 1.5 if tall else 1.05
-    for u in (-w / 2 + 0.1, w / 2 - 0.16):
-        p.box(X, Z, u, u + 0.06, 0, top, (200, 200, 195))
-    rails = ((1.15, 1.5), (0.7, 1.05), (0.25, 0.6)) if tall else ((0.75, 1.0), (0.38, 0.62))
-    for v0, v1 in rails:
-        p.box(X, Z, -w / 2, w / 2, v0, v1, base)
-        step, shift = 0.2, (v1 - v0) * slant
-        u = -w / 2 - abs(shift) - step
-        while u < w / 2:
-            poly = _clip_u(
-                [(u, v0), (u + step, v0), (u + step + shift, v1), (u + shift, v1)], -w / 2, w / 2
-            )
-            if len(poly) >= 3:
-                p.flat(X, Z, poly, c1)
-            u += 2 * step
-
-
-def _arrow_board(p: _Painter, X, Z, direction) -> None:
-    """Trailer-mounted flashing arrow board: a dark panel with a chevron of amber lamps."""
-    p.box(X, Z, -0.9, 0.9, 0.2, 0.7, (60, 62, 66))  # trailer
-    p.box(X, Z, -0.06, 0.06, 0.7, 1.3, (60, 62, 66))
-    p.box(X, Z, -1.2, 1.2, 1.3, 2.6, (22, 22, 24))
-    lamp = (255, 200, 60)
-    for k in range(7):  # shaft of the arrow
-        p.disc(X, Z, direction * (-0.9 + 0.25 * k), 1.95, 0.07, 0.07, lamp)
-    for k in range(1, 4):  # head of the arrow
-        for s in (-1, 1):
-            p.disc(X, Z, direction * (0.75 - 0.2 * k), 1.95 + s * 0.17 * k, 0.07, 0.07, lamp)
-
-
-def _jersey(p: _Painter, X, Z, length, color) -> None:
-    """A water-filled barrier segment running along the road from Z to Z + length."""
-    face = X - 0.3 if X > 0 else X + 0.3
-    p.wall(face, 0, 0.8, Z, Z + length, _mix(color, (0, 0, 0), 0.12))
-    p.flat(X, Z, [(-0.35, 0), (0.35, 0), (0.18, 0.8), (-0.18, 0.8)], color)
-
-
-def _fence(p: _Painter, X, Z, length, c1, c2) -> None:
-    """Site fence along the road (plane X = const) from Z to Z + length: 2 m panels of
-    alternating colour over a dark base, with posts, as around excavations."""
-    k, z = 0, Z
-    while z < Z + length:
-        p.wall(X, 0.0, 0.25, z, z + 2.0, (45, 45, 48))
-        p.wall(X, 0.25, 2.0, z, z + 2.0, c1 if k % 2 == 0 else c2)
-        p.wall(X, 0.25, 2.0, z, z + 0.08, (90, 90, 95))
-        k, z = k + 1, z + 2.0
-
-
-_WORKER_GLYPH = [
-    [(-0.14, 0.0), (0.0, 0.05), (0.1, -0.22), (-0.02, -0.25)],
-    [(0.02, -0.25), (0.14, -0.24), (0.2, -0.45), (0.1, -0.45)],
-    [(0.1, -0.45), (0.42, -0.45), (0.3, -0.25)],
-]
-
-
-def _sign(p: _Painter, X, Z, kind: str, post: float) -> None:
-    p.box(X, Z, -0.04, 0.04, 0, post + 0.3, (115, 115, 120))
-    c, r = post + 0.5, 0.5
-    black = (20, 20, 20)
-    if kind in ("work_diamond", "warn_diamond"):
-        fill = (250, 140, 0) if kind == "work_diamond" else (250, 210, 20)
-        p.flat(X, Z, [(0, c - r), (r, c), (0, c + r), (-r, c)], black)
-        p.flat(X, Z, [(0, c - r + 0.06), (r - 0.06, c), (0, c + r - 0.06), (-r + 0.06, c)], fill)
-    elif kind in ("work_triangle", "yield"):
-        k = -1 if kind == "yield" else 1
-        p.flat(X, Z, [(-r, c - k * 0.4), (r, c - k * 0.4), (0, c + k * 0.5)], (200, 20, 25))
-        p.flat(X, Z, [(-0.33, c - k * 0.3), (0.33, c - k * 0.3), (0, c + k * 0.3)], _WHITE)
-    elif kind == "speed":
-        p.disc(X, Z, 0, c, 0.4, 0.4, (200, 20, 25))
-        p.disc(X, Z, 0, c, 0.3, 0.3, _WHITE)
-        p.box(X, Z, -0.15, -0.03, c - 0.12, c + 0.12, black)
-        p.box(X, Z, 0.03, 0.15, c - 0.12, c + 0.12, black)
-        return
-    else:  # parking
-        p.box(X, Z, -0.35, 0.35, c - 0.35, c + 0.35, (20, 70, 170))
-        p.box(X, Z, -0.12, 0.12, c - 0.2, c + 0.22, _WHITE)
-        return
-    if kind.startswith("work"):
-        dy = c + 0.08 if kind == "work_diamond" else c - 0.08
-        for poly in _WORKER_GLYPH:
-            p.flat(X, Z, [(u * 0.8, dy + v * 0.8) for u, v in poly], black)
-        p.disc(X, Z, -0.04, dy + 0.12, 0.06, 0.06, black)
-    elif kind == "warn_diamond":  # pedestrian-crossing style: a standing figure
-        p.box(X, Z, -0.05, 0.05, c - 0.3, c + 0.1, black)
-        p.disc(X, Z, 0, c + 0.2, 0.07, 0.07, black)
-
-
-def _person(p: _Painter, X, Z, torso, legs, skin, helmet, vest: bool) -> None:
-    p.box(X, Z, -0.17, -0.03, 0, 0.85, legs)
-    p.box(X, Z, 0.03, 0.17, 0, 0.85, legs)
-    p.box(X, Z, -0.22, 0.22, 0.82, 1.45, torso)
-    p.box(X, Z, -0.3, -0.2, 0.9, 1.42, torso)
-    p.box(X, Z, 0.2, 0.3, 0.9, 1.42, torso)
-    if vest:  # retro-reflective bands of a hi-vis vest
-        for v0 in (1.0, 1.22):
-            p.box(X, Z, -0.22, 0.22, v0, v0 + 0.05, (225, 225, 215))
-    p.disc(X, Z, 0, 1.57, 0.1, 0.12, skin)
-    if helmet is not None:
-        p.flat(X, Z, [(-0.13, 1.62), (0.13, 1.62), (0.09, 1.72), (-0.09, 1.72)], helmet)
-
-
-def _tree(p: _Painter, X, Z, blobs) -> None:
-    p.box(X, Z, -0.12, 0.12, 0, 2.8, (90, 65, 45))
-    for du, dv, r, color in blobs:
-        p.disc(X, Z, du, 3.6 + dv, r, r * 0.85, color)
-
-
-def _lamp(p: _Painter, X, Z, side) -> None:
-    grey, arm = (105, 108, 112), -side * 1.6
-    p.box(X, Z, -0.07, 0.07, 0, 7.0, grey)
-    p.flat(X, Z, [(0, 6.85), (arm, 7.05), (arm, 7.15), (0, 7.0)], grey)
-    p.box(X, Z, arm - 0.25, arm + 0.25, 6.92, 7.05, (250, 235, 170))
-
-
-def _bin(p: _Painter, X, Z, color) -> None:
-    p.box(X, Z, -0.3, 0.3, 0, 1.0, color)
-    p.box(X, Z, -0.34, 0.34, 1.0, 1.1, _mix(color, (0, 0, 0), 0.3))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,19 +150,21 @@ def _street(seed: int, sid: int) -> dict:
                 for _ in range(3):  # canopy: offset u, v, radius, colour
                     du, dv, rad = r.uniform(-0.6, 0.6), r.uniform(-0.4, 0.8), r.uniform(1.0, 1.9)
                     blobs.append((du, dv, rad, _col(r, palette[int(r.integers(len(palette)))])))
-                st["objects"].append((z, _tree, (curb + side * walk * 0.7, z, blobs)))
+                st["objects"].append((z, props.tree, (curb + side * walk * 0.7, z, blobs)))
                 z += r.uniform(7, 16)
         if r.random() < 0.6:
             z = r.uniform(5, 20)
             while z < 140:
-                st["objects"].append((z, _lamp, (curb + side * 0.4, z, side)))
+                st["objects"].append((z, props.lamp, (curb + side * 0.4, z, side)))
                 z += r.uniform(18, 32)
         if r.random() < 0.5:  # parked cars along the curb
             z = r.uniform(4, 12)
             while z < 70:
                 if r.random() < 0.6:
                     color = _CARS[int(r.integers(len(_CARS)))]
-                    st["objects"].append((z, _car, (curb - side * 1.1, z, _col(r, color), "car")))
+                    st["objects"].append(
+                        (z, props.car, (curb - side * 1.1, z, _col(r, color), "car"))
+                    )
                 z += r.uniform(5.5, 9)
     return st
 
@@ -400,13 +173,21 @@ def _street(seed: int, sid: int) -> dict:
 # Scene
 
 
-def _background(p: _Painter, st: dict, img: Image.Image, r: np.random.Generator) -> None:
+def _background(p: props.Painter, st: dict, img: Image.Image, r: np.random.Generator) -> None:
     RW, RH = img.size
     if st["sun"] is not None:
         x, rad = st["sun"]
-        p.disc(x, 1000, 0, p.h + 40, rad * 2.2, rad * 2.2, _mix(st["sky"][2], (255, 200, 120), 0.4))
+        p.disc(
+            x,
+            1000,
+            0,
+            p.h + 40,
+            rad * 2.2,
+            rad * 2.2,
+            props.mix(st["sky"][2], (255, 200, 120), 0.4),
+        )
         p.disc(x, 1000, 0, p.h + 40, rad, rad, (255, 226, 160))
-    haze = _mix(st["sky"][2], (110, 115, 125), 0.45)
+    haze = props.mix(st["sky"][2], (110, 115, 125), 0.45)
     for X, w, h in st["skyline"]:
         p.box(X, 400, -w / 2, w / 2, 0, h, haze)
     far = 1e4
@@ -437,7 +218,7 @@ def _background(p: _Painter, st: dict, img: Image.Image, r: np.random.Generator)
         _building(p, b)
 
 
-def _building(p: _Painter, b: dict) -> None:
+def _building(p: props.Painter, b: dict) -> None:
     X, z0, z1, h = b["X"], b["z0"], b["z1"], b["h"]
     p.wall(X, 0, h, z0, z1, b["color"])
     y = 4.0
@@ -453,12 +234,12 @@ def _building(p: _Painter, b: dict) -> None:
         seg = (z1 - z0 - 1.2) / max(1, round((z1 - z0 - 1.2) / 0.8))
         z = z0 + 0.6
         for k in range(int(round((z1 - z0 - 1.2) / seg))):
-            color = b["awning"] or ((200, 35, 35) if k % 2 else _WHITE)
+            color = b["awning"] or ((200, 35, 35) if k % 2 else props.WHITE)
             p.world([(X, 3.1, z), (X, 3.1, z + seg), (X + d, 2.5, z + seg), (X + d, 2.5, z)], color)
             z += seg
 
 
-def _roadwork(r: np.random.Generator, st: dict, objs: list, p: _Painter, width: int) -> list:
+def _roadwork(r: np.random.Generator, st: dict, objs: list, p: props.Painter, width: int) -> list:
     """Append the roadwork cues of a positive image to ``objs``; returns their (X, Z) anchors.
 
     Why most scenes are close-ups (``_NEAR_P``): ``make demo`` runs a random-init ViT, whose
@@ -476,8 +257,8 @@ def _roadwork(r: np.random.Generator, st: dict, objs: list, p: _Painter, width: 
     scheme = int(r.choice(len(_SCHEMES), p=_SCHEME_P))
     main, band = _col(r, _SCHEMES[scheme][0], 15), _SCHEMES[scheme][1]
     # barricade rails: main-colour stripes on white, or black stripes on a yellow board
-    stripe, base = (band, main) if scheme == 2 else (main, _WHITE)
-    alt = _WHITE if scheme == 1 else main  # second colour of barrier and fence segments
+    stripe, base = (band, main) if scheme == 2 else (main, props.WHITE)
+    alt = props.WHITE if scheme == 1 else main  # second colour of barrier and fence segments
     style = int(r.choice(len(_STYLE_P), p=_STYLE_P))
     near = r.random() < _NEAR_P
     d = r.uniform(2.0, 3.5) if near else r.uniform(6.0, 12.0)  # depth of the first cue
@@ -495,13 +276,19 @@ def _roadwork(r: np.random.Generator, st: dict, objs: list, p: _Painter, width: 
         anchors.append((X, Z))
 
     def sign(X, Z):
-        add(_sign, X, Z, "work_diamond" if r.random() < 0.5 else "work_triangle", r.uniform(1.2, 2))
+        add(
+            props.sign,
+            X,
+            Z,
+            "work_diamond" if r.random() < 0.5 else "work_triangle",
+            r.uniform(1.2, 2),
+        )
 
     def cone_or_drum(X, Z, h, drum):
         if drum:
-            add(_drum, X, Z, main, band)
+            add(props.drum, X, Z, main, band)
         else:
-            add(_cone, X, Z, h, main, band)
+            add(props.cone, X, Z, h, main, band)
 
     def cones(n, X0, Z0, gap, taper, drums):
         h = r.uniform(0.8, 1.1)
@@ -509,7 +296,7 @@ def _roadwork(r: np.random.Generator, st: dict, objs: list, p: _Painter, width: 
             cone_or_drum(X0 + inward * min(taper * k, 0.9 * lw), Z0 + k * gap, h, drums)
 
     def barricade(X, Z, w, tall=False):
-        add(_barricade, X, Z, w, stripe, r.choice([-1.0, 1.0]), tall, base)
+        add(props.barricade, X, Z, w, stripe, r.choice([-1.0, 1.0]), tall, base)
 
     if style == 0:  # one small, far cue: the hard positives
         Z, X = r.uniform(18, 38), Xw + inward * r.uniform(-0.5, 0.5)
@@ -528,14 +315,14 @@ def _roadwork(r: np.random.Generator, st: dict, objs: list, p: _Painter, width: 
         if r.random() < 0.6:
             sign(edge - inward * 0.6, d + r.uniform(0, 3))
         if r.random() < 0.4:
-            add(_arrow_board, Xw, d + n * gap + 1.0, inward)
+            add(props.arrow_board, Xw, d + n * gap + 1.0, inward)
     elif style == 2:  # a work zone in the work strip: barriers or fence, cones, workers, sign
         L, u = r.uniform(8, 20), r.random()
         if u < 0.35:
             for k in range(int(L / 2.0)):
-                add(_jersey, Xw, d + 2.0 * k, 1.9, main if k % 2 == 0 else alt)
+                add(props.jersey, Xw, d + 2.0 * k, 1.9, main if k % 2 == 0 else alt)
         elif u < 0.7:
-            add(_fence, Xw, d, L, main, alt)
+            add(props.fence, Xw, d, L, main, alt)
         else:
             for _ in range(int(r.integers(3, 6))):
                 X, Z = Xw + inward * r.uniform(-0.5, 0.5), d + r.uniform(0, L)
@@ -546,14 +333,23 @@ def _roadwork(r: np.random.Generator, st: dict, objs: list, p: _Painter, width: 
                 vest = _col(r, (205, 235, 40) if r.random() < 0.6 else (250, 120, 20), 12)
                 helmet = [(240, 240, 235), (245, 210, 20), (245, 120, 20)][int(r.integers(3))]
                 X, Z = Xw - inward * r.uniform(-0.5, 0.8), d + r.uniform(0, L)
-                add(_person, X, Z, vest, (40, 45, 70), _col(r, (200, 160, 130), 30), helmet, True)
+                add(
+                    props.person,
+                    X,
+                    Z,
+                    vest,
+                    (40, 45, 70),
+                    _col(r, (200, 160, 130), 30),
+                    helmet,
+                    True,
+                )
         if r.random() < 0.7:
             sign(edge - inward * 0.6, d + r.uniform(1, 3))
         if r.random() < 0.35:
             color = [(240, 120, 20), (240, 200, 30), (235, 235, 235)][int(r.integers(3))]
-            add(_car, Xw, d + 0.6 * L, color, "truck")
+            add(props.car, Xw, d + 0.6 * L, color, "truck")
         elif r.random() < 0.4:
-            add(_arrow_board, Xw, d + L, inward)
+            add(props.arrow_board, Xw, d + L, inward)
     else:  # road closed: tall barricades across the lanes ahead, cones or drums in front
         Z, n = d + 1.5, int(r.integers(3, 6))
         X0 = r.uniform(-0.5, 0.5) * lw - (n - 1) * 1.3
@@ -570,11 +366,13 @@ def _roadwork(r: np.random.Generator, st: dict, objs: list, p: _Painter, width: 
         X = (x_edge - p.cx) * Z / p.f + r.uniform(-0.3, 0.3)
         kind = int(r.integers(3))
         if kind == 0:
-            add(_drum, X, Z, main, band)
+            add(props.drum, X, Z, main, band)
         elif kind == 1:
             barricade(X, Z, 1.8)
         else:
-            add(_person, X, Z, (205, 235, 40), (40, 45, 70), (190, 150, 120), _WHITE, True)
+            add(
+                props.person, X, Z, (205, 235, 40), (40, 45, 70), (190, 150, 120), props.WHITE, True
+            )
     return anchors
 
 
@@ -585,11 +383,11 @@ def _traffic(r: np.random.Generator, st: dict, objs: list, anchors: list) -> Non
         kind = ["car", "car", "car", "van", "truck"][int(r.integers(5))]
         color = _col(r, _CARS[int(r.integers(len(_CARS)))])
         X, Z = lane_x[int(r.integers(len(lane_x)))], r.uniform(7, 90)
-        objs.append((Z, _car, (X + r.uniform(-0.4, 0.4), Z, color, kind)))
+        objs.append((Z, props.car, (X + r.uniform(-0.4, 0.4), Z, color, kind)))
     if r.random() < 0.25:  # an orange car (or taxi)
         X, Z = lane_x[int(r.integers(len(lane_x)))], r.uniform(6, 50)
         color = _col(r, (235, 110, 25) if r.random() < 0.6 else (240, 175, 20), 10)
-        objs.append((Z, _car, (X, Z, color, "car" if r.random() < 0.7 else "van")))
+        objs.append((Z, props.car, (X, Z, color, "car" if r.random() < 0.7 else "van")))
     if r.random() < 0.3:  # a car just in front of a cue (occlusion) or anywhere
         if anchors:  # car edge through the cue's line of sight: covers part of it
             Xq, Zq = anchors[int(r.integers(len(anchors)))]
@@ -598,22 +396,22 @@ def _traffic(r: np.random.Generator, st: dict, objs: list, anchors: list) -> Non
         else:
             X, Z = lane_x[int(r.integers(len(lane_x)))], r.uniform(6, 30)
         if Z > 3.5:
-            objs.append((Z, _car, (X, Z, _col(r, _CARS[int(r.integers(len(_CARS)))]), "car")))
+            objs.append((Z, props.car, (X, Z, _col(r, _CARS[int(r.integers(len(_CARS)))]), "car")))
     walk_x = [st["XL"] - 0.4 - st["walk"] * 0.5, st["XR"] + 0.4 + st["walk"] * 0.5]
     for _ in range(int(r.integers(0, 3))):
         shirt = (235, 115, 30) if r.random() < 0.15 else _SHIRTS[int(r.integers(len(_SHIRTS)))]
         X, Z = walk_x[int(r.integers(2))] + r.uniform(-0.8, 0.8), r.uniform(5, 40)
         objs.append(
-            (Z, _person, (X, Z, _col(r, shirt), (50, 50, 60), (190, 150, 120), None, False))
+            (Z, props.person, (X, Z, _col(r, shirt), (50, 50, 60), (190, 150, 120), None, False))
         )
     if r.random() < 0.4:
         kind = ["warn_diamond", "yield", "speed", "parking"][int(r.integers(4))]
         X, Z = walk_x[int(r.integers(2))], r.uniform(6, 35)
-        objs.append((Z, _sign, (X, Z, kind, r.uniform(1.4, 2.0))))
+        objs.append((Z, props.sign, (X, Z, kind, r.uniform(1.4, 2.0))))
     if r.random() < 0.2:
         X, Z = walk_x[int(r.integers(2))], r.uniform(5, 30)
         color = (235, 120, 25) if r.random() < 0.6 else (60, 100, 60)
-        objs.append((Z, _bin, (X, Z, _col(r, color, 12))))
+        objs.append((Z, props.litter_bin, (X, Z, _col(r, color, 12))))
 
 
 def render(seed: int, index: int, street: int, label: int) -> tuple[Image.Image, str]:
@@ -629,7 +427,7 @@ def render(seed: int, index: int, street: int, label: int) -> tuple[Image.Image,
     column = Image.fromarray(sky.T[:, None, :].astype(np.uint8))
     img = column.resize((RW, RH), Image.Resampling.NEAREST)
     f = RW * st["zoom"] * r.uniform(0.92, 1.08)
-    p = _Painter(
+    p = props.Painter(
         img, f, RW * (0.5 + r.uniform(-0.07, 0.07)), hy, r.uniform(1.3, 1.7), r.uniform(-0.03, 0.03)
     )
     _background(p, st, img, r)
