@@ -128,6 +128,22 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _add_backbone_run_args(p, size_help: str) -> None:
+    """The data and backbone flags `stage1 finetune` and `stage1 adapt` share (read back by
+    ``_backbone_run_config``)."""
+    p.add_argument("--data", default=None, help="image source (default: the embedded demo set)")
+    p.add_argument("--weights", default=None, help="local backbone weights; 'none' = random init")
+    p.add_argument("--backbone", default=None, help="timm DINOv3 architecture")
+    p.add_argument("--image-size", type=int, default=None, help=size_help)
+    p.add_argument("--device", default=None, help="auto | cpu | cuda (default auto)")
+    p.add_argument(
+        "--demo-dir",
+        default=None,
+        help="where to generate the synthetic set when --data is not given (default: "
+        "<out parent>/demo)",
+    )
+
+
 def _backbone_run_config(args):
     """The config of `stage1 finetune` / `stage1 adapt`: --preset/--set, then their backbone and
     data flags (a flag left out keeps the config's value)."""
@@ -374,17 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
         "then re-extracts and trains the heads.",
     )
     p.add_argument("--out", required=True, help="output folder (resumed when it has a checkpoint)")
-    p.add_argument("--data", default=None, help="image source (default: the embedded demo set)")
-    p.add_argument("--weights", default=None, help="local backbone weights; 'none' = random init")
-    p.add_argument("--backbone", default=None, help="timm DINOv3 architecture")
-    p.add_argument("--image-size", type=int, default=None, help="square input side")
-    p.add_argument("--device", default=None, help="auto | cpu | cuda (default auto)")
-    p.add_argument(
-        "--demo-dir",
-        default=None,
-        help="where to generate the synthetic set when --data is not given (default: "
-        "<out parent>/demo)",
-    )
+    _add_backbone_run_args(p, size_help="square input side")
     add_config_args(p)
     p.set_defaults(func=_cmd_finetune)
 
@@ -401,18 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
         "folder .NAME.adapt beside --out. See docs/adapt.md.",
     )
     p.add_argument("--out", required=True, help="output folder (appears whole when done)")
-    p.add_argument("--data", default=None, help="image source (default: the embedded demo set)")
     p.add_argument("--domain", default=None, help="adapt on this domain's rows only")
-    p.add_argument("--weights", default=None, help="local backbone weights; 'none' = random init")
-    p.add_argument("--backbone", default=None, help="timm DINOv3 architecture")
-    p.add_argument("--image-size", type=int, default=None, help="global crop side")
-    p.add_argument("--device", default=None, help="auto | cpu | cuda (default auto)")
-    p.add_argument(
-        "--demo-dir",
-        default=None,
-        help="where to generate the synthetic set when --data is not given (default: "
-        "<out parent>/demo)",
-    )
+    _add_backbone_run_args(p, size_help="global crop side")
     add_overwrite_argument(p)
     add_config_args(p)
     p.set_defaults(func=_cmd_adapt)
