@@ -11,16 +11,14 @@ model (``document``).
 """
 
 from stage1.report.common import ReportError
-from stage1.report.threshold import (
+from stage1.report.headline import (
     BIASED,
     HEADLINE,
-    build_report,
     headline_metrics,
-    load_run,
-    run_kind,
     subset_metrics,
     update_metrics_json,
 )
+from stage1.report.threshold import build_report, load_run, run_kind
 
 __all__ = [
     "BIASED",

@@ -37,6 +37,7 @@ from stage1.report.common import (
     read_run_arrays,
     write_report,
 )
+from stage1.report.headline import update_metrics_json
 from stage1.report.selective_metrics import (
     CANDIDATE_POLICY,
     bootstrap_test,
@@ -44,7 +45,6 @@ from stage1.report.selective_metrics import (
     policy_decisions,
     split_rows,
 )
-from stage1.report.threshold import update_metrics_json
 
 NPZ_KEYS = {  # key in a split's table -> suffix in predictions.npz
     "y": "labels",

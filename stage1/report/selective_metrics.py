@@ -14,7 +14,7 @@ import numpy as np
 from calibrate.decision import is_roadwork
 from calibrate.exit_policies import decision_codes, policy_metrics, selection_score
 from stage1.report.common import N_BINS, num
-from stage1.report.threshold import HEADLINE, interval_method, subset_metrics
+from stage1.report.headline import HEADLINE, interval_method, subset_metrics
 
 CONFIDENCE = 0.95
 CANDIDATE_POLICY = {"gate": "scrc_gate", "softmax_response": "scrc_softmax_response"}
