@@ -8,6 +8,10 @@ process may use, the device, the torchrun world on this node, the model size):
                  16-core H200 host nvjpeg decoded 1280x720 street JPEGs at 3,644 img/s against
                  ~2,000 for cpu_scaled and ~900 for PIL in 15 workers (one core: 133 and 60
                  img/s; docs/benchmarks.md), so the GPU stays the default there.
+    small JPEGs  on the gpu path, JPEGs of at most ``cpu_max_pixels`` are decoded by the
+                 workers instead (see ``small_jpeg_pixels``): nvjpeg's batched call runs in the
+                 main process and blocks it, which costs more than a core's PIL decode of a
+                 224 x 224 validator image (~0.3 ms)
     num_workers  the node's usable cores split between the local ranks, minus the main process;
                  0 on machines with <= 2 cores (forked workers only add overhead there)
     batch_size   CUDA: 512 images for models up to ~100 M parameters, 256 up to ~400 M, 64
@@ -47,11 +51,13 @@ class Choice:
     num_workers: int
     batch_size: int
     why: str
+    cpu_max_pixels: int = 0  # gpu path: JPEGs up to this many pixels are decoded by workers
 
     def describe(self) -> str:
+        small = f" (JPEGs <= {self.cpu_max_pixels} px in workers)" if self.cpu_max_pixels else ""
         return (
-            f"decode={self.decode}, workers={self.num_workers}, batch={self.batch_size} "
-            f"({self.why})"
+            f"decode={self.decode}{small}, workers={self.num_workers}, "
+            f"batch={self.batch_size} ({self.why})"
         )
 
 
@@ -68,6 +74,20 @@ def have_simplejpeg() -> bool:
     except ImportError:
         return False
     return True
+
+
+def small_jpeg_pixels(workers: int, size: int) -> int:
+    """Largest JPEG (in pixels) that the ``gpu`` path leaves to the CPU workers.
+
+    A heuristic from the H200 host's measurements (docs/benchmarks.md): one core decodes and
+    resizes with PIL at ~10 ns per source pixel (224 x 224: ~0.3 ms; 1280 x 720: ~9 ms), so
+    ``w`` workers deliver ~w / (10 ns x px) img/s, while nvjpeg's batched call, which blocks
+    the main process, delivers ~19,000 img/s on 224 x 224 and ~3,600 on 1280 x 720. The
+    workers are faster up to roughly ``w / 4 x size^2`` pixels (15 workers at 224 px: 188 k
+    px, i.e. up to ~430 x 430): validator-sized images stay on the cores, street-camera
+    frames go to nvjpeg. Without workers everything goes to the device.
+    """
+    return max(0, workers) * size * size // 4
 
 
 def choose(cfg: Any, device: torch.device, n_params: int, local_world: int = 1) -> Choice:
@@ -90,7 +110,8 @@ def choose(cfg: Any, device: torch.device, n_params: int, local_world: int = 1) 
             why.append(f"{n_params / 1e6:.0f} M params on {torch.cuda.get_device_name(device)}")
         else:
             batch = 32
-    return Choice(decode_path, workers, batch, ", ".join(why))
+    small = small_jpeg_pixels(workers, int(cfg.image_size)) if decode_path == "gpu" else 0
+    return Choice(decode_path, workers, batch, ", ".join(why), small)
 
 
 def decode_scaled(data: bytes, size: int) -> Image.Image:
@@ -118,16 +139,28 @@ class RowDataset(torch.utils.data.Dataset):
 
     Row ``r`` shows sample ``row_sample[r]`` as view ``row_view[r]``. Pending rows arrive
     grouped by sample, so the last decoded image is kept: the clean row and the four validator
-    views of a test image share one decode. Clean rows of device-decodable JPEGs on the ``gpu``
-    path are shipped as bytes; everything else is decoded here.
+    views of a test image share one decode. Clean rows of device-decodable JPEGs larger than
+    ``cpu_max_pixels`` on the ``gpu`` path are shipped as bytes; everything else is decoded here.
     """
 
     def __init__(
-        self, samples, read, rows, size, row_sample, row_view, view_seed, path, reason, augment=None
+        self,
+        samples,
+        read,
+        rows,
+        size,
+        row_sample,
+        row_view,
+        view_seed,
+        path,
+        reason,
+        augment=None,
+        cpu_max_pixels=0,
     ):
         self.samples, self.read, self.rows, self.size = samples, read, rows, size
         self.row_sample, self.row_view, self.view_seed = row_sample, row_view, view_seed
         self.path, self.reason, self.augment = path, reason, augment
+        self.cpu_max_pixels = cpu_max_pixels
         self._last: tuple[int, Any] = (-1, None)
 
     def __len__(self) -> int:
@@ -148,7 +181,9 @@ class RowDataset(torch.utils.data.Dataset):
             data = None
             if self.path == "gpu" and view == 0 and self._last[0] != k:
                 data = self.read(self.samples[k])
-                if gpu_decodable(data):
+                head = jpeg_header(data)
+                big = head is not None and head[0] * head[1] > self.cpu_max_pixels
+                if big and gpu_decodable(data):
                     return row, "jpeg", torch.frombuffer(bytearray(data), dtype=torch.uint8)
             img = self._decoded(k, data)
             s = self.samples[k]
@@ -255,6 +290,7 @@ def make_loader(
         choice.decode,
         reason,
         augment,
+        choice.cpu_max_pixels,
     )
     w = choice.num_workers
     return torch.utils.data.DataLoader(

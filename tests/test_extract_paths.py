@@ -237,6 +237,36 @@ def test_choose_decodes_on_the_gpu_by_default_and_explicit_paths_win(monkeypatch
         assert choose(dataclasses.replace(cfg, decode=path), cuda, 1).decode == path
 
 
+def test_gpu_path_leaves_small_jpegs_to_the_workers(monkeypatch):
+    """nvjpeg blocks the main process; a core decodes a validator-sized JPEG faster than that
+    costs, so the gpu path ships only JPEGs above ``workers / 4 x size^2`` pixels as bytes."""
+    from feature_extract.loader import RowDataset, small_jpeg_pixels
+
+    monkeypatch.setattr("feature_extract.loader.usable_cores", lambda: 16)
+    cfg = dataclasses.replace(BASE, image_size=224, num_workers=-1, decode="gpu")
+    c = choose(cfg, torch.device("cpu"), 1)
+    assert c.cpu_max_pixels == small_jpeg_pixels(15, 224) == 15 * 224 * 224 // 4
+    assert "JPEGs <= 188160 px in workers" in c.describe()
+    for d, w in (("cpu", -1), ("cpu_scaled", -1), ("gpu", 0)):  # no workers: all to the device
+        other = choose(dataclasses.replace(cfg, decode=d, num_workers=w), torch.device("cpu"), 1)
+        assert other.cpu_max_pixels == 0 and "in workers" not in other.describe()
+    small, big = _enc(_img(1, (224, 224))), _enc(_img(2, (434, 434)))  # 188,356 px > limit
+    png = _enc(_img(3, (640, 480)), "PNG")
+    samples = [Sample(f"s{i}", 0, "test", f"/s{i}") for i in range(3)]
+    blobs = {"/s0": small, "/s1": big, "/s2": png}
+    n = len(samples)
+
+    def ds(limit):
+        return RowDataset(samples, lambda s: blobs[s.path], np.arange(n), 224, np.arange(n),
+                          np.zeros(n, np.int16), 0, "gpu", str, None, limit)  # fmt: skip
+
+    kinds = [ds(c.cpu_max_pixels)[i][1] for i in range(n)]
+    assert kinds == ["pixels", "jpeg", "pixels"]
+    assert [ds(0)[i][1] for i in range(n)] == ["jpeg", "jpeg", "pixels"]
+    # the worker-decoded pixels are the reference path's (PIL, no resize at 224)
+    np.testing.assert_array_equal(ds(c.cpu_max_pixels)[0][2], to_uint8(decode(small), 224))
+
+
 def test_strict_stops_at_the_first_bad_file_with_its_name(tmp_path, zoo, weights):
     cfg = dataclasses.replace(BASE, weights=weights, decode="gpu")
     with pytest.raises(StrictError, match=r"zero_byte\.img: empty image data"):
