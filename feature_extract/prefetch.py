@@ -58,6 +58,8 @@ def prefetched(
     """Yield ``(item, prepare(item))`` for each item, ``prepare`` running up to ``depth`` items
     ahead on a background thread (on CUDA: on a side stream, synchronised as described above)."""
     cuda = device.type == "cuda"
+    if cuda and device.index is None:  # the thread's current device is its own: name it
+        device = torch.device("cuda", torch.cuda.current_device())
     side = torch.cuda.Stream(device) if cuda else None
     q: queue.Queue = queue.Queue(maxsize=max(1, depth))
     stop = threading.Event()
