@@ -441,10 +441,13 @@ def test_cuda_bundle_reproduces_a_cuda_extracted_run(served, tmp_path):
 
     cfg = Config(
         data=DataConfig(source=str(served["demo"])),
-        # decode="cpu": the reference decode (PIL), the one serving uses. The default on CUDA
-        # decodes with nvjpeg and resizes with torch, which docs/extraction.md bounds at 1e-2
-        # in features (measured 1e-3 to 3e-3): close, but not the 1e-5 this test holds.
-        backbone=dataclasses.replace(BACKBONE, weights="none", device="cuda", decode="cpu"),
+        # The path serving takes: the reference decode (PIL) and the eager model. The CUDA
+        # defaults (nvjpeg + torch resize, torch.compile) are within the tolerances that
+        # docs/extraction.md states (features 1e-2, measured 1e-3 to 3e-3), not within the 1e-5
+        # this test holds; the compiled serving below is held to that looser bar.
+        backbone=dataclasses.replace(
+            BACKBONE, weights="none", device="cuda", decode="cpu", compile="off"
+        ),
     ).validate()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
