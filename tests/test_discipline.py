@@ -83,7 +83,7 @@ def _credit_the_shared_runs(request):
                 stats |= _HIT.get(name, set())
 
 
-def _cache(path, seed):
+def _cache(path, seed, **meta):
     """Features x ~ N(0, I), P(y = 1 | x) = sigmoid(3 x0 + x1): a smooth, noisy boundary, so the
     scores of different splits differ and every fitted quantity depends on its rows."""
     rng = np.random.default_rng(seed)
@@ -97,7 +97,7 @@ def _cache(path, seed):
         ids=[f"img{i:05d}" for i in range(n)],
         labels=y,
         split=split,
-        metadata=synthetic_metadata(),
+        metadata=synthetic_metadata(**meta),
         # One domain: per-domain metrics (a bootstrap per domain, traced per domain size) are
         # checked in test_per_domain_run.py; here they would only add ~2 s to every run built,
         # which under `make mutate` is every run-level mutant (docs/testing.md).
@@ -141,7 +141,9 @@ def _build(preset, tmp):
     from stage1.run import run_training
 
     cfg = CONFIGS[preset]()
-    cache = _cache(tmp / "c.h5", seed=int(preset == "phase2"))
+    # phase 2's features "come from" a random-init backbone, so its run must say so
+    meta = {"random_init": True} if preset == "phase2" else {}
+    cache = _cache(tmp / "c.h5", seed=int(preset == "phase2"), **meta)
     return run_training(cfg, cache, tmp / "run"), cache, cfg
 
 
@@ -160,6 +162,52 @@ def phase1(tmp_path_factory):
 @pytest.fixture(scope="module")
 def phase2(tmp_path_factory):
     return _run_fixture("phase2", tmp_path_factory)
+
+
+# ---------------------------------------------------------------------------------------------
+# both phases: what the run's artifacts record
+
+
+@pytest.mark.parametrize("preset", ["phase1", "phase2"])
+def test_run_artifacts_record_the_cache_the_family_and_the_warnings(preset, request):
+    """What `stage1 export`, `stage1 report` and a reader of the run folder rely on: the head's
+    metadata names the family, the feature and the cache's provenance (read here from the
+    cache itself), metrics.json has its blocks and the run's warnings, config.json is the run's
+    config, and a random-init cache is said out loud."""
+    import json
+
+    from stage1.config import to_dict
+    from stage1.run.driver import EXTRACTION_KEYS
+
+    run, cache, cfg = request.getfixturevalue(preset)
+    summary = SUMMARIES[preset]
+    cache_meta = open_cache(cache).metadata
+    _, meta = load_params(run / "head.safetensors")
+    kind = {"phase1": "linear", "phase2": "selective"}[preset]
+    assert (meta["kind"], meta["feature"], meta["in_dim"]) == (kind, "cls", str(DIM))
+    assert meta["backbone"] == cache_meta["backbone"] == "synthetic"
+    assert meta["weights_sha256"] == cache_meta["weights_sha256"]
+    assert meta["image_size"] == str(cache_meta["image_size"]) == "224"
+    assert json.loads(meta["extraction"]) == {
+        k: json.loads(json.dumps(cache_meta.get(k), default=str)) for k in EXTRACTION_KEYS
+    }
+    m = read_json(run / "metrics.json", schema="metrics")
+    assert m["split"] == "test" and m["n"] == SIZES["test"]
+    assert m["family"] == kind and m["policy"] == summary.policy.shipped
+    for block in ("metrics", "challenge", "guarantees", "training", "provenance"):
+        assert isinstance(m[block], dict) and m[block], block
+    assert m["val"]["best_epoch"] == m["training"]["best_epoch"] == summary.metrics["val"][
+        "best_epoch"
+    ]
+    assert m["warnings"] == summary.warnings  # a list, possibly empty, never missing
+    assert "domains" not in m  # one domain: no per-domain block
+    written = read_json(run / "config.json", schema="config")
+    assert written == json.loads(json.dumps(to_dict(summary.cfg)))  # the config the run used,
+    assert written["backbone"]["name"] == cache_meta["backbone"]  # its backbone read off the cache
+    assert written["risk"] == json.loads(json.dumps(to_dict(cfg)))["risk"]
+    random_init = [n for n in summary.notes if "RANDOM-INIT" in n]
+    assert len(random_init) == (preset == "phase2")
+    assert m["provenance"]["random_init"] is (preset == "phase2")
 
 
 # ---------------------------------------------------------------------------------------------
