@@ -196,9 +196,11 @@ def test_run_artifacts_record_the_cache_the_family_and_the_warnings(preset, requ
     assert m["family"] == kind and m["policy"] == summary.policy.shipped
     for block in ("metrics", "challenge", "guarantees", "training", "provenance"):
         assert isinstance(m[block], dict) and m[block], block
-    assert m["val"]["best_epoch"] == m["training"]["best_epoch"] == summary.metrics["val"][
-        "best_epoch"
-    ]
+    assert (
+        m["val"]["best_epoch"]
+        == m["training"]["best_epoch"]
+        == summary.metrics["val"]["best_epoch"]
+    )
     assert m["warnings"] == summary.warnings  # a list, possibly empty, never missing
     assert "domains" not in m  # one domain: no per-domain block
     written = read_json(run / "config.json", schema="config")
