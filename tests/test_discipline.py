@@ -202,6 +202,18 @@ def test_run_artifacts_record_the_cache_the_family_and_the_warnings(preset, requ
         == summary.metrics["val"]["best_epoch"]
     )
     assert m["warnings"] == summary.warnings  # a list, possibly empty, never missing
+    t, o = m["training"], cfg.optim  # the settings the head was trained with, and its curves
+    assert (t["epochs"], t["batch_size"]) == (o.epochs, min(o.batch_size, SIZES["train"]))
+    assert (t["optimizer"], t["sam"], t["precision"]) == (o.optimizer, o.sam, "float32")
+    y_train = _rows(cache, "train")[1]
+    balanced = (y_train == 0).sum() / (y_train == 1).sum()  # the rule for pos_weight = -1;
+    lagrangian = preset == "phase2" and summary.cfg.selective.risk_loss == "lagrangian"
+    assert t["pos_weight"] == pytest.approx(1.0 if lagrangian else balanced)  # (selective: 1)
+    curves = {k: v for k, v in t.items() if k.endswith("_curve")}
+    assert curves and all(len(v) == o.epochs for v in curves.values())
+    values = np.array([x for v in curves.values() for x in v], dtype=np.float64)
+    assert np.all(values == np.round(values, 6)) and np.any(values != np.round(values, 5))
+    assert 0 < t["seconds"] <= summary.seconds
     assert "domains" not in m  # one domain: no per-domain block
     written = read_json(run / "config.json", schema="config")
     assert written == json.loads(json.dumps(to_dict(summary.cfg)))  # the config the run used,
