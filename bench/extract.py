@@ -103,7 +103,13 @@ def bench_decoder(samples, cfg, device, path):
     """(d): img/s of loader + batch_input (decode, resize, normalise), no model."""
 
     from feature_extract.extract import skip_reason
-    from feature_extract.loader import batch_input, choose, cpu_decoder, make_loader
+    from feature_extract.loader import (
+        batch_input,
+        choose,
+        cpu_decoder,
+        make_loader,
+        warm_batches,
+    )
     from stage1.manifest import read_bytes
 
     cfg = dataclasses.replace(cfg, decode=path)
@@ -117,8 +123,7 @@ def bench_decoder(samples, cfg, device, path):
     # Timed like (e)'s steady state: from the moment every worker's first batch is in (the
     # workers start together, so those batches land at once) to the last image. Timing from
     # the first batch alone (as this bench once did) overstated worker paths many times over.
-    warm = max(1, choice.num_workers)
-    warm = warm if -(-n // choice.batch_size) > 2 * warm else 1
+    warm = warm_batches(-(-n // choice.batch_size), choice.num_workers)
     t, seen = None, 0
     for k, (_rows, packed) in enumerate(loader):
         x, good, _ = batch_input(packed, device, cfg.image_size, m, s, dec, skip_reason)

@@ -52,7 +52,7 @@ import torch
 from feature_extract.augment import AUGMENT_SPLITS, AugmentSpec
 from feature_extract.backbone import build_backbone
 from feature_extract.fast_forward import fast_forward
-from feature_extract.loader import batch_input, choose, cpu_decoder, make_loader
+from feature_extract.loader import batch_input, choose, cpu_decoder, make_loader, warm_batches
 from feature_extract.prefetch import prefetched
 from feature_extract.preprocess import CorruptImageError, plain_message
 from feature_extract.validator_views import LEVELS
@@ -408,12 +408,10 @@ def extract(
                 device=device,
             )
         )
-    # The steady-state clock starts once every worker's first batch is in: the workers start
-    # together, so those batches arrive at once and would overstate a decode-bound rate.
+    # the steady-state clock starts after loader.warm_batches (why: there)
     n_batches = -(-len(pending) // choice.batch_size)
     n_batches = min(n_batches, limit_batches) if limit_batches else n_batches
-    warm = max(1, choice.num_workers)
-    warm = warm if n_batches > 2 * warm else 1
+    warm = warm_batches(n_batches, choice.num_workers)
     t_first, n_first = None, 0
     batches = itertools.islice(loader, limit_batches)
     with tqdm(total=len(pending), unit="img", disable=not progress, desc="extract") as bar:

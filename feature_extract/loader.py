@@ -114,6 +114,14 @@ def choose(cfg: Any, device: torch.device, n_params: int, local_world: int = 1) 
     return Choice(decode_path, workers, batch, ", ".join(why), small)
 
 
+def warm_batches(n_batches: int, workers: int) -> int:
+    """Batches after which a steady-state clock starts: every worker's first batch. The workers
+    start together, so those batches land at once and would overstate a decode-bound rate; a
+    run too short to leave two rounds after them is timed from its first batch."""
+    warm = max(1, workers)
+    return warm if n_batches > 2 * warm else 1
+
+
 def decode_scaled(data: bytes, size: int) -> Image.Image:
     """RGB image of at least ``size x size`` pixels, decoded at a reduced DCT scale when the
     file is a plain JPEG (libjpeg-turbo scales by 1/2, 1/4, 1/8 inside the IDCT: a 1280x720
