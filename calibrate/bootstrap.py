@@ -20,7 +20,8 @@ Design:
   domain) resamples within each stratum, keeping every stratum's size.
 - Intervals: percentile (``np.percentile``, linear interpolation, as scipy) and BCa (Efron
   1987, the construction of ``scipy.stats.bootstrap``): bias correction
-  ``z0 = Phi^-1((#{t* < t} + #{t* <= t}) / 2B)`` and acceleration
+  ``z0 = Phi^-1((#{t* < t} + #{t* <= t}) / 2B)`` (a resample within 8 float32 ulps of ``t``
+  counts as a tie) and acceleration
   ``a = sum(d^3) / (6 (sum d^2)^1.5)`` with ``d_i = mean(t_(.)) - t_(i)`` from the jackknife.
   The jackknife is exact (delete-1, n evaluations) for ``n <= jackknife_max``; above that it is
   a grouped (delete-d) jackknife: rows are randomly split into ``jackknife_max`` groups of
@@ -56,6 +57,7 @@ import numpy as np
 from scipy.special import ndtr, ndtri
 
 _METHODS = ("percentile", "bca")
+_TIE_ULPS = 8  # float32 ulps within which a resample ties with the point estimate (BCa z0)
 
 
 class BootstrapResult(NamedTuple):
@@ -221,7 +223,12 @@ def _bca_levels(dist, point, jack, alpha):
         jk = jack[:, j][~np.isnan(jack[:, j])]
         if t.size == 0 or jk.size == 0 or np.isnan(point[j]):
             continue
-        z0 = ndtri((np.sum(t < point[j]) + np.sum(t <= point[j])) / (2 * t.size))
+        # Ties count half (scipy's BCa does the same). A resample within a few float32 ulps of
+        # the point is a tie: the statistic runs in float32 on two code paths (weighted and
+        # gathered resamples) whose round-off differs by ~1e-7, and without the tolerance that
+        # round-off alone moves z0 by 1/(2B) and the interval's ends with it.
+        tol = _TIE_ULPS * np.finfo(np.float32).eps * abs(float(point[j]))
+        z0 = ndtri((np.sum(t < point[j] - tol) + np.sum(t <= point[j] + tol)) / (2 * t.size))
         d = jk.mean() - jk
         den = 6 * np.sum(d**2) ** 1.5
         a = np.sum(d**3) / den if den > 0 else 0.0
