@@ -139,18 +139,25 @@ def bench_decoder(samples, cfg, device, path):
 
 
 def bench_plain(samples, model, info, device, batch, workers):
-    """(b): PIL decode + resize in a DataLoader, eager fp32 forward."""
+    """(b): PIL decode + resize in a DataLoader, eager fp32 forward. PIL alone, as a script
+    written by hand would do it (the library's ``decode`` takes plain JPEGs through simplejpeg)."""
     import torch
+    from PIL import Image
 
-    from feature_extract.preprocess import load_tensor
+    from feature_extract.preprocess import normalize
     from stage1.manifest import read_bytes
+
+    size = info["size"]
 
     class DS(torch.utils.data.Dataset):
         def __len__(self):
             return len(samples)
 
         def __getitem__(self, i):
-            return load_tensor(read_bytes(samples[i]), info["size"], info["mean"], info["std"])
+            img = Image.open(io.BytesIO(read_bytes(samples[i]))).convert("RGB")
+            a = np.asarray(img.resize((size, size), Image.Resampling.BICUBIC))
+            x = torch.from_numpy(a.transpose(2, 0, 1).copy())
+            return normalize(x, info["mean"], info["std"])
 
     dl = torch.utils.data.DataLoader(DS(), batch_size=batch, num_workers=workers)
     model = model.float().eval()

@@ -5,9 +5,9 @@ process may use, the device, the torchrun world on this node, the model size):
 
     decode       gpu on CUDA (nvjpeg, ``decode_gpu``), else cpu (PIL, the reference);
                  cpu_scaled (DCT-scaled JPEG decode by simplejpeg) only when asked for. On the
-                 16-core H200 host nvjpeg decoded 1280x720 street JPEGs at 3,644 img/s against
-                 ~2,000 for cpu_scaled and ~900 for PIL in 15 workers (one core: 133 and 60
-                 img/s; docs/benchmarks.md), so the GPU stays the default there.
+                 16-core H200 host nvjpeg decoded 1280x720 street JPEGs at 4,655 img/s against
+                 986 for cpu_scaled and 548 for the reference in 15 workers (steady state,
+                 docs/benchmarks.md), so the GPU stays the default there.
     small JPEGs  on the gpu path, JPEGs of at most ``cpu_max_pixels`` are decoded by the
                  workers instead (see ``small_jpeg_pixels``): nvjpeg's batched call runs in the
                  main process and blocks it, which costs more than a core's PIL decode of a

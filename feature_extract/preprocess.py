@@ -49,6 +49,9 @@ def decode(data: bytes) -> Image.Image:
     """
     if not data:
         raise CorruptImageError("empty image data")
+    fast = _decode_plain_jpeg(data)
+    if fast is not None:
+        return fast
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
@@ -66,6 +69,33 @@ def decode(data: bytes) -> Image.Image:
         if "truncated" in msg or isinstance(e, EOFError):
             raise CorruptImageError(f"truncated image: {msg or type(e).__name__}") from None
         raise CorruptImageError(f"corrupt image: {type(e).__name__}: {msg}".rstrip(" :")) from None
+
+
+def _decode_plain_jpeg(data: bytes) -> Image.Image | None:
+    """The pixels PIL would give a plain JPEG, decoded by simplejpeg; None for anything else.
+
+    Both are libjpeg-turbo with the same settings (accurate integer IDCT, fancy upsampling), so
+    the pixels are identical (tested over qualities, subsamplings, progressive, grey and odd
+    sizes in tests/test_extract_paths.py); what this skips is PIL's per-file overhead (plugin
+    sniffing, ``load``, the EXIF pass), which is most of a 224 x 224 file's cost: ~400 us
+    instead of ~700 us per image on the H200 host's cores (docs/benchmarks.md). "Plain" is what
+    ``decode_gpu.gpu_decodable`` checks: 8-bit, 1 or 3 components, no EXIF rotation, within
+    PIL's decompression-bomb limit. ``strict`` makes libjpeg's recoverable errors (a truncated
+    file decoded as grey) raise, and then PIL decides, with its own message.
+    """
+    from feature_extract.decode_gpu import gpu_decodable
+
+    if not gpu_decodable(data):
+        return None
+    try:
+        import simplejpeg
+    except ImportError:  # a dependency, but the PIL path below is complete without it
+        return None
+    try:
+        a = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+    except ValueError:
+        return None
+    return Image.fromarray(a, "RGB")
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

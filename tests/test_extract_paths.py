@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import timm
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from safetensors.torch import save_file
 
 import stage1.cache
@@ -184,17 +184,52 @@ def test_device_decode_batch_falls_back_per_file():
     np.testing.assert_array_equal(out[0].permute(1, 2, 0).numpy(), np.asarray(decode(good)))
 
 
-def test_batched_resize_matches_pil_resize_within_one_level():
-    """decode_gpu.resize_normalize vs preprocess.to_uint8 (PIL bicubic, antialiased): at most
-    one 8-bit level apart on most pixels (the two bicubic kernels differ: PIL a=-0.5, torch
-    a=-0.75), a few on edges; unchanged sizes exactly equal."""
-    imgs = [_img(s, (97, 61)) for s in range(3)] + [_img(9, (32, 32))]
+def _pil_pixels(data: bytes) -> np.ndarray:
+    """The oracle: PIL alone (open, load, EXIF rotation, RGB)."""
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        return np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+
+
+@pytest.mark.skipif(not have_simplejpeg(), reason="simplejpeg not installed")
+@pytest.mark.parametrize(
+    "kind, encode",
+    [
+        (f"q{q}-sub{sub}", lambda im, q=q, sub=sub: _enc(im, quality=q, subsampling=sub))
+        for q in (50, 75, 95)
+        for sub in (0, 1, 2)
+    ]
+    + [
+        ("progressive", lambda im: _enc(im, quality=85, progressive=True)),
+        ("optimized", lambda im: _enc(im, quality=80, optimize=True)),
+        ("grey", lambda im: _enc(im.convert("L"), quality=90)),
+        ("odd-size", lambda im: _enc(im.crop((0, 0, 61, 37)), quality=75)),
+    ],
+)
+def test_plain_jpegs_decode_to_pils_pixels(kind, encode):
+    """preprocess.decode takes plain JPEGs through simplejpeg (the same libjpeg-turbo, without
+    PIL's per-file overhead): the pixels must be PIL's, bit for bit, or the reference moves."""
+    data = encode(_img(5, (97, 61)).resize((194, 122), Image.Resampling.BICUBIC))
+    assert gpu_decodable(data)  # i.e. this file takes the fast path
+    got = np.asarray(decode(data))
+    np.testing.assert_array_equal(got, _pil_pixels(data))
+
+
+@pytest.mark.parametrize("shape", [(97, 61), (20, 28), (32, 50), (300, 200)])
+def test_batched_resize_gives_pils_pixels(shape):
+    """decode_gpu.resize_normalize vs preprocess.to_uint8 (PIL bicubic, antialiased) when
+    shrinking, enlarging, both at once and one side unchanged, three images per call: PIL's
+    8-bit levels on all but a few pixels in 10,000 (float round-off at a .5), never more than
+    one level off. Resampling vertically first, or without PIL's rounding between the passes,
+    is one level off on ~12 % of them; an unchanged size is exactly equal."""
+    imgs = [_img(s, shape) for s in range(3)] + [_img(9, (32, 32))]
     tens = [torch.from_numpy(np.asarray(i).transpose(2, 0, 1).copy()) for i in imgs]
     got = resize_normalize(tens, 32, [0.0] * 3, [1 / 255] * 3)  # = uint8 levels
     want = torch.stack([to_uint8(i, 32) for i in imgs]).float()
     d = (got - want).abs()
     assert d[3].max() < 1e-3  # float round-off of the level scale only
-    assert (d[:3] <= 1).float().mean() > 0.9 and d[:3].mean() < 1.0
+    assert d[:3].max() < 1 + 1e-3
+    assert (d[:3] > 1e-3).float().mean() < 1e-3
 
 
 @pytest.mark.skipif(not have_simplejpeg(), reason="simplejpeg not installed")
@@ -356,8 +391,10 @@ TOL = {"gpu": 0.01, "cpu_scaled": 0.03}
 def test_fast_decode_paths_agree_with_the_reference_at_224(tmp_path, weights, path):
     """At the real input size (224) on street-size and validator-size JPEGs: the batched
     decode (torchvision's libjpeg here; the gpu test runs nvjpeg) and the DCT-scaled decode give
-    features within the stated tolerance of the PIL reference (measured on CPU: gpu 0.002,
-    cpu_scaled 0.009 rel. L2 with a ViT-S whose blocks matter; 224x224 inputs: identical)."""
+    features within the stated tolerance of the PIL reference (measured on CPU with this tiny
+    model: gpu 7e-6, cpu_scaled 2e-3 rel. L2; 224x224 inputs: identical). On the CPU the gpu
+    path decodes with the same libjpeg as PIL and resizes as PIL does, so what is left is
+    round-off at .5 levels: held to 1e-4 (the antialiased F.interpolate it replaced: 2e-3)."""
     if path == "cpu_scaled" and not have_simplejpeg():
         pytest.skip("simplejpeg not installed")
     samples = _street(tmp_path)
@@ -367,7 +404,9 @@ def test_fast_decode_paths_agree_with_the_reference_at_224(tmp_path, weights, pa
         extract(samples, tmp_path / f"{p}.h5", dataclasses.replace(cfg, decode=p))
         got[p] = open_cache(tmp_path / f"{p}.h5").features("patch_mean")
     assert 0 < _rel_l2(got[path][:3], got["cpu"][:3]) < TOL[path]  # resampled: close, not equal
-    if path == "gpu":  # same libjpeg, no resize: the same pixels
+    if path == "gpu":
+        assert _rel_l2(got[path][:3], got["cpu"][:3]) < 1e-4
+        # same libjpeg, no resize: the same pixels
         np.testing.assert_array_equal(got[path][3:], got["cpu"][3:])
 
 

